@@ -1,0 +1,41 @@
+# fsfsl: every target bootstraps a local .venv once (a second call installs nothing).
+# Main job:  make reproduce [PROFILE=auto|cpu|paper|smoke] [SEEDS=1] [BACKBONE=...]
+# Tests:     make test
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fsfsl-installed
+PROFILE ?= auto
+SEEDS   ?= 1
+RUN_ARGS ?=
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+
+.PHONY: setup reproduce test lint bench lab clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fsfsl)"
+	git config filter.nbstripout.clean "$(CURDIR)/$(BIN)/nbstripout" 2>/dev/null || true
+	git config filter.nbstripout.smudge cat 2>/dev/null || true
+	git config diff.ipynb.textconv "$(CURDIR)/$(BIN)/nbstripout -t" 2>/dev/null || true
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) --seeds $(SEEDS) $(RUN_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check fsfsl_utils tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""fsfsl_utils: the few-shot solar-cell defect kit."""

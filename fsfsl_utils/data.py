@@ -1,0 +1,323 @@
+"""Data: load ELPV or an ImageFolder tree into a :class:`Dataset`, the study's split, export.
+
+A Dataset holds every image in memory as one uint8 array (``N x H x W`` for grayscale,
+``N x H x W x 3`` for RGB) next to a metadata table with one row per image. Nothing is
+re-decoded from PNG after loading.
+
+Command line::
+
+    python -m fsfsl_utils.data export OUT [--seed 0] [--labels study] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+LABEL_POLICIES = ("study", "threshold", "four_level")
+STUDY_TRAIN_COUNTS = {"normal": 754, "defective": 358}
+STUDY_VAL_COUNTS = {"normal": 754, "defective": 357}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+META_COLUMNS = ("name", "label", "source", "split", "cell_type", "probability", "op", "param")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, folder or value at fault."""
+
+
+@dataclass
+class Dataset:
+    """Images in memory plus one metadata row per image.
+
+    ``meta`` columns: name (unique), label (int), source (the original image's name),
+    split ("train", "val" or ""), cell_type ("mono"/"poly" for ELPV, "" otherwise),
+    probability (ELPV defect probability, NaN otherwise), op and param (the augmentation
+    that made the image; "original" and "" for loaded images).
+    """
+
+    images: np.ndarray
+    meta: pd.DataFrame
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8:
+            raise DataError(f"images must be uint8, got {self.images.dtype}")
+        if len(self.images) != len(self.meta):
+            raise DataError(f"{len(self.images)} images but {len(self.meta)} metadata rows")
+        self.meta = self.meta.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.meta["label"].to_numpy(dtype=np.int64)
+
+    @property
+    def names(self) -> list[str]:
+        return self.meta["name"].tolist()
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
+        """Rows ``index`` as a new Dataset (images copied)."""
+        index = np.asarray(index, dtype=np.int64)
+        return Dataset(self.images[index].copy(), self.meta.iloc[index].copy(), list(self.class_names))
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class name, in class order."""
+        bins = np.bincount(self.labels, minlength=len(self.class_names))
+        return {c: int(n) for c, n in zip(self.class_names, bins)}
+
+    def describe(self) -> pd.DataFrame:
+        """Counts per class (rows) and cell type / split (columns), for overviews."""
+        frame = self.meta.assign(cls=[self.class_names[i] for i in self.labels])
+        cols = "cell_type" if (frame["cell_type"] != "").any() else "split"
+        return pd.crosstab(frame["cls"], frame[cols], margins=True, margins_name="total")
+
+
+def elpv_root() -> Path:
+    """Folder of the `elpv-dataset` package's labels.csv and images/."""
+    try:
+        import elpv_dataset
+    except ImportError as err:  # pragma: no cover - a dependency of the kit
+        raise DataError("the package 'elpv-dataset' is not installed: pip install elpv-dataset") from err
+    return Path(elpv_dataset.__file__).parent / "data"
+
+
+def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: int = 0) -> Dataset:
+    """Load ELPV from the `elpv-dataset` package under a label policy.
+
+    ``study``: p = 0 -> normal, p = 1 -> defective, 1/3 and 2/3 left out (1508 + 715 images).
+    ``threshold``: p >= 0.5 -> defective, else normal (all 2,624 images).
+    ``four_level``: classes p0, p33, p67, p100 (all 2,624 images).
+    ``limit_per_class`` keeps a seeded random subset per class (for smoke runs).
+    """
+    check_label_policy(labels)
+    root = elpv_root()
+    table = pd.read_csv(root / "labels.csv", sep=r"\s+", header=None,
+                        names=["path", "probability", "cell_type"])
+    probs = table["probability"].to_numpy()
+    level = np.rint(probs * 3).astype(int)  # 0, 1, 2, 3
+    if labels == "study":
+        class_names = ["normal", "defective"]
+        keep = (level == 0) | (level == 3)
+        label = (level == 3).astype(int)
+    elif labels == "threshold":
+        class_names = ["normal", "defective"]
+        keep = np.ones(len(table), bool)
+        label = (probs >= 0.5).astype(int)
+    else:
+        class_names = ["p0", "p33", "p67", "p100"]
+        keep = np.ones(len(table), bool)
+        label = level
+    index = np.flatnonzero(keep)
+    if limit_per_class is not None:
+        rng = np.random.default_rng(seed)
+        picked = []
+        for c in range(len(class_names)):
+            members = index[label[index] == c]
+            picked.append(np.sort(rng.permutation(members)[:limit_per_class]))
+        index = np.sort(np.concatenate(picked))
+    images = np.stack([_read_gray(root / table["path"][i]) for i in index])
+    names = [Path(table["path"][i]).name for i in index]
+    meta = _meta(names, label[index], cell_type=table["cell_type"].to_numpy()[index],
+                 probability=probs[index])
+    return Dataset(images, meta, class_names)
+
+
+def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto") -> Dataset:
+    """Load ``root/<class>/*`` or ``root/{train,val}/<class>/*`` into a Dataset.
+
+    Every image is resized to ``size`` x ``size`` (bilinear) and converted to 8-bit gray
+    (``mode="L"``) or RGB (``mode="RGB"``); ``auto`` keeps gray when every file is gray.
+    With train/ and val/ folders, the ``split`` column records the given split and
+    :func:`split` keeps it. Class names are the folder names, sorted (as ImageFolder).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    if mode not in ("auto", "L", "RGB"):
+        raise ValueError(f"mode must be 'auto', 'L' or 'RGB', got {mode!r}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}")
+    parts = [p for p in ("train", "val") if (root / p).is_dir()]
+    if parts and len(parts) != 2:
+        raise DataError(f"{root} has a {parts[0]}/ folder but no {'val' if parts[0] == 'train' else 'train'}/ folder")
+    groups = [(p, root / p) for p in parts] if parts else [("", root)]
+    class_names = sorted({d.name for _, g in groups for d in _class_dirs(g)})
+    if not class_names:
+        raise DataError(f"{root} is empty: expected one folder per class, e.g. {root}/normal/*.png")
+    if len(class_names) < 2:
+        raise DataError(f"{root} has only one class folder ({class_names[0]!r}): need at least two classes")
+    files, labels, splits = [], [], []
+    for split_name, folder in groups:
+        for c, cname in enumerate(class_names):
+            cdir = folder / cname
+            found = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if cdir.is_dir() else []
+            if not found:
+                raise DataError(f"class folder {cdir} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+            labels += [c] * len(found)
+            splits += [split_name] * len(found)
+    pil = [_open_image(f) for f in files]
+    if mode == "auto":
+        mode = "L" if all(im.mode in ("L", "1", "I", "I;16", "F") for im in pil) else "RGB"
+    images = np.stack([np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR)) for im in pil])
+    names = [str(f.relative_to(root)).replace(os.sep, "/") for f in files]
+    return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
+
+
+def split(ds: Dataset, seed: int = 0, train_fraction: float = 0.5,
+          train_counts: dict[str, int] | None = None) -> tuple[Dataset, Dataset]:
+    """Seeded split stratified by class and cell type; returns (train, val).
+
+    Per class, ``ceil(n * train_fraction)`` images go to train (ELPV study policy:
+    754 + 358 train, 754 + 357 validation), or exactly ``train_counts[class]``.
+    Within a class, each cell type contributes in proportion (largest remainder).
+    A Dataset whose ``split`` column is already filled (ImageFolder with train/ and val/)
+    is split as given.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if (ds.meta["split"] != "").all():
+        tr = np.flatnonzero(ds.meta["split"].to_numpy() == "train")
+        va = np.flatnonzero(ds.meta["split"].to_numpy() == "val")
+        return ds.subset(tr), ds.subset(va)
+    rng = np.random.default_rng(seed)
+    labels, strata = ds.labels, ds.meta["cell_type"].to_numpy()
+    train_idx = []
+    for c, cname in enumerate(ds.class_names):
+        members = np.flatnonzero(labels == c)
+        n_train = math.ceil(len(members) * train_fraction)
+        if train_counts and cname in train_counts:
+            n_train = train_counts[cname]
+        if not 0 < n_train < len(members):
+            raise DataError(f"class {cname!r} has {len(members)} images: cannot put {n_train} in train "
+                            "and keep at least one for validation")
+        kinds = sorted(set(strata[members]))
+        sizes = np.array([np.sum(strata[members] == k) for k in kinds])
+        quota = sizes * n_train / len(members)
+        take = np.floor(quota).astype(int)
+        for i in np.argsort(-(quota - take), kind="stable")[: n_train - take.sum()]:
+            take[i] += 1
+        for k, n in zip(kinds, take):
+            group = members[strata[members] == k]
+            train_idx.append(rng.permutation(group)[:n])
+    train_idx = np.sort(np.concatenate(train_idx))
+    val_idx = np.setdiff1d(np.arange(len(ds)), train_idx)
+    train, val = ds.subset(train_idx), ds.subset(val_idx)
+    train.meta["split"], val.meta["split"] = "train", "val"
+    return train, val
+
+
+def study_split(seed: int = 0, labels: str = "study") -> tuple[Dataset, Dataset]:
+    """ELPV with the study's counts: train 754 normal + 358 defective, validation 754 + 357."""
+    return split(load_elpv(labels), seed=seed)
+
+
+def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: bool = False,
+           datasets: tuple[Dataset, Dataset] | None = None) -> Path:
+    """Write the split as ``OUT/{train,val}/<class>/<name>.png`` plus ``OUT/manifest.csv``.
+
+    The tree is built in a temporary folder beside OUT and renamed into place, so an
+    interrupted export leaves nothing half-written. A non-empty OUT is refused unless
+    ``force`` is set.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"export target {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"export target {out} is not empty; choose an empty folder or pass --force")
+    train, val = datasets if datasets is not None else study_split(seed=seed, labels=labels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows = []
+        for part, ds in (("train", train), ("val", val)):
+            for i, row in ds.meta.iterrows():
+                cname = ds.class_names[int(row["label"])]
+                stem = Path(row["name"]).stem.replace("/", "_")
+                rel = Path(part) / cname / f"{stem}.png"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(ds.images[i]).save(tmp / rel)
+                rows.append({"file": rel.as_posix(), "source": row["source"], "split": part,
+                             "label": cname, "probability": row["probability"],
+                             "cell_type": row["cell_type"]})
+        pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def check_label_policy(labels: str) -> None:
+    if labels not in LABEL_POLICIES:
+        raise ValueError(f"unknown label policy {labels!r}; valid: {', '.join(LABEL_POLICIES)}")
+
+
+def _meta(names: Sequence[str], labels: np.ndarray, split: Sequence[str] | None = None,
+          cell_type: Sequence[str] | None = None, probability: Sequence[float] | None = None) -> pd.DataFrame:
+    n = len(names)
+    return pd.DataFrame({
+        "name": list(names), "label": np.asarray(labels, dtype=np.int64), "source": list(names),
+        "split": list(split) if split is not None else [""] * n,
+        "cell_type": list(cell_type) if cell_type is not None else [""] * n,
+        "probability": np.asarray(probability, float) if probability is not None else np.full(n, np.nan),
+        "op": ["original"] * n, "param": [""] * n,
+    })
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    return np.asarray(_open_image(path).convert("L"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write the study split as an ImageFolder tree + manifest.csv")
+    exp.add_argument("out", help="target folder (must be empty or absent)")
+    exp.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    exp.add_argument("--labels", default="study", choices=LABEL_POLICIES, help="label policy (default study)")
+    exp.add_argument("--force", action="store_true", help="replace a non-empty target folder")
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.out, seed=args.seed, labels=args.labels, force=args.force)
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = pd.read_csv(path / "manifest.csv")
+    print(f"wrote {len(manifest)} images to {path}")
+    print(manifest.groupby(["split", "label"]).size().to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

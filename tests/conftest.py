@@ -1,0 +1,36 @@
+"""Shared fixtures: ELPV loaded once per test session, small real subsets, temp folders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("FSFSL_PROGRESS", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from fsfsl_utils import data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def elpv() -> data.Dataset:
+    return data.load_elpv("study")
+
+
+@pytest.fixture(scope="session")
+def study(elpv) -> tuple[data.Dataset, data.Dataset]:
+    return data.split(elpv, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small(elpv) -> tuple[data.Dataset, data.Dataset]:
+    """A real ELPV subset: 60 + 60 images split in half, for seconds-long model tests."""
+    sub = data.load_elpv("study", limit_per_class=60, seed=1)
+    return data.split(sub, seed=0)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("FSFSL_CACHE", str(path))
+    return path

@@ -1,0 +1,145 @@
+"""Data module: counts, determinism, stratification, ImageFolder round trip, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fsfsl_utils import data
+
+
+def test_elpv_loads_the_whole_set():
+    ds = data.load_elpv("threshold")
+    assert ds.images.shape == (2624, 300, 300) and ds.images.dtype == np.uint8
+    assert ds.counts() == {"normal": 1508 + 295, "defective": 106 + 715}
+    assert set(ds.meta["cell_type"]) == {"mono", "poly"}
+    assert (ds.meta["cell_type"] == "mono").sum() == 1074
+
+
+def test_label_policies(elpv):
+    assert elpv.counts() == {"normal": 1508, "defective": 715}
+    four = data.load_elpv("four_level", limit_per_class=5)
+    assert four.class_names == ["p0", "p33", "p67", "p100"]
+    assert four.counts() == dict.fromkeys(four.class_names, 5)
+    with pytest.raises(ValueError, match="unknown label policy 'soft'.*study, threshold, four_level"):
+        data.load_elpv("soft")
+
+
+def test_study_split_counts_exact(study):
+    train, val = study
+    assert train.counts() == data.STUDY_TRAIN_COUNTS
+    assert val.counts() == data.STUDY_VAL_COUNTS
+    assert set(train.meta["split"]) == {"train"} and set(val.meta["split"]) == {"val"}
+
+
+def test_split_deterministic_and_seed_dependent(elpv, study):
+    train0, _ = study
+    again, _ = data.split(elpv, seed=0)
+    other, _ = data.split(elpv, seed=1)
+    assert again.names == train0.names
+    assert np.array_equal(again.images, train0.images)
+    assert other.names != train0.names
+    assert other.counts() == train0.counts()
+
+
+def test_no_image_in_both_parts_by_content(study):
+    train, val = study
+    digest = lambda a: {hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest() for x in a}  # noqa: E731
+    assert not digest(train.images) & digest(val.images)
+    assert not set(train.names) & set(val.names)
+
+
+def test_split_stratified_by_cell_type(elpv, study):
+    train, val = study
+    for c in range(2):
+        for kind in ("mono", "poly"):
+            total = ((elpv.labels == c) & (elpv.meta["cell_type"] == kind)).sum()
+            n_tr = ((train.labels == c) & (train.meta["cell_type"] == kind)).sum()
+            # proportional allocation: within one image of half the stratum
+            assert abs(n_tr - total * train.counts()[elpv.class_names[c]] / elpv.counts()[elpv.class_names[c]]) < 1
+
+
+def test_split_fraction_validated(elpv):
+    for bad in (0, 1, -0.2, 1.5):
+        with pytest.raises(ValueError, match="train_fraction must be in \\(0, 1\\)"):
+            data.split(elpv, train_fraction=bad)
+
+
+def _write_tree(root, spec, size=(40, 30), mode="L"):
+    rng = np.random.default_rng(0)
+    for rel, n in spec.items():
+        folder = root / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = size[::-1] + ((3,) if mode == "RGB" else ())
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
+
+
+def test_imagefolder_flat_and_presplit(tmp_path):
+    _write_tree(tmp_path / "flat", {"ok": 4, "crack": 3, "finger": 2}, mode="RGB")
+    ds = data.load_imagefolder(tmp_path / "flat", size=32)
+    assert ds.class_names == ["crack", "finger", "ok"]
+    assert ds.images.shape == (9, 32, 32, 3)
+    assert ds.counts() == {"crack": 3, "finger": 2, "ok": 4}
+    _write_tree(tmp_path / "pre", {"train/a": 3, "train/b": 2, "val/a": 2, "val/b": 2})
+    ds = data.load_imagefolder(tmp_path / "pre", size=16)
+    assert ds.images.shape == (9, 16, 16)
+    train, val = data.split(ds)
+    assert len(train) == 5 and len(val) == 4
+    assert all(n.startswith("train/") for n in train.names)
+
+
+def test_export_then_load_round_trip(tmp_path, small):
+    out = data.export(tmp_path / "tree", datasets=small)
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert set(manifest.columns) >= {"file", "source", "split", "label", "probability", "cell_type"}
+    loaded = data.load_imagefolder(out, size=300)
+    train, val = data.split(loaded)
+    for orig, back in ((small[0], train), (small[1], val)):
+        key = {n: i for i, n in enumerate(orig.names)}
+        order = [key[n.split("/")[-1]] for n in back.names]
+        assert np.array_equal(back.images, orig.images[order])
+        assert [back.class_names[x] for x in back.labels] == [orig.class_names[x] for x in orig.labels[order]]
+
+
+def test_export_cli_layout_and_refusal(tmp_path):
+    out = tmp_path / "elpv"
+    cmd = [sys.executable, "-m", "fsfsl_utils.data", "export", str(out), "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list((out / "train" / "normal").glob("*.png"))) == 754
+    assert len(list((out / "train" / "defective").glob("*.png"))) == 358
+    assert len(list((out / "val" / "defective").glob("*.png"))) == 357
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.load_imagefolder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="is empty"):
+        data.load_imagefolder(tmp_path / "empty")
+    _write_tree(tmp_path / "one", {"ok": 2})
+    with pytest.raises(data.DataError, match="only one class"):
+        data.load_imagefolder(tmp_path / "one")
+    _write_tree(tmp_path / "hole", {"ok": 2})
+    (tmp_path / "hole" / "bad").mkdir()
+    with pytest.raises(data.DataError, match="hole/bad has no images"):
+        data.load_imagefolder(tmp_path / "hole")
+    _write_tree(tmp_path / "trunc", {"ok": 2, "bad": 2})
+    png = (tmp_path / "trunc" / "bad" / "img1.png")
+    png.write_bytes(png.read_bytes()[:40])
+    with pytest.raises(data.DataError, match="cannot read image .*img1.png"):
+        data.load_imagefolder(tmp_path / "trunc")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        data.export(tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"

@@ -1,0 +1,45 @@
+"""Repository hygiene: committed notebooks carry no outputs and exactly one parameters cell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def committed_notebooks() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    return [ROOT / p for p in out.stdout.split()] if out.returncode == 0 else sorted(ROOT.glob("notebooks/*.ipynb"))
+
+
+def notebook_problems(path: Path) -> list[str]:
+    nb = json.loads(path.read_text())
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count")):
+            problems.append(f"{path.name}: cell {i} has outputs or an execution count")
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        problems.append(f"{path.name}: {len(tagged)} cells tagged 'parameters', need exactly 1")
+    return problems
+
+
+def test_checker_catches_outputs(tmp_path):
+    bad = {"cells": [{"cell_type": "code", "metadata": {}, "source": "1", "outputs": [{"x": 1}],
+                      "execution_count": 3}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "bad.ipynb").write_text(json.dumps(bad))
+    problems = notebook_problems(tmp_path / "bad.ipynb")
+    assert any("outputs" in p for p in problems) and any("0 cells tagged" in p for p in problems)
+
+
+@pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: p.name)
+def test_committed_notebooks_are_clean(path):
+    assert notebook_problems(path) == []
+
+
+def test_gitattributes_runs_nbstripout():
+    assert "*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text()
