@@ -1,0 +1,166 @@
+"""Augmentation: offline expansion of the TRAIN part with labelled, audited copies.
+
+An *operation* turns one uint8 image into another with a parameter drawn from a seeded
+range (torchvision.transforms.v2.functional does the pixel work). A *policy* is plain data:
+which operations each class gets, one copy per listed operation. :func:`expand` returns
+the originals plus the copies; every copy's metadata row names its source image, the
+operation and the parameter, so the expanded set can be browsed and audited.
+
+Parameters are drawn per (seed, source image, operation, copy number), so the same image
+gets the same brightness copy in every policy that asks for one (and the feature cache
+reuses it).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from .data import Dataset
+from .progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One augmentation: ``apply(image_tensor_CHW_uint8, param) -> image``; param drawn from ``ranges``."""
+
+    name: str
+    apply: Callable[[torch.Tensor, float], torch.Tensor]
+    ranges: tuple[tuple[float, float], ...] = ()
+    doc: str = ""
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if not self.ranges:
+            return float("nan")
+        lo, hi = self.ranges[rng.integers(len(self.ranges))]
+        return float(rng.uniform(lo, hi))
+
+
+def _box_blur(img: torch.Tensor, param: float) -> torch.Tensor:
+    x = torch.nn.functional.avg_pool2d(img.float().unsqueeze(0), 3, stride=1, padding=1, count_include_pad=False)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    return TF.gaussian_blur(img, kernel_size=[5, 5], sigma=[sigma, sigma])
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation("copy", lambda x, p: x.clone(), doc="identical copy (oversampling control)"),
+    Operation("hflip", lambda x, p: TF.horizontal_flip(x), doc="mirror left-right"),
+    Operation("vflip", lambda x, p: TF.vertical_flip(x), doc="mirror top-bottom"),
+    Operation("brightness", lambda x, p: TF.adjust_brightness(x, p), ((0.6, 0.85), (1.15, 1.4)),
+              "multiply gray levels by a factor (darker 0.6-0.85 or brighter 1.15-1.4)"),
+    Operation("clarity", lambda x, p: TF.adjust_sharpness(x, p), ((0.0, 0.5), (2.0, 3.0)),
+              "sharpness factor: < 1 blurs (3x3 smoothing blend), > 1 sharpens"),
+    Operation("blur", _blur, ((0.5, 1.5),), "Gaussian blur, 5x5 kernel, sigma 0.5-1.5"),
+    Operation("boxblur", _box_blur, doc="3x3 box blur (the study's blur test-time view)"),
+    Operation("sharpen", lambda x, p: TF.adjust_sharpness(x, p), ((2.0, 3.0),), "sharpness factor 2-3"),
+)}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which operations each class gets: ``rules[class_name] = (op, op, ...)``; key ``"*"`` = every class."""
+
+    name: str
+    rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    doc: str = ""
+
+    def ops_for(self, class_name: str) -> tuple[str, ...]:
+        return tuple(self.rules.get(class_name, self.rules.get("*", ())))
+
+    def check(self, class_names: Sequence[str]) -> None:
+        """Raise ValueError if the policy names an unknown class or operation."""
+        for cls, ops in self.rules.items():
+            if cls != "*" and cls not in class_names:
+                raise ValueError(f"policy {self.name!r} names class {cls!r}, which this data set does not have; "
+                                 f"its classes: {', '.join(class_names)}")
+            for op in ops:
+                check_operation(op)
+
+    def counts(self, class_counts: Mapping[str, int]) -> dict[str, int]:
+        """Images per class after expansion, from the counts before it."""
+        return {c: n * (1 + len(self.ops_for(c))) for c, n in class_counts.items()}
+
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    Policy("none", {}, "no expansion (the study's baseline)"),
+    Policy("flip", {"*": ("hflip",)}, "every image plus its mirror: x2"),
+    Policy("full", {"*": ("hflip", "brightness", "clarity")},
+           "flip, brightness and clarity copies for every class: x4"),
+    Policy("balanced", {"normal": ("hflip",), "defective": ("hflip", "brightness", "clarity")},
+           "normal x2, defective x4: the study's 1508 / 1432"),
+    Policy("balanced_duplicate", {"normal": ("hflip",), "defective": ("copy", "copy", "copy")},
+           "control: like balanced, but the defective class gets plain copies (no new content)"),
+)}
+
+
+def get_policy(policy: str | Policy) -> Policy:
+    """A Policy by name (or the Policy itself); unknown names list the valid ones."""
+    if isinstance(policy, Policy):
+        return policy
+    if policy not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}; valid: {', '.join(POLICIES)}")
+    return POLICIES[policy]
+
+
+def check_operation(op: str) -> Operation:
+    if op not in OPERATIONS:
+        raise ValueError(f"unknown augmentation operation {op!r}; valid: {', '.join(OPERATIONS)}")
+    return OPERATIONS[op]
+
+
+def draw_param(op: str, source: str, seed: int, copy: int = 0) -> float:
+    """The parameter an operation gets for one source image: a pure function of its inputs."""
+    key = zlib.crc32(f"{source}|{op}".encode())
+    return check_operation(op).draw(np.random.default_rng([seed, key, copy]))
+
+
+def apply_operation(image: np.ndarray, op: str, param: float) -> np.ndarray:
+    """Apply one operation to one uint8 image (H x W or H x W x 3); returns uint8 of the same shape."""
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    chw = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    out = check_operation(op).apply(chw, param)
+    out = out[0] if t.ndim == 2 else out.permute(1, 2, 0)
+    return out.contiguous().numpy()
+
+
+def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool | None = None) -> Dataset:
+    """Originals plus one copy per operation the policy lists for each image's class.
+
+    Only a training part may be expanded: a Dataset with validation rows is refused.
+    """
+    policy = get_policy(policy)
+    policy.check(train.class_names)
+    if (train.meta["split"] == "val").any():
+        raise ValueError("expand() takes the TRAIN part only: this Dataset has validation images")
+    images, rows = [train.images], [train.meta]
+    plan = [(i, op, k) for i, label in enumerate(train.labels)
+            for k, op in enumerate(policy.ops_for(train.class_names[label]))]
+    if not plan:
+        return train.subset(np.arange(len(train)))
+    new_images = np.empty((len(plan),) + train.images.shape[1:], np.uint8)
+    new_rows = []
+    for j, (i, op, k) in enumerate(progress_bar(plan, desc=f"expand[{policy.name}]", enable=progress)):
+        src = train.meta.iloc[i]
+        param = draw_param(op, src["source"], seed, k)
+        new_images[j] = apply_operation(train.images[i], op, param)
+        new_rows.append({**src.to_dict(), "name": f"{src['name']}#{op}{k}", "op": op,
+                         "param": "" if np.isnan(param) else f"{param:.4f}"})
+    images.append(new_images)
+    rows.append(pd.DataFrame(new_rows, columns=train.meta.columns))
+    return Dataset(np.concatenate(images), pd.concat(rows, ignore_index=True), list(train.class_names))
+
+
+def manifest(ds: Dataset) -> pd.DataFrame:
+    """The audit table of an expanded set: name, class, source, operation, parameter."""
+    frame = ds.meta[["name", "source", "op", "param"]].copy()
+    frame.insert(1, "class", [ds.class_names[i] for i in ds.labels])
+    return frame

@@ -1,0 +1,111 @@
+"""Frozen-backbone features and their on-disk cache.
+
+Features are keyed by the image's content hash plus everything that decides them
+(backbone, weights, input size, crop, kit preprocessing version), one ``.npy`` per image,
+written atomically. A flipped or augmented copy is a new image and gets its own entry, so
+every notebook and seed reuses what any earlier run computed. A corrupt or stale entry
+(unreadable, wrong shape, non-finite) is recomputed.
+
+Cache folder: ``$FSFSL_CACHE/features`` (default ``~/.cache/fsfsl/features``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import models
+from .progress import progress_bar
+
+PREPROCESS_VERSION = 1
+DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # CPU: batch 8 beat 32 on the 2-core dev box
+_BACKBONES: dict[tuple[str, str | None, str], torch.nn.Module] = {}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FSFSL_CACHE", Path.home() / ".cache" / "fsfsl")) / "features"
+
+
+def image_keys(images: np.ndarray) -> list[str]:
+    """Content hash of each image (bytes and shape)."""
+    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes() + str(im.shape).encode(), digest_size=16).hexdigest()
+            for im in images]
+
+
+def cache_dir_for(backbone: str, size: int, crop_fraction: float, weights_path: str | None) -> Path:
+    tag = f"{backbone}-{size}px-crop{crop_fraction:.4f}-{models.weights_id(weights_path)}-v{PREPROCESS_VERSION}"
+    return cache_root() / tag
+
+
+def get_backbone(backbone: str, weights: str | None, device: torch.device) -> torch.nn.Module:
+    """A frozen backbone in eval mode, channels_last, loaded once per process."""
+    key = (backbone, weights, str(device))
+    if key not in _BACKBONES:
+        net = models.build_backbone(backbone, weights).to(device).to(memory_format=torch.channels_last)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _BACKBONES[key] = net
+    return _BACKBONES[key]
+
+
+def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int = 224, crop_fraction: float = 1.0,
+            weights: str | None = "imagenet", batch_size: int | None = None, device: str | None = "auto",
+            use_cache: bool = True, progress: bool | None = None) -> np.ndarray:
+    """Pooled features (``N x D`` float32) of uint8 images, computing only what the cache lacks."""
+    dev = models.pick_device(device)
+    weights_path = models.resolve_weights(backbone, weights)
+    dim = models.get_spec(backbone).feature_dim
+    out = np.empty((len(images), dim), np.float32)
+    keys = image_keys(images)
+    folder = cache_dir_for(backbone, size, crop_fraction, weights_path)
+    todo = []
+    for i, key in enumerate(keys):
+        vec = _read_entry(folder / key[:2] / f"{key}.npy", dim) if use_cache else None
+        if vec is None:
+            todo.append(i)
+        else:
+            out[i] = vec
+    if not todo:
+        return out
+    net = get_backbone(backbone, weights_path, dev)
+    bs = batch_size or DEFAULT_BATCH.get(dev.type, 32)
+    starts = range(0, len(todo), bs)
+    bar = progress_bar(starts, desc=f"features[{backbone}@{size}]", enable=progress,
+                       total=len(starts), unit="batch")
+    with torch.inference_mode():
+        for s in bar:
+            idx = todo[s:s + bs]
+            batch = torch.from_numpy(images[idx]).to(dev, non_blocking=True)
+            feats = net(models.preprocess(batch, size, crop_fraction)).float().cpu().numpy()
+            out[idx] = feats
+            if use_cache:
+                for i, vec in zip(idx, feats):
+                    _write_entry(folder / keys[i][:2] / f"{keys[i]}.npy", vec)
+    return out
+
+
+def _read_entry(path: Path, dim: int) -> np.ndarray | None:
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if vec.shape != (dim,) or vec.dtype != np.float32 or not np.isfinite(vec).all():
+        return None
+    return vec
+
+
+def _write_entry(path: Path, vec: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.asarray(vec, np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,134 @@
+"""Run records: one JSON file per training, written atomically, never overwritten.
+
+Layout: ``<results_dir>/records/<step>-seed<k>.json``; a second run of the same step and seed
+in the same folder is written as ``<step>-seed<k>-v2.json`` (and so on) and
+:func:`load_records` returns the newest of each. The schema is documented in
+``docs/run_record.md`` and checked by :func:`validate_record`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": int, "step": str, "policy": str, "seed": int, "split_seed": int, "created": str,
+    "profile": str, "mode": str, "backbone": str, "device": str, "config": dict, "versions": dict,
+    "class_names": list, "train_counts": dict, "val_counts": dict, "wall_seconds": (int, float),
+    "metrics": dict, "predictions": dict,
+}
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "auroc", "confusion_matrix", "per_class")
+
+
+class RecordError(ValueError):
+    """A run record does not follow the schema."""
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, allow_nan=False, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def validate_record(record: dict) -> None:
+    """Raise RecordError naming every missing or mistyped key."""
+    problems = []
+    for key, typ in REQUIRED.items():
+        if key not in record:
+            problems.append(f"missing key {key!r}")
+        elif not isinstance(record[key], typ):
+            problems.append(f"{key!r} should be {typ}, got {type(record[key]).__name__}")
+    if isinstance(record.get("metrics"), dict):
+        problems += [f"metrics lacks {k!r}" for k in METRIC_KEYS if k not in record["metrics"]]
+    preds = record.get("predictions")
+    if isinstance(preds, dict):
+        lengths = {k: len(preds.get(k, [])) for k in ("names", "labels", "logits")}
+        if len(set(lengths.values())) != 1 or not lengths["names"]:
+            problems.append(f"predictions need names, labels, logits of one non-zero length, got {lengths}")
+        elif isinstance(record.get("class_names"), list) and \
+                any(len(row) != len(record["class_names"]) for row in preds["logits"]):
+            problems.append("every logits row needs one value per class")
+    if problems:
+        raise RecordError(f"run record {record.get('step', '?')}: " + "; ".join(problems))
+
+
+def record_path(results_dir: str | os.PathLike, step: str, seed: int) -> Path:
+    """A fresh path for this step and seed: never one that exists."""
+    folder = Path(results_dir) / "records"
+    path = folder / f"{step}-seed{seed}.json"
+    version = 2
+    while path.exists():
+        path = folder / f"{step}-seed{seed}-v{version}.json"
+        version += 1
+    return path
+
+
+def save_record(record: dict, results_dir: str | os.PathLike) -> Path:
+    """Validate and write a record atomically under ``results_dir/records``; returns its path."""
+    validate_record(record)
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"results folder {results_dir} cannot be created: {err}") from err
+    if not os.access(results_dir, os.W_OK):
+        raise PermissionError(f"results folder {results_dir} is not writable")
+    return atomic_write_json(record_path(results_dir, record["step"], record["seed"]), record)
+
+
+def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
+                 latest_only: bool = True) -> list[dict]:
+    """Records under ``results_dir/records`` (newest per step and seed), each with its ``_path``.
+
+    Raises FileNotFoundError when there are none (for example 05 run before 01-04).
+    """
+    folder = Path(results_dir) / "records"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    records = []
+    for f in files:
+        with open(f) as fh:
+            rec = json.load(fh)
+        validate_record(rec)
+        rec["_path"] = str(f)
+        records.append(rec)
+    if steps is not None:
+        records = [r for r in records if r["step"] in steps]
+    if latest_only:
+        newest: dict[tuple[str, int], dict] = {}
+        for r in records:
+            key = (r["step"], r["seed"])
+            if key not in newest or r["created"] > newest[key]["created"]:
+                newest[key] = r
+        records = list(newest.values())
+    if not records:
+        raise FileNotFoundError(f"no run records under {folder}" + (f" for steps {steps}" if steps else "")
+                                + ": run the training notebooks (01-04) first")
+    return sorted(records, key=lambda r: (r["step"], r["seed"]))
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if math.isnan(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to a run record")

@@ -1,0 +1,295 @@
+"""Training: ``probe`` (frozen backbone, cached features, linear head) and ``finetune`` behind one call.
+
+``fit(train, val, config, seed)`` returns the validation logits (plus logits of test-time
+views, for TTA) and what was done. The config is a flat dict (see ``DEFAULTS``), as in
+nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
+
+``finetune`` follows pytorch/examples imagenet/main.py: Adam, lr 1e-3, batch 16, lr / 10 every
+30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
+resumes). Unlike that script, images stay on the device as uint8 and are cropped, flipped and
+normalised there, with bf16 autocast and channels_last on CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment, features, models
+from .data import Dataset
+from .progress import progress_bar
+
+MODES = ("probe", "finetune")
+DEFAULTS: dict = {
+    "mode": "probe", "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224,
+    "crop_fraction": 1.0, "device": "auto",
+    # finetune (the study's recipe)
+    "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
+    "amp": True,
+    # probe head
+    "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 64, "head_weight_decay": 1e-4,
+    "feature_batch_size": None,
+    # both
+    "class_weight": "none",
+}
+TTA_VIEWS = {"vflip": "vflip", "blur": "boxblur"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, a checkpoint of another config)."""
+
+
+@dataclass
+class FitResult:
+    mode: str
+    val_logits: np.ndarray
+    view_logits: dict[str, np.ndarray]
+    model: nn.Module
+    device: str
+    history: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_config(config: dict) -> dict:
+    """Defaults filled in and ranges checked; ValueError names the parameter."""
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training parameter(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    if cfg["mode"] not in MODES:
+        raise ValueError(f"unknown training mode {cfg['mode']!r}; valid: {', '.join(MODES)}")
+    models.get_spec(cfg["backbone"])
+    checks = {"lr": (0, 10), "head_lr": (0, 10), "epochs": (1, 10_000), "head_epochs": (1, 100_000),
+              "batch_size": (1, 65_536), "head_batch_size": (1, 1_000_000), "input_size": (16, 2048),
+              "lr_step": (1, 100_000)}
+    for key, (lo, hi) in checks.items():
+        value = cfg[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi \
+                or (key == "lr" and value <= 0) or (key == "head_lr" and value <= 0):
+            raise ValueError(f"{key} must be a number in {'(' if 'lr' in key else '['}{lo}, {hi}], got {value!r}")
+    if not 0 < cfg["crop_fraction"] <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {cfg['crop_fraction']!r}")
+    if cfg["class_weight"] not in ("none", "balanced"):
+        raise ValueError(f"class_weight must be 'none' or 'balanced', got {cfg['class_weight']!r}")
+    if cfg["train_aug"] not in ("paper", "flip", "none"):
+        raise ValueError(f"train_aug must be 'paper', 'flip' or 'none', got {cfg['train_aug']!r}")
+    return cfg
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Weights inverse to class frequency, scaled so the weighted count equals the sample count:
+    ``w_c = N / (K * n_c)`` (scikit-learn's 'balanced')."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    if (counts == 0).any():
+        raise ValueError(f"class weighting needs every class in the training set, counts {counts.tolist()}")
+    return len(labels) / (n_classes * counts)
+
+
+def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
+        views: Sequence[str] = ("vflip", "blur"), checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Train on ``train``, predict ``val`` (and its test-time ``views``); the mode comes from the config."""
+    cfg = check_config(config or {})
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"training needs images in both parts, got {len(train)} train and {len(val)} validation")
+    for v in views:
+        if v not in TTA_VIEWS:
+            raise ValueError(f"unknown test-time view {v!r}; valid: {', '.join(TTA_VIEWS)}")
+    if cfg["mode"] == "probe":
+        return _fit_probe(train, val, cfg, seed, views, progress)
+    return _fit_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end)
+
+
+def view_images(images: np.ndarray, view: str) -> np.ndarray:
+    """Validation images as seen by one test-time view."""
+    return np.stack([augment.apply_operation(im, TTA_VIEWS[view], float("nan")) for im in images])
+
+
+# ----------------------------------------------------------------------------- probe
+class ProbeHead(nn.Module):
+    """Standardisation (fitted on the training features) + linear layer."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, n_classes: int):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.linear = nn.Linear(len(mean), n_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear((feats - self.mean) / self.std)
+
+
+def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+               progress: bool | None) -> FitResult:
+    t0 = time.perf_counter()
+    feat = lambda imgs: features.extract(  # noqa: E731
+        imgs, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
+        cfg["feature_batch_size"], cfg["device"], progress=progress)
+    x_train, x_val = feat(train.images), feat(val.images)
+    x_views = {v: feat(view_images(val.images, v)) for v in views}
+    t1 = time.perf_counter()
+    head, history = train_head(x_train, train.labels, len(train.class_names), cfg, seed, progress)
+    with torch.no_grad():
+        logits = lambda x: head(torch.from_numpy(x)).numpy().astype(np.float64)  # noqa: E731
+        val_logits = logits(x_val)
+        view_logits = {v: logits(x) for v, x in x_views.items()}
+    return FitResult("probe", val_logits, view_logits, head, "cpu", history,
+                     {"features": t1 - t0, "train": time.perf_counter() - t1})
+
+
+def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: int,
+               progress: bool | None = None) -> tuple[ProbeHead, list[dict]]:
+    """Seeded mini-batch Adam on standardised features, cross-entropy (optionally class-weighted)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = x.mean(0), x.std(0)
+    std = np.maximum(std, 0.1 * float(std.mean()) + 1e-6)  # near-constant features must not explode
+    head = ProbeHead(mean, std, n_classes)
+    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y, dtype=np.int64))
+    weight = torch.tensor(class_weights(y, n_classes), dtype=torch.float32) \
+        if cfg["class_weight"] == "balanced" else None
+    opt = torch.optim.Adam(head.parameters(), lr=cfg["head_lr"], weight_decay=cfg["head_weight_decay"])
+    bs, history = cfg["head_batch_size"], []
+    for epoch in progress_bar(range(cfg["head_epochs"]), desc="head", enable=progress):
+        perm = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for s in range(0, len(xt), bs):
+            idx = perm[s:s + bs]
+            loss = F.cross_entropy(head(xt[idx]), yt[idx], weight=weight)
+            _check_loss(loss, epoch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append({"epoch": epoch + 1, "train_loss": total / len(xt)})
+    return head.eval(), history
+
+
+# ----------------------------------------------------------------------------- finetune
+def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+                  checkpoint_dir: str | os.PathLike | None, progress: bool | None,
+                  on_epoch_end: Callable[[int, dict], None] | None) -> FitResult:
+    dev = models.pick_device(cfg["device"])
+    use_amp = bool(cfg["amp"]) and dev.type == "cuda"
+    torch.manual_seed(seed)
+    model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=0.1)
+    weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
+        if cfg["class_weight"] == "balanced" else None
+    x_train = torch.from_numpy(train.images).to(dev)
+    y_train = torch.from_numpy(np.array(train.labels)).to(dev)
+    x_val = torch.from_numpy(val.images).to(dev)
+    y_val = val.labels
+    start, best_acc, best_state, history = 0, -1.0, None, []
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    run_config = {**cfg, "seed": seed, "n_train": len(train), "n_val": len(val)}
+    notes = []
+    if ckpt and (ckpt / "last.pt").exists():
+        state = torch.load(ckpt / "last.pt", map_location=dev, weights_only=False)
+        if state["config"] != run_config:
+            diff = sorted(k for k in set(run_config) | set(state["config"])
+                          if run_config.get(k) != state["config"].get(k))
+            raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
+                                "use a new results folder or delete the checkpoint")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
+        best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
+        notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
+    t0 = time.perf_counter()
+    bs = cfg["batch_size"]
+    for epoch in progress_bar(range(start, cfg["epochs"]), desc="epochs", enable=progress, initial=start,
+                              total=cfg["epochs"]):
+        torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen).to(dev)
+        total = 0.0
+        for s in range(0, len(perm), bs):
+            idx = perm[s:s + bs]
+            x = _train_view(x_train[idx], cfg, gen)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(model(x).float(), y_train[idx], weight=weight)
+            _check_loss(loss, epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        val_logits = predict(model, x_val, cfg, use_amp)
+        acc = float((val_logits.argmax(1) == y_val).mean())
+        row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "val_accuracy": acc,
+               "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        if acc > best_acc:
+            best_acc = acc
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if ckpt:
+                _atomic_save(best_state, ckpt / "best.pt")
+        if ckpt:
+            _atomic_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "best_acc": best_acc, "history": history,
+                          "config": run_config}, ckpt / "last.pt")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+    train_seconds = time.perf_counter() - t0
+    final = copy.deepcopy(model)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val_logits = predict(model, x_val, cfg, use_amp)
+    view_logits = {v: predict(model, torch.from_numpy(view_images(val.images, v)).to(dev), cfg, use_amp)
+                   for v in views}
+    notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
+                 "as pytorch/examples imagenet keeps model_best")
+    result = FitResult("finetune", val_logits, view_logits, model, str(dev), history,
+                       {"train": train_seconds}, notes)
+    result.final_model = final  # type: ignore[attr-defined]
+    return result
+
+
+def _train_view(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
+    if cfg["train_aug"] == "paper":
+        return models.random_resized_crop(x, cfg["input_size"], gen)
+    out = models.preprocess(x, cfg["input_size"], cfg["crop_fraction"])
+    if cfg["train_aug"] == "flip":
+        flip = (torch.rand(len(out), generator=gen) < 0.5).to(out.device).view(-1, 1, 1, 1)
+        out = torch.where(flip, out.flip(-1), out)
+    return out
+
+
+def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,
+            batch_size: int = 64) -> np.ndarray:
+    """Logits (float64 numpy) of uint8 images through the eval transform."""
+    model.eval()
+    outs = []
+    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for s in range(0, len(images), batch_size):
+            x = models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs).numpy().astype(np.float64)
+
+
+def _check_loss(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {float(loss.detach())} in epoch {epoch + 1}: stopping instead of writing "
+                            "garbage (lower the learning rate or check the input images)")
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

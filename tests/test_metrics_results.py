@@ -1,0 +1,113 @@
+"""Metrics against scikit-learn and hand-worked cases; run record schema and atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from fsfsl_utils import metrics, results
+
+
+def crafted():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    logits = np.array([[2, 0], [1, 0], [0, 1], [3, 1], [0, 2], [1, 0], [0, 5]], float)
+    return labels, logits
+
+
+def test_evaluate_matches_sklearn():
+    labels, logits = crafted()
+    m = metrics.evaluate(labels, logits, ["normal", "defective"])
+    pred = logits.argmax(1)
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["per_class"]["normal"]["recall"] == pytest.approx(3 / 4)
+    assert m["per_class"]["defective"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["defective"]["f1"] == pytest.approx(skm.f1_score(labels, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, pred))
+    assert m["confusion_matrix"] == [[3, 1], [1, 2]]
+    prob = metrics.softmax(logits)[:, 1]
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(labels, prob))
+
+
+def test_wilson_reference_values():
+    # Wilson 95% for 8/10 (Newcombe 1998, table I style): 0.4902 - 0.9433
+    lo, hi = metrics.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert metrics.wilson_interval(0, 0) is None
+
+
+def test_mcnemar_exact():
+    labels = np.zeros(30, int)
+    right = np.tile([[1.0, 0.0]], (30, 1))
+    wrong = np.tile([[0.0, 1.0]], (30, 1))
+    same = metrics.mcnemar(labels, right, right)
+    assert same["p_value"] == 1.0 and same["a_only"] == same["b_only"] == 0
+    b = right.copy()
+    b[:12] = wrong[:12]                       # A right, B wrong on 12 images, never the reverse
+    res = metrics.mcnemar(labels, right, b)
+    assert res["a_only"] == 12 and res["b_only"] == 0
+    assert res["p_value"] == pytest.approx(2 * 0.5 ** 12)
+
+
+def test_bootstrap_ci_brackets_estimate():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    logits = np.stack([1 - labels + rng.normal(0, 0.8, 300), labels + rng.normal(0, 0.8, 300)], 1)
+    acc = metrics.accuracy_fn(labels, logits)
+    lo, hi = metrics.bootstrap_ci(labels, logits, metrics.accuracy_fn, n_boot=300)
+    assert lo < acc < hi and hi - lo < 0.15
+
+
+def test_recall_at_fixed_recall_hand_worked():
+    # scores for normal (0) and defective (1); reading the ROC by hand:
+    # normal scores 0.1 0.2 0.3 0.9, defective 0.4 0.5 0.95
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.95])
+    logits = np.stack([np.zeros(7), np.log(s / (1 - s))], 1)
+    r100 = metrics.recall_at_fixed_recall(labels, logits, 1.0)
+    assert r100["target_recall"] == pytest.approx(1 / 3)   # threshold above 0.9: only 0.95
+    r75 = metrics.recall_at_fixed_recall(labels, logits, 0.75)
+    assert r75["target_recall"] == pytest.approx(1.0)      # give up the 0.9 normal: all defects
+
+
+def test_bad_predictions_raise():
+    with pytest.raises(ValueError, match="3 labels but 2 rows"):
+        metrics.evaluate([0, 1, 1], np.zeros((2, 2)), ["a", "b"])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        metrics.evaluate([0, 1], np.array([[0, np.nan], [0, 1]]), ["a", "b"])
+    with pytest.raises(ValueError, match="3 columns but there are 2 classes"):
+        metrics.evaluate([0, 1], np.zeros((2, 3)), ["a", "b"])
+
+
+def minimal_record(**over):
+    rec = {"schema": 1, "step": "01_baseline", "policy": "none", "seed": 0, "split_seed": 0,
+           "created": "2026-01-01T00:00:00", "profile": "cpu", "mode": "probe", "backbone": "x", "device": "cpu",
+           "config": {}, "versions": {}, "class_names": ["a", "b"], "train_counts": {}, "val_counts": {},
+           "wall_seconds": 1.0, "metrics": dict.fromkeys(results.METRIC_KEYS, 0),
+           "predictions": {"names": ["i"], "labels": [0], "logits": [[0.1, 0.2]]}}
+    rec.update(over)
+    return rec
+
+
+def test_records_validate_and_never_overwrite(tmp_path):
+    p1 = results.save_record(minimal_record(), tmp_path)
+    p2 = results.save_record(minimal_record(created="2026-01-02T00:00:00"), tmp_path)
+    assert p1 != p2 and p1.exists() and p2.name == "01_baseline-seed0-v2.json"
+    assert json.loads(p1.read_text())["created"].startswith("2026-01-01")
+    loaded = results.load_records(tmp_path)
+    assert len(loaded) == 1 and loaded[0]["created"].startswith("2026-01-02")
+    assert len(results.load_records(tmp_path, latest_only=False)) == 2
+    with pytest.raises(results.RecordError, match="missing key 'metrics'"):
+        results.save_record({k: v for k, v in minimal_record().items() if k != "metrics"}, tmp_path)
+    with pytest.raises(results.RecordError, match="one value per class"):
+        results.save_record(minimal_record(predictions={"names": ["i"], "labels": [0], "logits": [[1.0]]}), tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the training notebooks"):
+        results.load_records(tmp_path / "empty")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(TypeError):
+        results.atomic_write_json(tmp_path / "r.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
