@@ -11,6 +11,8 @@ import datetime as dt
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ import torch
 import torchvision
 
 from . import augment, data, metrics, profiles, results, sensitivity, train
+from .data import check_label_policy
+from .progress import set_progress
 
 STEPS: dict[str, dict] = {
     "01_baseline": {"policy": "none", "title": "baseline"},
@@ -40,6 +44,7 @@ STUDY_RESULTS: dict[str, dict] = {
     "tta_blur": {"accuracy": 0.88117, "recall_normal": 0.948, "recall_defective": 0.733},
 }
 _DATA: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
+_PREDICTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
 
 def project_root() -> Path:
@@ -115,9 +120,142 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         "history": fit.history, "timings": fit.timings,
     }
     if analyse:
-        record["sensitivity"] = sensitivity.analyse(
+        analysis = sensitivity.analyse(
             "image_classification", out_dir / "analysis" / f"{step}-seed{seed}", fit.val_logits, val.labels,
-            val.names, images=val.images, class_names=val.class_names)["sensitivity"]
+            val.names, images=val.images, class_names=val.class_names)
+        record["sensitivity"] = analysis["sensitivity"]
+        record["feature_values"] = analysis["feature_values"]
     record["wall_seconds"] = time.perf_counter() - t0
     record["_path"] = str(results.save_record(record, out_dir))
+    _PREDICTORS[record["_path"]] = _predictor(fit, resolved["config"])
     return record
+
+
+CONTROL_STEPS = ("04_balanced_duplicate", "04_class_weighted")
+SWEEP_LEVELS = {"brightness": (0.6, 0.8, 1.0, 1.2, 1.4), "clarity": (0.0, 0.5, 1.0, 2.0, 3.0)}
+
+
+def sweeps(record: dict, val: data.Dataset, n_images: int = 200, seed: int = 0,
+           levels: dict[str, Sequence[float]] | None = None) -> dict[str, dict]:
+    """Brightness and clarity sweeps of a record's model on a seeded, class-stratified subset of ``val``."""
+    if n_images <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    per_class = max(1, n_images // len(val.class_names))
+    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(val.labels == c))[:per_class]
+                                  for c in range(len(val.class_names))]))
+    predict = predictor(record)
+    return {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
+            for op, lv in (levels or SWEEP_LEVELS).items()}
+
+
+def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
+    """All newest records in ``results_dir`` for 05; a clear error when 01-04 have not run there."""
+    folder = resolve_results_dir(results_dir)
+    found = results.load_records(folder)
+    present = {r["step"] for r in found}
+    if "01_baseline" not in present:
+        raise FileNotFoundError(f"no 01_baseline record in {folder}: run 01-04 with RESULTS_DIR={str(folder)!r} "
+                                "before 05")
+    missing = [s for s in STUDY_STEPS if s not in present]
+    if missing:
+        print(f"note: steps without records in {folder}: {', '.join(missing)}")
+    return found
+
+
+def predictor(record: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> logits`` of the model that produced ``record`` in this process (for sweeps)."""
+    try:
+        return _PREDICTORS[record["_path"]]
+    except KeyError:
+        raise KeyError(f"the model of {record.get('_path', record.get('step'))} is not in memory: records keep "
+                       "predictions, not weights; rerun the step in this session to sweep it") from None
+
+
+def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> list[dict]:
+    """The newest records of ``steps`` in ``results_dir``; says which steps are missing instead of failing."""
+    try:
+        found = results.load_records(resolve_results_dir(results_dir), list(steps))
+    except FileNotFoundError:
+        found = []
+    missing = sorted(set(steps) - {r["step"] for r in found})
+    if missing:
+        print(f"note: no records yet for {', '.join(missing)} in {results_dir}: run those notebooks to compare")
+    return found
+
+
+def _predictor(fit: train.FitResult, cfg: dict) -> Callable[[np.ndarray], np.ndarray]:
+    if fit.mode == "probe":
+        from . import features
+
+        def predict(images: np.ndarray) -> np.ndarray:
+            x = features.extract(images, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg.get(
+                "weights", "imagenet"), device=cfg.get("device", "auto"), progress=False)
+            with torch.no_grad():
+                return fit.model(torch.from_numpy(x)).numpy().astype(np.float64)
+        return predict
+    dev = next(fit.model.parameters()).device
+    full_cfg = train.check_config(cfg)
+    return lambda images: train.predict(fit.model, torch.from_numpy(images).to(dev), full_cfg,
+                                        use_amp=dev.type == "cuda" and full_cfg["amp"])
+
+
+@dataclass
+class Settings:
+    """What a notebook's parameters cell resolves to (0 and "" mean "the profile's default")."""
+
+    profile: str = "auto"
+    backbone: str | None = None
+    input_size: int | None = None
+    epochs: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    split_seed: int = 0
+    limit_per_class: int | None = None
+    source: str = "elpv"
+    labels: str = "study"
+    results_dir: Path = field(default_factory=resolve_results_dir)
+    progress: bool = True
+    resolved: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
+                        seeds: int = 1, seed: int = 0, split_seed: int = 0, limit_per_class: int = 0,
+                        data: str = "elpv", labels: str = "study", results_dir: str = "",
+                        progress: bool = True) -> Settings:
+        """Check and resolve notebook parameters; errors name the parameter."""
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"SEEDS must be a whole number >= 1, got {seeds!r}")
+        check_label_policy(labels)
+        if data != "elpv" and not Path(data).expanduser().is_dir():
+            raise FileNotFoundError(f"DATA must be 'elpv' or an ImageFolder folder; {data!r} is not a folder")
+        set_progress(progress)
+        settings = cls(profile=profile, backbone=backbone or None, input_size=input_size or None,
+                       epochs=epochs or None, seeds=list(range(seed, seed + seeds)), split_seed=split_seed,
+                       limit_per_class=limit_per_class or None, source=data, labels=labels,
+                       results_dir=resolve_results_dir(results_dir), progress=progress)
+        settings.resolved = profiles.resolve(profile, backbone=settings.backbone, input_size=settings.input_size,
+                                             epochs=settings.epochs, limit_per_class=settings.limit_per_class)
+        settings.results_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(settings.results_dir, os.W_OK):
+            raise PermissionError(f"RESULTS_DIR {settings.results_dir} is not writable")
+        return settings
+
+    def describe(self) -> str:
+        return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds} (split seed {self.split_seed})",
+                          f"data: {self.source} ({self.labels} labels)", f"results: {self.results_dir}"])
+
+    def load_split(self) -> tuple[data.Dataset, data.Dataset]:
+        return load_split(self.source, self.labels, self.split_seed, self.resolved.get("limit_per_class"))
+
+    def run(self, step: str, **overrides) -> list[dict]:
+        """Run ``step`` once per seed; returns the records."""
+        kw = {"profile": self.profile, "split_seed": self.split_seed, "results_dir": self.results_dir,
+              "source": self.source, "labels": self.labels, "backbone": self.backbone,
+              "input_size": self.input_size, "epochs": self.epochs, "limit_per_class": self.limit_per_class,
+              "progress": self.progress}
+        kw.update(overrides)
+        return [run_step(step, seed=s, **kw) for s in self.seeds]
+
+    def run_controls(self) -> list[dict]:
+        """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""
+        return [r for step in CONTROL_STEPS for r in self.run(step)]

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -174,6 +176,32 @@ def preprocess(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> t
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top:top + ch, left:left + cw]
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """uint8 images resized exactly as torchvision's ``Resize`` does on PIL images (bilinear, PIL's
+    antialiasing), after an optional center crop. Used by the feature path, so the kit's features
+    equal those of the classic ImageFolder + PIL pipeline."""
+    out = np.empty((len(images), size, size) + images.shape[3:], np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(im)
+        if crop_fraction < 1.0:
+            w, h = pil.size
+            cw, ch = round(w * crop_fraction), round(h * crop_fraction)
+            left, top = (w - cw) // 2, (h - ch) // 2
+            pil = pil.crop((left, top, left + cw, top + ch))
+        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR))
+    return out
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` at the final size -> normalised float, 3 channels,
+    channels_last. Same arithmetic as ToTensor() + Normalize(ImageNet)."""
+    x = images.float().div_(255.0)
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -169,6 +169,31 @@ def table(result: dict, feature: str, value: str = "recall") -> pd.DataFrame:
     return frame
 
 
+def tables(result: dict, features: Sequence[str] = ("brightness", "clarity")) -> pd.DataFrame:
+    """Several features' tables side by side (columns: feature, class)."""
+    return pd.concat({f: table(result, f) for f in features}, axis=1).round(4)
+
+
+def explain(result: dict, features: Sequence[str] = ("brightness", "clarity", "contrast"), alpha: float = 0.05
+            ) -> list[str]:
+    """Plain sentences: which class is sensitive to which feature, and its weakest bin."""
+    lines = []
+    for f in features:
+        if f not in result["sensitivity"]:
+            continue
+        block = result["sensitivity"][f]
+        for c in result["class_names"]:
+            cells = [(b["label"], b["per_class"][c]) for b in block["bins"] if b["per_class"][c]["recall"] is not None]
+            if not cells:
+                continue
+            label, worst = min(cells, key=lambda lc: lc[1]["recall"])
+            p = block["p_value"][c]
+            verdict = "sensitive" if p < alpha else "no evidence of sensitivity"
+            lines.append(f"{c} / {f}: {verdict} (std {block['std'][c]:.4f}, permutation p = {p:.3g}); weakest bin "
+                         f"{label}: recall {worst['recall']:.3f} of {worst['n']} images")
+    return lines
+
+
 def weakest_bins(result: dict, feature: str, top: int = 2) -> list[dict]:
     """The (bin, class) cells with the lowest recall, for pointing at what to augment."""
     cells = [{"feature": feature, "bin": b["label"], "class": c, "recall": v["recall"], "n": v["n"],
@@ -176,6 +201,11 @@ def weakest_bins(result: dict, feature: str, top: int = 2) -> list[dict]:
              for b in result["sensitivity"][feature]["bins"] for c, v in b["per_class"].items()
              if v["recall"] is not None]
     return sorted(cells, key=lambda d: d["recall"])[:top]
+
+
+def weak_spots(result: dict, features: Sequence[str] = ("brightness", "clarity"), top: int = 2) -> pd.DataFrame:
+    """:func:`weakest_bins` of several features as one table."""
+    return pd.DataFrame([cell for f in features for cell in weakest_bins(result, f, top)])
 
 
 def sweep(model_or_predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: Sequence[int],

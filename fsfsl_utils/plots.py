@@ -1,0 +1,261 @@
+"""Figures for the notebooks and the main job (matplotlib; each function returns its Figure)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from . import augment, metrics, report
+from .data import Dataset
+
+CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
+
+
+def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> Path:
+    """Write ``<results_dir>/figures/<name>.png`` (atomically) and return the path."""
+    folder = Path(results_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    tmp = folder / f".{name}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
+    """Images per class and cell type in each part."""
+    frames = []
+    for part, ds in (("train", train), ("val", val)):
+        frame = ds.meta.assign(part=part, cls=[ds.class_names[i] for i in ds.labels])
+        frames.append(frame)
+    meta = pd.concat(frames)
+    meta["cell_type"] = meta["cell_type"].replace("", "-")
+    return pd.crosstab([meta["part"], meta["cls"]], meta["cell_type"], margins=True, margins_name="total")
+
+
+def sample_images(ds: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
+    """A row of random images per class."""
+    rng = np.random.default_rng(seed)
+    k = len(ds.class_names)
+    fig, axes = plt.subplots(k, per_class, figsize=(1.6 * per_class, 1.7 * k), squeeze=False)
+    for c, cname in enumerate(ds.class_names):
+        idx = rng.permutation(np.flatnonzero(ds.labels == c))[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(ds.images[idx[j]], cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{cname}\n{ds.names[idx[j]]}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness", "clarity"), n: int = 2,
+                         seed: int = 0, params: dict[str, float] | None = None) -> plt.Figure:
+    """Originals beside each operation's copy, ``n`` images per class."""
+    rng = np.random.default_rng(seed)
+    picks = [i for c in range(len(ds.class_names)) for i in rng.permutation(np.flatnonzero(ds.labels == c))[:n]]
+    fig, axes = plt.subplots(len(picks), 1 + len(ops), figsize=(1.8 * (1 + len(ops)), 1.9 * len(picks)),
+                             squeeze=False)
+    for r, i in enumerate(picks):
+        src = ds.names[i]
+        axes[r, 0].imshow(ds.images[i], cmap="gray", vmin=0, vmax=255)
+        axes[r, 0].set_title(f"{ds.class_names[ds.labels[i]]}: original", fontsize=7)
+        for j, op in enumerate(ops, start=1):
+            p = (params or {}).get(op, augment.draw_param(op, src, seed))
+            axes[r, j].imshow(augment.apply_operation(ds.images[i], op, p), cmap="gray", vmin=0, vmax=255)
+            axes[r, j].set_title(op if np.isnan(p) else f"{op} {p:.2f}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "recall_normal", "recall_defective"),
+                n_boot: int = 500) -> plt.Figure:
+    """Bars per step with 95% intervals: over seeds when there are several, else bootstrap over images."""
+    groups = report.by_step(records)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        means, errs = [], []
+        for recs in groups.values():
+            vals = [report.scores(r)[key] for r in recs]
+            mean, lo, hi = report.mean_interval(vals)
+            if lo is None:
+                labels, logits = report.record_arrays(recs[0])
+                fn = metrics.accuracy_fn if key == "accuracy" else \
+                    metrics.class_recall(recs[0]["class_names"].index(key.split("_", 1)[1]))
+                lo, hi = metrics.bootstrap_ci(labels, logits, fn, n_boot=n_boot)
+            means.append(mean)
+            errs.append([max(0.0, mean - lo), max(0.0, hi - mean)])
+        x = np.arange(len(groups)) + (j - (len(keys) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=np.array(errs).T, capsize=3, label=key.replace("_", " "),
+               color=CLASS_COLORS[j % 4])
+    ax.set_xticks(np.arange(len(groups)), [s.replace("_", "\n", 1) for s in groups], fontsize=8)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("score (95% interval)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(records: Sequence[dict]) -> plt.Figure:
+    """Confusion matrix of each step's first seed."""
+    groups = report.by_step(records)
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.9 * len(groups), 2.8), squeeze=False)
+    for ax, (step, recs) in zip(axes[0], groups.items()):
+        cm = np.asarray(recs[0]["metrics"]["confusion_matrix"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
+        names = recs[0]["class_names"]
+        ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_title(step, fontsize=8)
+    axes[0, 0].set_ylabel("true", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, title: str | None = None) -> plt.Figure:
+    """Per-class recall by bin, Wilson 95% intervals as error bars, n above each bar."""
+    block = result["sensitivity"][feature]
+    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.2))
+    ax = ax or fig.add_subplot()
+    classes = result["class_names"]
+    width = 0.8 / len(classes)
+    for c, cname in enumerate(classes):
+        cells = [b["per_class"][cname] for b in block["bins"]]
+        x = np.arange(len(cells)) + (c - (len(classes) - 1) / 2) * width
+        rec = [np.nan if v["recall"] is None else v["recall"] for v in cells]
+        err = np.array([[0, 0] if v["recall_ci"] is None else [v["recall"] - v["recall_ci"][0],
+                                                                v["recall_ci"][1] - v["recall"]] for v in cells]).T
+        err = np.clip(err, 0, None)  # rounding can leave -1e-17 at recall 0 or 1
+        ax.bar(x, rec, width, yerr=err, capsize=2, color=CLASS_COLORS[c % 4],
+               label=f"{cname} (std {block['std'][cname] or 0:.3f}, p {block['p_value'][cname]:.3f})")
+        for xi, v in zip(x, cells):
+            ax.text(xi, 1.02, str(v["n"]), ha="center", fontsize=6)
+    ax.set_xticks(np.arange(len(block["bins"])), [b["label"] for b in block["bins"]], fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("recall in bin")
+    ax.set_title(title or f"{feature} ({block['binning']} bins)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_panel(result: dict, features: Sequence[str] = ("brightness", "clarity")) -> plt.Figure:
+    """:func:`sensitivity_bars` for several features, one row each."""
+    fig, axes = plt.subplots(len(features), 1, figsize=(6.5, 3.0 * len(features)), squeeze=False)
+    for ax, f in zip(axes[:, 0], features):
+        sensitivity_bars(result, f, ax, f"{result.get('step', '')} {f} ({result['sensitivity'][f]['binning']} bins)")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_heatmap(result: dict, feature: str) -> plt.Figure:
+    """The ModelArts-style table (bins x classes, std row) as a heatmap."""
+    from .sensitivity import table
+
+    tab = table(result, feature).astype(float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * tab.shape[1], 3.0))
+    ax.imshow(tab.iloc[:-1].to_numpy(), cmap="RdYlGn", vmin=0.4, vmax=1.0, aspect="auto")
+    for (i, j), v in np.ndenumerate(tab.to_numpy()):
+        ax.text(j, i, "" if np.isnan(v) else f"{v:.4f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(tab.shape[1]), tab.columns, fontsize=8)
+    ax.set_yticks(range(tab.shape[0]), tab.index, fontsize=8)
+    ax.set_title(f"recall by {feature} bin", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def feature_histograms(record: dict, features: Sequence[str] = ("brightness", "clarity", "contrast")) -> plt.Figure:
+    """Distribution of each image feature per class on the validation images, with the bin edges."""
+    values = record["feature_values"]
+    labels = np.asarray(record["predictions"]["labels"])
+    features = [f for f in features if f in values]
+    fig, axes = plt.subplots(1, len(features), figsize=(3.6 * len(features), 2.8), squeeze=False)
+    for ax, f in zip(axes[0], features):
+        v = np.asarray(values[f])
+        for c, cname in enumerate(record["class_names"]):
+            ax.hist(v[labels == c], bins=30, alpha=0.6, color=CLASS_COLORS[c % 4], label=cname, density=True)
+        for e in record["sensitivity"][f]["edges"][1:-1]:
+            ax.axvline(e, color="gray", lw=0.8, ls="--")
+        ax.set_title(f, fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_before_after(before: dict, after: dict, feature: str) -> plt.Figure:
+    """The same feature's recall-by-bin for two records side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)
+    sensitivity_bars(before, feature, axes[0], f"{before['step']}: {feature}")
+    sensitivity_bars(after, feature, axes[1], f"{after['step']}: {feature}")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_curves(result: dict) -> plt.Figure:
+    """Per-class recall against the operation's strength (from :func:`sensitivity.sweep`)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    classes = list(result["rows"][0]["recall"])
+    for c, cname in enumerate(classes):
+        ax.plot(result["levels"], [r["recall"][cname] for r in result["rows"]], "o-", color=CLASS_COLORS[c % 4],
+                label=cname)
+    ax.set_xlabel(f"{result['op']} level")
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0.973, 0.95)) -> plt.Figure:
+    """Validation ROC curves of every step (first seed), defect recall against normal recall."""
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for k, (step, recs) in enumerate(report.by_step(records).items()):
+        labels, logits = report.record_arrays(recs[0])
+        d = recs[0]["class_names"].index("defective") if "defective" in recs[0]["class_names"] else 1
+        fpr, tpr, _ = roc_curve(labels == d, logits[:, d] - logits[:, 1 - d] if logits.shape[1] == 2 else logits[:, d])
+        ax.plot(1 - fpr, tpr, label=step, color=plt.cm.tab10(k % 10), lw=1.3)
+    for nr in mark_normal_recall:
+        ax.axvline(nr, color="gray", ls=":", lw=0.8)
+    ax.set_xlim(0.8, 1.0)
+    ax.set_xlabel("normal recall")
+    ax.set_ylabel("defect recall")
+    ax.legend(fontsize=7)
+    ax.set_title("ROC (validation, first seed); dotted: 97.3% and 95% normal recall", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def wrong_gallery(record: dict, images: dict[str, np.ndarray] | Dataset, n: int = 12) -> plt.Figure:
+    """The misclassified validation images, most confident mistakes first."""
+    if isinstance(images, Dataset):
+        images = dict(zip(images.names, images.images))
+    labels, logits = report.record_arrays(record)
+    prob = metrics.softmax(logits)
+    pred = logits.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-prob[wrong, pred[wrong]])][:n]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    names, classes = record["predictions"]["names"], record["class_names"]
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[names[i]], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{names[i]}\ntrue {classes[labels[i]]}, pred {classes[pred[i]]} {prob[i, pred[i]]:.2f}",
+                     fontsize=6)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,162 @@
+"""The main job: run notebooks 01-05 headlessly with papermill into a new run folder.
+
+    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [-p NAME=VALUE ...]
+
+Each run gets ``<out>/<timestamp>/`` with the executed notebooks, run records, figures,
+``summary.md`` / ``summary.json`` and ``run.json`` (timings, peak memory). An earlier run is
+never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import models, profiles
+from .experiment import project_root
+from .results import atomic_write_json
+
+NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
+
+
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def notebook_parameters(name: str) -> dict[str, dict]:
+    """The parameters a notebook declares (papermill's inspection of its tagged cell)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook_dir() / f"{name}.ipynb"))
+
+
+def new_run_dir(out: Path) -> Path:
+    """A fresh ``<out>/<timestamp>`` folder; never an existing one."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(100):
+        path = out / (stamp if k == 0 else f"{stamp}-{k + 1}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run folder under {out}")
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, object]:
+    """``NAME=VALUE`` pairs; values are Python literals when they parse as one, else strings."""
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"parameter {pair!r} must look like NAME=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            params[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value
+    return params
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """Which notebooks run with which parameters; ValueError on anything unknown."""
+    if args.profile not in profiles.PROFILE_NAMES:
+        raise ValueError(f"unknown profile {args.profile!r}; valid: {', '.join(profiles.PROFILE_NAMES)}")
+    if args.backbone:
+        models.get_spec(args.backbone)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    names = args.notebooks.split(",") if args.notebooks else list(NOTEBOOKS)
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
+    given = {"PROFILE": args.profile, "SEEDS": args.seeds, "BACKBONE": args.backbone or "",
+             "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0, "DATA": args.data,
+             "PROGRESS": bool(args.progress)}
+    extra = parse_params(args.param or [])
+    declared = {n: notebook_parameters(n) for n in names}
+    everywhere = set().union(*declared.values())
+    stray = sorted(set(extra) - everywhere)
+    if stray:
+        raise ValueError(f"unknown notebook parameter(s) {stray}; "
+                         f"the notebooks declare: {', '.join(sorted(everywhere))}")
+    return [(n, {k: v for k, v in {**given, **extra}.items() if k in declared[n]}) for n in names]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="auto", help=f"one of {', '.join(profiles.PROFILE_NAMES)}")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per step (default 1)")
+    parser.add_argument("--backbone", default="", help="override the profile's backbone")
+    parser.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (fine-tune)")
+    parser.add_argument("--input-size", type=int, default=0, help="override the profile's input size")
+    parser.add_argument("--data", default="elpv", help="'elpv' or an ImageFolder folder")
+    parser.add_argument("--out", default=str(project_root() / "runs"), help="parent of the run folder")
+    parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
+    parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
+    parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
+    args = parser.parse_args(argv)
+    try:
+        steps = plan(args)
+        out = Path(args.out).expanduser().resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"runs folder {out} is not writable")
+        run_dir = new_run_dir(out)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return execute(steps, run_dir)
+
+
+def execute(steps: list[tuple[str, dict]], run_dir: Path) -> int:
+    """Run the planned notebooks in order; stop at the first failure."""
+    import papermill
+
+    os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
+                                                                os.environ.get("JUPYTER_PATH")]))
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    (run_dir / "notebooks").mkdir()
+    print(f"run folder: {run_dir}")
+    timings, status = {}, "ok"
+    t_all = time.perf_counter()
+    for i, (name, params) in enumerate(steps, 1):
+        params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
+        target = run_dir / "notebooks" / f"{name}.ipynb"
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "RESULTS_DIR")
+        print(f"[{i}/{len(steps)}] {name} ({shown}) ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(target), parameters=params,
+                                       kernel_name="python3", cwd=str(run_dir), progress_bar=False)
+        except papermill.PapermillExecutionError as err:
+            timings[name] = time.perf_counter() - t0
+            status = f"failed in {name}: {err.ename}: {err.evalue}"
+            print(f"      FAILED after {timings[name]:.0f} s: {err.ename}: {err.evalue}\n"
+                  f"      executed notebook with the error: {target}", file=sys.stderr)
+            break
+        timings[name] = time.perf_counter() - t0
+        print(f"      done in {timings[name]:.0f} s", flush=True)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    info = {"status": status, "seconds": timings, "total_seconds": time.perf_counter() - t_all,
+            "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
+            "parameters": {n: p for n, p in steps}, "finished": dt.datetime.now().isoformat(timespec="seconds")}
+    atomic_write_json(run_dir / "run.json", info)
+    print(f"total {info['total_seconds']:.0f} s, peak kernel memory {info['peak_rss_mib_of_kernels']} MiB")
+    summary = run_dir / "summary.md"
+    if status == "ok" and summary.exists():
+        text = summary.read_text()
+        print(text.split("## Paired tests")[0].strip())
+        print(f"\nfull summary: {summary}")
+    return 0 if status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The notebooks and the main job: papermill smoke runs, parameters, reproducibility, bad input.
+
+One smoke run of the whole main job (01-05 through ``python -m fsfsl_utils.run``) is shared
+by the tests of this module; it takes about a minute on the 2-core box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import papermill
+import pytest
+
+from fsfsl_utils import experiment, results, run
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "notebooks"
+SMOKE_COUNTS = {"01_baseline": [8, 8], "02_flip": [16, 16], "03_full_augment": [32, 32],
+                "04_balanced_augment": [16, 32], "04_balanced_duplicate": [16, 32], "04_class_weighted": [8, 8]}
+COMMON = {"PROFILE", "BACKBONE", "INPUT_SIZE", "EPOCHS", "SEEDS", "SEED", "SPLIT_SEED", "LIMIT_PER_CLASS", "DATA",
+          "RESULTS_DIR", "PROGRESS"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    os.environ["FSFSL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    code = run.main(["--profile", "smoke", "--out", str(out), "-p", "SWEEP_IMAGES=20"])
+    folders = list(out.iterdir())
+    assert code == 0 and len(folders) == 1
+    return folders[0]
+
+
+def test_main_job_writes_the_run_folder(smoke_run):
+    for name in run.NOTEBOOKS:
+        assert (smoke_run / "notebooks" / f"{name}.ipynb").is_file()
+    assert (smoke_run / "summary.md").read_text().startswith("# fsfsl run summary")
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert info["status"] == "ok" and set(info["seconds"]) == set(run.NOTEBOOKS)
+    assert info["peak_rss_mib_of_kernels"] > 0
+    assert {"01_sensitivity.png", "05_roc.png", "04_brightness_before_after.png"} <= \
+        {p.name for p in (smoke_run / "figures").iterdir()}
+
+
+def test_records_of_every_step(smoke_run):
+    records = results.load_records(smoke_run)
+    assert {r["step"] for r in records} == set(SMOKE_COUNTS)
+    for r in records:
+        assert list(r["train_counts"].values()) == SMOKE_COUNTS[r["step"]], r["step"]
+        assert r["profile"] == "smoke" and r["mode"] == "finetune"
+        m = r["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["balanced_accuracy"] <= 1 and 0 <= m["auroc"] <= 1
+        assert all(0 <= v["recall"] <= 1 for v in m["per_class"].values())
+        assert set(r["view_logits"]) == {"vflip", "blur"}
+        assert set(r["sensitivity"]) == {"brightness", "clarity", "contrast"}
+        assert (smoke_run / "analysis" / f"{r['step']}-seed0" / "model_analysis_results.json").is_file()
+
+
+def test_analysis_found_all_four_steps(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    steps = {row["step"] for row in summary["Kit vs study"]}
+    assert set(experiment.STUDY_STEPS) <= steps
+    executed = json.loads((smoke_run / "notebooks" / "05_analysis.ipynb").read_text())
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_same_seed_same_metrics(smoke_run, tmp_path):
+    """The notebook's record and a direct run with the same seed agree to the last digit."""
+    notebook_record = next(r for r in results.load_records(smoke_run) if r["step"] == "02_flip")
+    again = experiment.run_step("02_flip", profile="smoke", seed=0, results_dir=tmp_path, progress=False,
+                                analyse=False)
+    assert again["metrics"] == notebook_record["metrics"]
+    assert np.array_equal(again["predictions"]["logits"], notebook_record["predictions"]["logits"])
+
+
+def test_every_notebook_declares_its_parameters():
+    for name in run.NOTEBOOKS:
+        params = run.notebook_parameters(name)
+        expected = {"RESULTS_DIR", "PROGRESS"} if name == "05_analysis" else COMMON
+        assert expected <= set(params), name
+        assert all(p["help"] for p in params.values()), f"{name}: every parameter has a comment"
+    shown = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(NB / "01_baseline.ipynb")],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0
+    for p in COMMON | {"SWEEP_IMAGES"}:
+        assert f"  {p}: " in shown.stdout
+
+
+def test_unknown_parameter_is_reported(capsys, tmp_path):
+    assert run.main(["--profile", "smoke", "--out", str(tmp_path), "-p", "LEARNING_RATE=0.1"]) == 2
+    assert "unknown notebook parameter(s) ['LEARNING_RATE']" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_profile_fails_clearly(capsys, tmp_path):
+    assert run.main(["--profile", "fast", "--out", str(tmp_path)]) == 2
+    assert "unknown profile 'fast'; valid: auto, cpu, paper, smoke" in capsys.readouterr().err
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown backbone 'vgg16'"):
+        papermill.execute_notebook(str(NB / "02_flip.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"PROFILE": "smoke", "BACKBONE": "vgg16",
+                                               "RESULTS_DIR": str(tmp_path / "r"), "PROGRESS": False},
+                                   progress_bar=False, cwd=str(tmp_path))
+
+
+def test_unwritable_results_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: use a path under a file instead
+            target = tmp_path / "file"
+            target.write_text("x")
+            bad = target / "runs"
+        else:
+            bad = locked / "runs"
+        with pytest.raises((PermissionError, OSError)):
+            experiment.Settings.from_parameters(profile="smoke", results_dir=str(bad))
+        assert run.main(["--profile", "smoke", "--out", str(bad)]) == 2
+    finally:
+        locked.chmod(0o700)
+
+
+def test_analysis_before_training_says_what_to_do(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="run the training notebooks \\(01-04\\) first"):
+        papermill.execute_notebook(str(NB / "05_analysis.ipynb"), str(tmp_path / "05.ipynb"), kernel_name="python3",
+                                   parameters={"RESULTS_DIR": str(tmp_path / "empty"), "PROGRESS": False},
+                                   progress_bar=False, cwd=str(tmp_path))
