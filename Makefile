@@ -1,5 +1,6 @@
 # fsfsl: every target bootstraps a local .venv once (a second call installs nothing).
-# Main job:  make reproduce [PROFILE=auto|cpu|paper|smoke] [SEEDS=1] [BACKBONE=...]
+# Main job:  make reproduce [PROFILE=auto|cpu|paper|smoke] [SEEDS=0 (profile default)] [SPLITS=1]
+#            [RUN_ARGS='--backbone resnet18 -p CONTROLS=False']
 # Tests:     make test
 
 PYTHON ?= python3
@@ -7,7 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fsfsl-installed
 PROFILE ?= auto
-SEEDS   ?= 1
+SEEDS   ?= 0
+SPLITS  ?= 1
 RUN_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) --seeds $(SEEDS) $(RUN_ARGS)
+	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) --seeds $(SEEDS) --splits $(SPLITS) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -141,22 +141,24 @@ def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool |
     policy.check(train.class_names)
     if (train.meta["split"] == "val").any():
         raise ValueError("expand() takes the TRAIN part only: this Dataset has validation images")
-    images, rows = [train.images], [train.meta]
     plan = [(i, op, k) for i, label in enumerate(train.labels)
             for k, op in enumerate(policy.ops_for(train.class_names[label]))]
     if not plan:
         return train.subset(np.arange(len(train)))
-    new_images = np.empty((len(plan),) + train.images.shape[1:], np.uint8)
-    new_rows = []
-    for j, (i, op, k) in enumerate(progress_bar(plan, desc=f"expand[{policy.name}]", enable=progress)):
-        src = train.meta.iloc[i]
-        param = draw_param(op, src["source"], seed, k)
-        new_images[j] = apply_operation(train.images[i], op, param)
-        new_rows.append({**src.to_dict(), "name": f"{src['name']}#{op}{k}", "op": op,
-                         "param": "" if np.isnan(param) else f"{param:.4f}"})
-    images.append(new_images)
-    rows.append(pd.DataFrame(new_rows, columns=train.meta.columns))
-    return Dataset(np.concatenate(images), pd.concat(rows, ignore_index=True), list(train.class_names))
+    n = len(train)
+    out = np.empty((n + len(plan),) + train.images.shape[1:], np.uint8)
+    out[:n] = train.images
+    sources = train.meta["source"].tolist()
+    params = []
+    for j, (i, op, k) in enumerate(progress_bar(plan, desc=f"expand[{policy.name}]", enable=progress), start=n):
+        param = draw_param(op, sources[i], seed, k)
+        out[j] = apply_operation(train.images[i], op, param)
+        params.append("" if np.isnan(param) else f"{param:.4f}")
+    new_meta = train.meta.iloc[[i for i, _, _ in plan]].reset_index(drop=True)
+    new_meta["name"] = [f"{name}#{op}{k}" for name, (_, op, k) in zip(new_meta["name"], plan)]
+    new_meta["op"] = [op for _, op, _ in plan]
+    new_meta["param"] = params
+    return Dataset(out, pd.concat([train.meta, new_meta], ignore_index=True), list(train.class_names))
 
 
 def manifest(ds: Dataset) -> pd.DataFrame:

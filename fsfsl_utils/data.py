@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ class Dataset:
     images: np.ndarray
     meta: pd.DataFrame
     class_names: list[str]
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived data (views, hashes)
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8:

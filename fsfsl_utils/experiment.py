@@ -43,7 +43,8 @@ STUDY_RESULTS: dict[str, dict] = {
     "tta_vflip": {"accuracy": 0.8774, "recall_normal": 0.937, "recall_defective": 0.727},
     "tta_blur": {"accuracy": 0.88117, "recall_normal": 0.948, "recall_defective": 0.733},
 }
-_DATA: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
+_BASE: dict[tuple, data.Dataset] = {}
+_SPLIT: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
 _PREDICTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
 
@@ -63,28 +64,38 @@ def resolve_results_dir(path: str | os.PathLike | None = None) -> Path:
 
 def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
                limit_per_class: int | None = None, image_size: int = 300) -> tuple[data.Dataset, data.Dataset]:
-    """(train, val) for ELPV (the study's split) or an ImageFolder path; loaded once per process."""
-    key = (source, labels, split_seed, limit_per_class, image_size)
-    if key not in _DATA:
-        if source == "elpv":
-            ds = data.load_elpv(labels, limit_per_class=limit_per_class, seed=split_seed)
-        else:
-            ds = data.load_imagefolder(source, size=image_size)
-            if limit_per_class:
-                rng = np.random.default_rng(split_seed)
-                keep = np.concatenate([rng.permutation(np.flatnonzero(ds.labels == c))[:limit_per_class]
-                                       for c in range(len(ds.class_names))])
-                ds = ds.subset(np.sort(keep))
-        _DATA[key] = data.split(ds, seed=split_seed)
-    return _DATA[key]
+    """(train, val) for ELPV (the study's split) or an ImageFolder path.
+
+    The images are decoded once per process; the most recent split is kept too.
+    ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs).
+    """
+    base_key = (source, labels, image_size)
+    if base_key not in _BASE:
+        _BASE.clear()
+        _BASE[base_key] = data.load_elpv(labels) if source == "elpv" else data.load_imagefolder(source, image_size)
+    key = (*base_key, split_seed, limit_per_class)
+    if key not in _SPLIT:
+        ds = _BASE[base_key]
+        if limit_per_class:
+            rng = np.random.default_rng(split_seed)
+            keep = np.concatenate([np.sort(rng.permutation(np.flatnonzero(ds.labels == c))[:limit_per_class])
+                                   for c in range(len(ds.class_names))])
+            ds = ds.subset(np.sort(keep))
+        _SPLIT.clear()
+        _SPLIT[key] = data.split(ds, seed=split_seed)
+    return _SPLIT[key]
 
 
 def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
              results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
              backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
              class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
-             progress: bool | None = None, analyse: bool = True) -> dict:
-    """Run one study step and write its record; returns the record (``_path`` = where it is)."""
+             progress: bool | None = None, analyse: bool = True,
+             views: Sequence[str] = ("vflip", "blur")) -> dict:
+    """Run one study step and write its record; returns the record (``_path`` = where it is).
+
+    ``views``: test-time views whose logits the record keeps (for TTA in 05).
+    """
     t0 = time.perf_counter()
     spec = STEPS.get(step, {})
     policy = policy or spec.get("policy")
@@ -100,8 +111,11 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         raise PermissionError(f"results folder {out_dir} is not writable")
     train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
     expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
-    ckpt = out_dir / "checkpoints" / f"{step}-seed{seed}" if resolved["profile"] == "paper" else None
-    fit = train.fit(expanded, val, resolved["config"], seed=seed, checkpoint_dir=ckpt, progress=progress)
+    record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
+    tag = f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
+    ckpt = out_dir / "checkpoints" / tag if resolved["profile"] == "paper" else None  # rerun = resume
+    fit = train.fit(expanded, val, resolved["config"], seed=seed, views=views, checkpoint_dir=ckpt,
+                    progress=progress)
     record = {
         "schema": results.SCHEMA_VERSION, "step": step, "title": spec.get("title", step), "policy": pol.name,
         "seed": seed, "split_seed": split_seed, "source": source, "labels": labels,
@@ -121,12 +135,12 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
     }
     if analyse:
         analysis = sensitivity.analyse(
-            "image_classification", out_dir / "analysis" / f"{step}-seed{seed}", fit.val_logits, val.labels,
+            "image_classification", out_dir / "analysis" / record_file.stem, fit.val_logits, val.labels,
             val.names, images=val.images, class_names=val.class_names)
         record["sensitivity"] = analysis["sensitivity"]
         record["feature_values"] = analysis["feature_values"]
     record["wall_seconds"] = time.perf_counter() - t0
-    record["_path"] = str(results.save_record(record, out_dir))
+    record["_path"] = str(results.save_record(record, out_dir, record_file))
     _PREDICTORS[record["_path"]] = _predictor(fit, resolved["config"])
     return record
 
@@ -209,7 +223,7 @@ class Settings:
     input_size: int | None = None
     epochs: int | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
-    split_seed: int = 0
+    split_seeds: list[int] = field(default_factory=lambda: [0])
     limit_per_class: int | None = None
     source: str = "elpv"
     labels: str = "study"
@@ -219,42 +233,50 @@ class Settings:
 
     @classmethod
     def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
-                        seeds: int = 1, seed: int = 0, split_seed: int = 0, limit_per_class: int = 0,
-                        data: str = "elpv", labels: str = "study", results_dir: str = "",
+                        seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
+                        limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
                         progress: bool = True) -> Settings:
-        """Check and resolve notebook parameters; errors name the parameter."""
-        if not isinstance(seeds, int) or seeds < 1:
-            raise ValueError(f"SEEDS must be a whole number >= 1, got {seeds!r}")
+        """Check and resolve notebook parameters; errors name the parameter.
+
+        ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
+        that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...).
+        """
+        for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_label_policy(labels)
         if data != "elpv" and not Path(data).expanduser().is_dir():
             raise FileNotFoundError(f"DATA must be 'elpv' or an ImageFolder folder; {data!r} is not a folder")
         set_progress(progress)
         settings = cls(profile=profile, backbone=backbone or None, input_size=input_size or None,
-                       epochs=epochs or None, seeds=list(range(seed, seed + seeds)), split_seed=split_seed,
+                       epochs=epochs or None, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress)
         settings.resolved = profiles.resolve(profile, backbone=settings.backbone, input_size=settings.input_size,
-                                             epochs=settings.epochs, limit_per_class=settings.limit_per_class)
+                                             epochs=settings.epochs, limit_per_class=settings.limit_per_class,
+                                             seeds=seeds or None)
+        settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(settings.results_dir, os.W_OK):
             raise PermissionError(f"RESULTS_DIR {settings.results_dir} is not writable")
         return settings
 
     def describe(self) -> str:
-        return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds} (split seed {self.split_seed})",
+        return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds}; split seeds: {self.split_seeds}",
                           f"data: {self.source} ({self.labels} labels)", f"results: {self.results_dir}"])
 
-    def load_split(self) -> tuple[data.Dataset, data.Dataset]:
-        return load_split(self.source, self.labels, self.split_seed, self.resolved.get("limit_per_class"))
+    def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
+        split_seed = self.split_seeds[0] if split_seed is None else split_seed
+        return load_split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
 
     def run(self, step: str, **overrides) -> list[dict]:
-        """Run ``step`` once per seed; returns the records."""
-        kw = {"profile": self.profile, "split_seed": self.split_seed, "results_dir": self.results_dir,
+        """Run ``step`` once per split and seed; returns the records."""
+        kw = {"profile": self.profile, "results_dir": self.results_dir,
               "source": self.source, "labels": self.labels, "backbone": self.backbone,
               "input_size": self.input_size, "epochs": self.epochs, "limit_per_class": self.limit_per_class,
               "progress": self.progress}
         kw.update(overrides)
-        return [run_step(step, seed=s, **kw) for s in self.seeds]
+        return [run_step(step, seed=s, split_seed=j, **kw) for j in self.split_seeds for s in self.seeds]
 
     def run_controls(self) -> list[dict]:
         """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""

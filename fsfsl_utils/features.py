@@ -55,13 +55,15 @@ def get_backbone(backbone: str, weights: str | None, device: torch.device) -> to
 
 def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int = 224, crop_fraction: float = 1.0,
             weights: str | None = "imagenet", batch_size: int | None = None, device: str | None = "auto",
-            use_cache: bool = True, progress: bool | None = None) -> np.ndarray:
-    """Pooled features (``N x D`` float32) of uint8 images, computing only what the cache lacks."""
+            use_cache: bool = True, progress: bool | None = None, keys: list[str] | None = None) -> np.ndarray:
+    """Pooled features (``N x D`` float32) of uint8 images, computing only what the cache lacks.
+
+    ``keys``: the images' :func:`image_keys`, when the caller already has them."""
     dev = models.pick_device(device)
     weights_path = models.resolve_weights(backbone, weights)
     dim = models.get_spec(backbone).feature_dim
     out = np.empty((len(images), dim), np.float32)
-    keys = image_keys(images)
+    keys = image_keys(images) if keys is None else keys
     folder = cache_dir_for(backbone, size, crop_fraction, weights_path)
     todo = []
     for i, key in enumerate(keys):

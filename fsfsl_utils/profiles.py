@@ -1,7 +1,7 @@
 """Profiles: named, flat training configs (plain data), printed at the top of every run.
 
 - ``cpu``: frozen EfficientNet-Lite0 at 224 px, cached features, linear head (seconds per step
-  once the cache is warm).
+  once the cache is warm); 5 seeds per step by default.
 - ``paper``: the study's recipe (pytorch/examples imagenet): fine-tune, Adam lr 1e-3, batch 16,
   50 epochs, lr / 10 every 30 epochs, RandomResizedCrop(224) + flip, Resize(256)+CenterCrop(224)
   for validation. ResNet50 when its ImageNet weights are on this machine, else EfficientNet-Lite0
@@ -18,22 +18,22 @@ from . import models
 
 PROFILES: dict[str, dict] = {
     "cpu": {"mode": "probe", "backbone": "efficientnet_lite0", "input_size": 224, "crop_fraction": 1.0,
-            "head_epochs": 60, "limit_per_class": None},
+            "head_epochs": 60, "limit_per_class": None, "seeds": 5},
     "paper": {"mode": "finetune", "backbone": "resnet50", "input_size": 224, "crop_fraction": 224 / 256,
               "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "train_aug": "paper",
-              "limit_per_class": None},
+              "limit_per_class": None, "seeds": 1},
     "smoke": {"mode": "finetune", "backbone": "efficientnet_lite0", "input_size": 64, "crop_fraction": 1.0,
-              "epochs": 1, "batch_size": 16, "train_aug": "flip", "limit_per_class": 16},
+              "epochs": 1, "batch_size": 16, "train_aug": "flip", "limit_per_class": 16, "seeds": 1},
 }
 PROFILE_NAMES = ("auto", *PROFILES)
-RUN_KEYS = ("limit_per_class",)  # profile keys that are not training parameters
+RUN_KEYS = ("limit_per_class", "seeds")  # profile keys that are not training parameters
 
 
 def resolve(profile: str = "auto", **overrides) -> dict:
     """The profile's config with overrides (None values ignored) and the notes that explain choices.
 
     Returns a dict with ``profile`` (the name resolved to), ``requested``, ``config`` (training
-    parameters), ``limit_per_class`` and ``notes``.
+    parameters), ``limit_per_class``, ``seeds`` (default number of seeds) and ``notes``.
     """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILE_NAMES)}")
@@ -58,6 +58,6 @@ def describe(resolved: dict) -> str:
     """Human-readable block for the top of a notebook or log."""
     lines = [f"profile: {resolved['profile']} (asked: {resolved['requested']})"]
     lines += [f"  {k} = {v!r}" for k, v in resolved["config"].items()]
-    lines.append(f"  limit_per_class = {resolved.get('limit_per_class')!r}")
+    lines += [f"  {k} = {resolved.get(k)!r}" for k in RUN_KEYS]
     lines += [f"note: {n}" for n in resolved["notes"]]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Run records: one JSON file per training, written atomically, never overwritten.
 
-Layout: ``<results_dir>/records/<step>-seed<k>.json``; a second run of the same step and seed
+Layout: ``<results_dir>/records/<step>-seed<k>.json`` (``<step>-split<j>-seed<k>.json`` for split
+seeds other than 0); a second run of the same step and seed
 in the same folder is written as ``<step>-seed<k>-v2.json`` (and so on) and
 :func:`load_records` returns the newest of each. The schema is documented in
 ``docs/run_record.md`` and checked by :func:`validate_record`.
@@ -66,19 +67,22 @@ def validate_record(record: dict) -> None:
         raise RecordError(f"run record {record.get('step', '?')}: " + "; ".join(problems))
 
 
-def record_path(results_dir: str | os.PathLike, step: str, seed: int) -> Path:
-    """A fresh path for this step and seed: never one that exists."""
+def record_path(results_dir: str | os.PathLike, step: str, seed: int, split_seed: int = 0) -> Path:
+    """A fresh path for this step, seed (and split seed when not 0): never one that exists."""
     folder = Path(results_dir) / "records"
-    path = folder / f"{step}-seed{seed}.json"
+    stem = f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
+    path = folder / f"{stem}.json"
     version = 2
     while path.exists():
-        path = folder / f"{step}-seed{seed}-v{version}.json"
+        path = folder / f"{stem}-v{version}.json"
         version += 1
     return path
 
 
-def save_record(record: dict, results_dir: str | os.PathLike) -> Path:
-    """Validate and write a record atomically under ``results_dir/records``; returns its path."""
+def save_record(record: dict, results_dir: str | os.PathLike, path: Path | None = None) -> Path:
+    """Validate and write a record atomically under ``results_dir/records``; returns its path.
+
+    ``path`` (from :func:`record_path`) is used unless a file appeared there meanwhile."""
     validate_record(record)
     results_dir = Path(results_dir)
     try:
@@ -87,7 +91,9 @@ def save_record(record: dict, results_dir: str | os.PathLike) -> Path:
         raise OSError(f"results folder {results_dir} cannot be created: {err}") from err
     if not os.access(results_dir, os.W_OK):
         raise PermissionError(f"results folder {results_dir} is not writable")
-    return atomic_write_json(record_path(results_dir, record["step"], record["seed"]), record)
+    if path is None or Path(path).exists():
+        path = record_path(results_dir, record["step"], record["seed"], record["split_seed"])
+    return atomic_write_json(path, record)
 
 
 def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
@@ -110,14 +116,14 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
     if latest_only:
         newest: dict[tuple[str, int], dict] = {}
         for r in records:
-            key = (r["step"], r["seed"])
+            key = (r["step"], r["split_seed"], r["seed"])
             if key not in newest or r["created"] > newest[key]["created"]:
                 newest[key] = r
         records = list(newest.values())
     if not records:
         raise FileNotFoundError(f"no run records under {folder}" + (f" for steps {steps}" if steps else "")
                                 + ": run the training notebooks (01-04) first")
-    return sorted(records, key=lambda r: (r["step"], r["seed"]))
+    return sorted(records, key=lambda r: (r["step"], r["split_seed"], r["seed"]))
 
 
 def _jsonable(obj: Any) -> Any:

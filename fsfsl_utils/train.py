@@ -36,7 +36,7 @@ DEFAULTS: dict = {
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
     "amp": True,
     # probe head
-    "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 64, "head_weight_decay": 1e-4,
+    "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
     "feature_batch_size": None,
     # both
     "class_weight": "none",
@@ -110,9 +110,12 @@ def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
     return _fit_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end)
 
 
-def view_images(images: np.ndarray, view: str) -> np.ndarray:
-    """Validation images as seen by one test-time view."""
-    return np.stack([augment.apply_operation(im, TTA_VIEWS[view], float("nan")) for im in images])
+def view_images(ds: Dataset, view: str) -> np.ndarray:
+    """A Dataset's images as seen by one test-time view (kept in ``ds.cache``: every step reuses them)."""
+    key = f"view:{view}"
+    if key not in ds.cache:
+        ds.cache[key] = np.stack([augment.apply_operation(im, TTA_VIEWS[view], float("nan")) for im in ds.images])
+    return ds.cache[key]
 
 
 # ----------------------------------------------------------------------------- probe
@@ -132,11 +135,16 @@ class ProbeHead(nn.Module):
 def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
                progress: bool | None) -> FitResult:
     t0 = time.perf_counter()
-    feat = lambda imgs: features.extract(  # noqa: E731
-        imgs, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
-        cfg["feature_batch_size"], cfg["device"], progress=progress)
-    x_train, x_val = feat(train.images), feat(val.images)
-    x_views = {v: feat(view_images(val.images, v)) for v in views}
+    def feat(ds: Dataset, view: str | None = None) -> np.ndarray:
+        imgs = ds.images if view is None else view_images(ds, view)
+        key = f"keys:{view}"
+        if key not in ds.cache:
+            ds.cache[key] = features.image_keys(imgs)
+        return features.extract(imgs, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
+                                cfg["feature_batch_size"], cfg["device"], progress=progress, keys=ds.cache[key])
+
+    x_train, x_val = feat(train), feat(val)
+    x_views = {v: feat(val, v) for v in views}
     t1 = time.perf_counter()
     head, history = train_head(x_train, train.labels, len(train.class_names), cfg, seed, progress)
     with torch.no_grad():
@@ -250,7 +258,7 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
     if best_state is not None:
         model.load_state_dict(best_state)
     val_logits = predict(model, x_val, cfg, use_amp)
-    view_logits = {v: predict(model, torch.from_numpy(view_images(val.images, v)).to(dev), cfg, use_amp)
+    view_logits = {v: predict(model, torch.from_numpy(view_images(val, v)).to(dev), cfg, use_amp)
                    for v in views}
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
                  "as pytorch/examples imagenet keeps model_best")

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
 SMOKE_COUNTS = {"01_baseline": [8, 8], "02_flip": [16, 16], "03_full_augment": [32, 32],
                 "04_balanced_augment": [16, 32], "04_balanced_duplicate": [16, 32], "04_class_weighted": [8, 8]}
-COMMON = {"PROFILE", "BACKBONE", "INPUT_SIZE", "EPOCHS", "SEEDS", "SEED", "SPLIT_SEED", "LIMIT_PER_CLASS", "DATA",
-          "RESULTS_DIR", "PROGRESS"}
+COMMON = {"PROFILE", "BACKBONE", "INPUT_SIZE", "EPOCHS", "SEEDS", "SEED", "SPLIT_SEED", "SPLITS", "LIMIT_PER_CLASS",
+          "DATA", "RESULTS_DIR", "PROGRESS"}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_unwritable_results_folder(tmp_path):
         else:
             bad = locked / "runs"
         with pytest.raises((PermissionError, OSError)):
-            experiment.Settings.from_parameters(profile="smoke", results_dir=str(bad))
+            experiment.Settings.from_parameters(profile="smoke", results_dir=str(bad), progress=False)
         assert run.main(["--profile", "smoke", "--out", str(bad)]) == 2
     finally:
         locked.chmod(0o700)

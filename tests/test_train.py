@@ -45,7 +45,7 @@ def test_class_weighting_raises_minority_recall():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (900, 2)), rng.normal(1, 1, (100, 2))]).astype(np.float32)
     y = np.array([0] * 900 + [1] * 100)
-    cfg = train.check_config({"head_epochs": 40})
+    cfg = train.check_config({"head_epochs": 100})
     recall = {}
     for weighting in ("none", "balanced"):
         head, _ = train.train_head(x, y, 2, {**cfg, "class_weight": weighting}, seed=0)

@@ -1,0 +1,246 @@
+"""Benchmark: the kit against the naive pipeline, side by side, in one run on one machine.
+
+    python -m fsfsl_utils.bench [--quick] [--images 256] [--out benchmarks/results.json]
+
+Workloads (every claim is a ratio against a baseline measured in the same run):
+
+1. ``features``: the kit's probe path (images in memory as uint8, PIL-exact resize, channels_last,
+   inference_mode, measured batch size) vs the naive path a user would write from the study's
+   code (torchvision ImageFolder over exported PNGs + DataLoader + PIL transforms + eager model in
+   eval mode). The features must agree within fp32 tolerance; the benchmark asserts it.
+2. ``study``: the four study trainings (01-04, CPU profile) end to end, with the feature cache cold
+   and warm, vs the naive path that writes each expanded set as PNGs and recomputes features for
+   every experiment.
+3. ``finetune``: fine-tune throughput of the kit's loop (uint8 on the device, batched crops, bf16
+   autocast and channels_last on CUDA) vs a pytorch/examples imagenet-style loop (PIL decode and
+   transforms per epoch in DataLoader workers, fp32), same model and batch.
+
+Each row: workload, kit seconds, baseline seconds, speed-up, kit img/s, and the fraction of the
+machine's peak (model FLOPs per image x img/s / measured fp32 matmul FLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import augment, data, experiment, features, models, train
+from .results import atomic_write_json
+
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def matmul_flops(seconds: float = 1.0, n: int = 1024, device: str = "cpu") -> float:
+    """Measured fp32 matmul FLOP/s on this machine (the 'peak' of the peak fraction)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def model_flops(backbone: str, size: int) -> float:
+    """Forward FLOPs per image (2 x multiply-adds), scaled from 224 px."""
+    return models.get_spec(backbone).flops_224 * (size / 224) ** 2
+
+
+def export_pngs(ds: data.Dataset, root: Path) -> Path:
+    """The ImageFolder tree a naive pipeline reads: root/<class>/<i>.png."""
+    for i, (im, label) in enumerate(zip(ds.images, ds.labels)):
+        folder = root / ds.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"{i:06d}.png")
+    return root
+
+
+def naive_features(root: Path, backbone: str, size: int, batch_size: int = 16, workers: int = 2) -> np.ndarray:
+    """ImageFolder + DataLoader + PIL Resize/ToTensor/Normalize + eager model in eval mode."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                    T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    folder = datasets.ImageFolder(str(root), tf)
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, num_workers=workers)
+    net = models.build_backbone(backbone).eval()
+    outs = []
+    with torch.no_grad():
+        for x, _ in loader:
+            outs.append(net(x).numpy())
+    return np.concatenate(outs)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_features(ds: data.Dataset, backbone: str, size: int, work: Path, peak: float,
+                   batch_sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
+    """Workload 1; asserts that kit and naive features agree."""
+    root = export_pngs(ds, work / "features_png")
+    order = np.argsort([f"{ds.class_names[lb]}/{i:06d}" for i, lb in enumerate(ds.labels)], kind="stable")
+    t_naive, naive = timed(lambda: naive_features(root, backbone, size))
+    features.get_backbone(backbone, models.resolve_weights(backbone), torch.device("cpu"))  # load outside timing
+    by_batch = {}
+    for bs in batch_sizes:
+        by_batch[bs], kit = timed(lambda bs=bs: features.extract(ds.images, backbone, size, batch_size=bs,
+                                                                 use_cache=False, progress=False))
+    best = min(by_batch, key=by_batch.get)
+    diff = float(np.abs(kit[order] - naive).max())
+    assert np.allclose(kit[order], naive, **TOLERANCE), f"kit and naive features differ by up to {diff}"
+    n = len(ds)
+    return row("features (CPU, cold)", by_batch[best], t_naive, n, model_flops(backbone, size), peak,
+               {"batch_seconds": by_batch, "best_batch": best, "max_abs_feature_diff": diff,
+                "naive": "ImageFolder + DataLoader(2 workers, batch 16) + PIL transforms + eager eval"})
+
+
+def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -> list[dict]:
+    """Workload 2: 01-04 with the CPU profile, cache cold and warm, vs recomputing features per step."""
+    steps = [s for s in experiment.STUDY_STEPS]
+    cache = work / "cache"
+    os.environ["FSFSL_CACHE"] = str(cache)
+    kw = {"profile": "cpu", "limit_per_class": limit, "backbone": backbone, "input_size": size,
+          "progress": False, "analyse": False, "views": (), "seeds": None}
+    train_part, val = experiment.load_split(limit_per_class=limit)
+
+    def kit_run(folder: str) -> int:
+        n = 0
+        for step in steps:
+            rec = experiment.run_step(step, results_dir=work / folder, **{k: v for k, v in kw.items() if k != "seeds"})
+            n += sum(rec["train_counts"].values()) + sum(rec["val_counts"].values())
+        return n
+
+    t_cold, n_images = timed(lambda: kit_run("cold"))
+    t_warm, _ = timed(lambda: kit_run("warm"))
+
+    def naive_run() -> None:
+        cfg = train.check_config({"mode": "probe", "backbone": backbone, "input_size": size})
+        for step in steps:
+            expanded = augment.expand(train_part, experiment.STEPS[step]["policy"], progress=False)
+            tr = naive_features(export_pngs(expanded, work / f"naive_{step}" / "train"), backbone, size)
+            naive_features(export_pngs(val, work / f"naive_{step}" / "val"), backbone, size)
+            order = np.argsort([f"{expanded.class_names[lb]}/{i:06d}" for i, lb in enumerate(expanded.labels)],
+                               kind="stable")
+            train.train_head(tr, expanded.labels[order], len(expanded.class_names), cfg, seed=0)
+
+    t_naive, _ = timed(naive_run)
+    extra = {"images_per_class": limit, "steps": steps,
+             "naive": "per step: write the expanded set as PNGs, ImageFolder features for train and val, same head"}
+    return [row("four study trainings, CPU, cache cold", t_cold, t_naive, n_images, model_flops(backbone, size), peak,
+                extra),
+            row("four study trainings, CPU, cache warm", t_warm, t_naive, n_images, model_flops(backbone, size), peak,
+                extra)]
+
+
+def bench_finetune(ds: data.Dataset, backbone: str, size: int, work: Path, peak: float, device: str,
+                   batch_size: int = 16, epochs: int = 1) -> dict:
+    """Workload 3: images/s of one fine-tuning epoch, kit loop vs pytorch/examples-style loop."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    n = len(ds) * epochs
+    dev = models.pick_device(device)
+    half = data.Dataset(ds.images[:batch_size], ds.meta.iloc[:batch_size], ds.class_names)
+    cfg = {"mode": "finetune", "backbone": backbone, "input_size": size, "epochs": epochs, "batch_size": batch_size,
+           "train_aug": "paper", "device": str(dev)}
+    t_kit, _ = timed(lambda: train.fit(ds, half, cfg, views=(), progress=False))
+    root = export_pngs(ds, work / "finetune_png")
+    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), tf), batch_size=batch_size, shuffle=True,
+                                         num_workers=2, pin_memory=dev.type == "cuda")
+
+    def examples_loop() -> None:
+        model = models.build_classifier(backbone, len(ds.class_names)).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        crit = torch.nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(epochs):
+            for x, y in loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                loss = crit(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    t_naive, _ = timed(examples_loop)
+    return row(f"fine-tune epoch ({dev.type}, {size}px, batch {batch_size})", t_kit, t_naive, n,
+               3 * model_flops(backbone, size), peak,
+               {"naive": "pytorch/examples imagenet loop: ImageFolder, PIL RandomResizedCrop + flip, 2 workers, fp32",
+                "kit_includes": "model build, per-epoch validation on one batch"})
+
+
+def row(name: str, kit: float, base: float, n: int, flops: float, peak: float, extra: dict | None = None) -> dict:
+    rate = n / kit
+    return {"workload": name, "kit_s": round(kit, 3), "baseline_s": round(base, 3), "speedup": round(base / kit, 2),
+            "kit_img_per_s": round(rate, 1), "baseline_img_per_s": round(n / base, 1), "images": n,
+            "peak_fraction": round(flops * rate / peak, 4), **(extra or {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="seconds-long version for CI (tiny sizes)")
+    parser.add_argument("--images", type=int, default=256, help="images in workloads 1 and 3 (default 256)")
+    parser.add_argument("--study-per-class", type=int, default=60, help="images per class in workload 2")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=224, help="input size of workloads 1 and 2")
+    parser.add_argument("--finetune-size", type=int, default=128, help="input size of workload 3 on CPU")
+    parser.add_argument("--device", default="auto", help="device of workload 3")
+    parser.add_argument("--out", default=str(experiment.project_root() / "benchmarks" / "results.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.study_per_class, args.size, args.finetune_size = 24, 6, 64, 32
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="fsfsl-bench-"))
+    old_cache = os.environ.get("FSFSL_CACHE")
+    try:
+        peak = matmul_flops(0.3 if args.quick else 2.0)
+        ds = data.load_elpv("study", limit_per_class=args.images // 2, seed=7)
+        rows = [bench_features(ds, args.backbone, args.size, work, peak)]
+        rows += bench_study(args.study_per_class, args.backbone, args.size, work, peak)
+        dev = models.pick_device(args.device)
+        ft_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
+        rows.append(bench_finetune(ds, args.backbone, ft_size, work, peak, str(dev)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if old_cache is None:
+            os.environ.pop("FSFSL_CACHE", None)
+        else:
+            os.environ["FSFSL_CACHE"] = old_cache
+    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                          "torch": torch.__version__, "matmul_fp32_gflops": round(peak / 1e9, 1)},
+              "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "backbone": args.backbone,
+              "rows": rows}
+    atomic_write_json(args.out, result)
+    print(f"{'workload':48s} {'kit s':>8s} {'base s':>8s} {'x':>6s} {'img/s':>7s} {'peak':>7s}")
+    for r in rows:
+        print(f"{r['workload']:48s} {r['kit_s']:8.2f} {r['baseline_s']:8.2f} {r['speedup']:6.2f} "
+              f"{r['kit_img_per_s']:7.1f} {100 * r['peak_fraction']:6.2f}%")
+    print(f"matmul fp32: {peak / 1e9:.1f} GFLOP/s; written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
