@@ -13,7 +13,7 @@ SPLITS  ?= 1
 RUN_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 
-.PHONY: setup reproduce test lint bench lab clean-venv
+.PHONY: setup reproduce test test-browser browser-deps lint bench lab clean-venv
 
 setup: $(STAMP)
 
@@ -30,8 +30,22 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) --seeds $(SEEDS) --splits $(SPLITS) $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest
+
+test-browser: $(STAMP) browser-deps
+	$(BIN)/python -m pytest -m browser
+
+# The browser test drives JupyterLab in Debian's Chromium (Playwright's own browser download
+# cannot work offline). Installed here when missing and we are root; otherwise say how.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: the browser test needs Chromium: sudo apt-get install chromium"; fi
+
+bench: $(STAMP)
+	$(BIN)/python -m fsfsl_utils.bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check fsfsl_utils tests

@@ -36,15 +36,17 @@ import torch
 from PIL import Image
 
 from . import augment, data, experiment, features, models, train
+from .progress import set_progress
 from .results import atomic_write_json
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 
-def matmul_flops(seconds: float = 1.0, n: int = 1024, device: str = "cpu") -> float:
-    """Measured fp32 matmul FLOP/s on this machine (the 'peak' of the peak fraction)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_flops(seconds: float = 1.0, n: int = 1024, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul FLOP/s on this machine (the 'peak' of the peak fraction)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -58,6 +60,44 @@ def matmul_flops(seconds: float = 1.0, n: int = 1024, device: str = "cpu") -> fl
 def model_flops(backbone: str, size: int) -> float:
     """Forward FLOPs per image (2 x multiply-adds), scaled from 224 px."""
     return models.get_spec(backbone).flops_224 * (size / 224) ** 2
+
+
+def synthetic_dataset(n_per_class: dict[str, int], size: int = 300, seed: int = 0) -> data.Dataset:
+    """ELPV-shaped random images (for timing where the data set cannot travel, e.g. a GPU box)."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([[c] * n for c, n in enumerate(n_per_class.values())])
+    images = rng.integers(0, 256, (len(labels), size, size), dtype=np.uint8)
+    meta = data._meta([f"syn{i:05d}.png" for i in range(len(labels))], labels, split=["train"] * len(labels))
+    return data.Dataset(images, meta, list(n_per_class))
+
+
+def bench_paper(device: str, epochs: int, quick: bool) -> list[dict]:
+    """Workload 4: the paper profile's four trainings (study counts, 50 epochs) timed on ``device``.
+
+    Synthetic ELPV-shaped images: the time depends on counts and shapes, not on pixel values.
+    """
+    from . import profiles
+
+    resolved = profiles.resolve("paper", device=device, epochs=epochs)
+    cfg = dict(resolved["config"])
+    counts = {"01_baseline": (754, 358), "02_flip": (1508, 716), "03_full_augment": (3016, 1432),
+              "04_balanced_augment": (1508, 1432)}
+    val_counts = (754, 357)
+    if quick:
+        counts = {k: (max(2, a // 200), max(2, b // 200)) for k, (a, b) in counts.items()}
+        val_counts = (4, 4)
+        cfg.update(input_size=32)
+    val = synthetic_dataset(dict(zip(("normal", "defective"), val_counts)), seed=99)
+    val.meta["split"] = "val"
+    rows = []
+    for step, (n0, n1) in counts.items():
+        tr = synthetic_dataset({"normal": n0, "defective": n1}, seed=1)
+        seconds, fit = timed(lambda tr=tr: train.fit(tr, val, cfg, views=(), progress=False))
+        n = len(tr) * cfg["epochs"]
+        rows.append(row(f"paper {step} ({fit.device}, {cfg['backbone']}, {cfg['epochs']} ep)",
+                        seconds, float("nan"), n, None, 1.0,
+                        {"train_seconds": round(fit.timings["train"], 2), "notes": resolved["notes"]}))
+    return rows
 
 
 def export_pngs(ds: data.Dataset, root: Path) -> Path:
@@ -114,9 +154,7 @@ def bench_features(ds: data.Dataset, backbone: str, size: int, work: Path, peak:
 
 def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -> list[dict]:
     """Workload 2: 01-04 with the CPU profile, cache cold and warm, vs recomputing features per step."""
-    steps = [s for s in experiment.STUDY_STEPS]
-    cache = work / "cache"
-    os.environ["FSFSL_CACHE"] = str(cache)
+    steps = list(experiment.STUDY_STEPS)
     kw = {"profile": "cpu", "limit_per_class": limit, "backbone": backbone, "input_size": size,
           "progress": False, "analyse": False, "views": (), "seeds": None}
     train_part, val = experiment.load_split(limit_per_class=limit)
@@ -144,10 +182,9 @@ def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -
     t_naive, _ = timed(naive_run)
     extra = {"images_per_class": limit, "steps": steps,
              "naive": "per step: write the expanded set as PNGs, ImageFolder features for train and val, same head"}
-    return [row("four study trainings, CPU, cache cold", t_cold, t_naive, n_images, model_flops(backbone, size), peak,
-                extra),
-            row("four study trainings, CPU, cache warm", t_warm, t_naive, n_images, model_flops(backbone, size), peak,
-                extra)]
+    # whole pipelines (expansion, cache, head): no single model rate, so no peak fraction
+    return [row("four study trainings, CPU, cache cold", t_cold, t_naive, n_images, None, peak, extra),
+            row("four study trainings, CPU, cache warm", t_warm, t_naive, n_images, None, peak, extra)]
 
 
 def bench_finetune(ds: data.Dataset, backbone: str, size: int, work: Path, peak: float, device: str,
@@ -190,37 +227,66 @@ def bench_finetune(ds: data.Dataset, backbone: str, size: int, work: Path, peak:
                 "kit_includes": "model build, per-epoch validation on one batch"})
 
 
-def row(name: str, kit: float, base: float, n: int, flops: float, peak: float, extra: dict | None = None) -> dict:
+def row(name: str, kit: float, base: float, n: int, flops: float | None, peak: float,
+        extra: dict | None = None) -> dict:
+    """One result row; ``base`` NaN = no baseline, ``flops`` None = no peak fraction."""
     rate = n / kit
-    return {"workload": name, "kit_s": round(kit, 3), "baseline_s": round(base, 3), "speedup": round(base / kit, 2),
-            "kit_img_per_s": round(rate, 1), "baseline_img_per_s": round(n / base, 1), "images": n,
-            "peak_fraction": round(flops * rate / peak, 4), **(extra or {})}
+    has_base = not np.isnan(base)
+    return {"workload": name, "kit_s": round(kit, 3), "baseline_s": round(base, 3) if has_base else None,
+            "speedup": round(base / kit, 2) if has_base else None, "kit_img_per_s": round(rate, 1),
+            "baseline_img_per_s": round(n / base, 1) if has_base else None, "images": n,
+            "peak_fraction": None if flops is None else round(flops * rate / peak, 4), **(extra or {})}
+
+
+WORKLOADS = ("features", "study", "finetune", "paper")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="seconds-long version for CI (tiny sizes)")
-    parser.add_argument("--images", type=int, default=256, help="images in workloads 1 and 3 (default 256)")
-    parser.add_argument("--study-per-class", type=int, default=60, help="images per class in workload 2")
+    parser.add_argument("--workloads", default="features,study,finetune",
+                        help=f"comma-separated subset of {', '.join(WORKLOADS)} (paper = the GPU headline)")
+    parser.add_argument("--data", default="elpv", choices=("elpv", "synthetic"),
+                        help="synthetic: ELPV-shaped random images, for machines without the data set")
+    parser.add_argument("--images", type=int, default=256, help="images in workloads features and finetune")
+    parser.add_argument("--study-per-class", type=int, default=60, help="images per class in workload study")
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--size", type=int, default=224, help="input size of workloads 1 and 2")
-    parser.add_argument("--finetune-size", type=int, default=128, help="input size of workload 3 on CPU")
-    parser.add_argument("--device", default="auto", help="device of workload 3")
+    parser.add_argument("--size", type=int, default=224, help="input size of workloads features and study")
+    parser.add_argument("--finetune-size", type=int, default=128, help="input size of workload finetune on CPU")
+    parser.add_argument("--device", default="auto", help="device of workloads finetune and paper")
+    parser.add_argument("--paper-epochs", type=int, default=50, help="epochs of workload paper")
     parser.add_argument("--out", default=str(experiment.project_root() / "benchmarks" / "results.json"))
     args = parser.parse_args(argv)
+    chosen = [w for w in args.workloads.split(",") if w]
+    bad = [w for w in chosen if w not in WORKLOADS]
+    if bad:
+        print(f"error: unknown workload(s) {bad}; valid: {', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
     if args.quick:
         args.images, args.study_per_class, args.size, args.finetune_size = 24, 6, 64, 32
+        args.paper_epochs = 1
     torch.manual_seed(0)
+    set_progress(False)
+    dev = models.pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="fsfsl-bench-"))
     old_cache = os.environ.get("FSFSL_CACHE")
+    os.environ["FSFSL_CACHE"] = str(work / "cache")
     try:
         peak = matmul_flops(0.3 if args.quick else 2.0)
-        ds = data.load_elpv("study", limit_per_class=args.images // 2, seed=7)
-        rows = [bench_features(ds, args.backbone, args.size, work, peak)]
-        rows += bench_study(args.study_per_class, args.backbone, args.size, work, peak)
-        dev = models.pick_device(args.device)
-        ft_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
-        rows.append(bench_finetune(ds, args.backbone, ft_size, work, peak, str(dev)))
+        peak_dev = matmul_flops(0.3 if args.quick else 2.0, 4096, str(dev), torch.bfloat16) \
+            if dev.type == "cuda" else peak
+        ds = (data.load_elpv("study", limit_per_class=args.images // 2, seed=7) if args.data == "elpv"
+              else synthetic_dataset({"normal": args.images // 2, "defective": args.images // 2}))
+        rows = []
+        if "features" in chosen:
+            rows.append(bench_features(ds, args.backbone, args.size, work, peak))
+        if "study" in chosen and args.data == "elpv":
+            rows += bench_study(args.study_per_class, args.backbone, args.size, work, peak)
+        if "finetune" in chosen:
+            ft_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
+            rows.append(bench_finetune(ds, args.backbone, ft_size, work, peak_dev, str(dev)))
+        if "paper" in chosen:
+            rows += bench_paper(str(dev), args.paper_epochs, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if old_cache is None:
@@ -229,16 +295,19 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["FSFSL_CACHE"] = old_cache
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-                          "torch": torch.__version__, "matmul_fp32_gflops": round(peak / 1e9, 1)},
+                          "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+                          "torch": torch.__version__, "matmul_fp32_gflops_cpu": round(peak / 1e9, 1),
+                          "matmul_gflops_device": round(peak_dev / 1e9, 1)},
               "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "backbone": args.backbone,
-              "rows": rows}
+              "data": args.data, "rows": rows}
     atomic_write_json(args.out, result)
-    print(f"{'workload':48s} {'kit s':>8s} {'base s':>8s} {'x':>6s} {'img/s':>7s} {'peak':>7s}")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print(f"{'workload':62s} {'kit s':>8s} {'base s':>8s} {'x':>6s} {'img/s':>8s} {'peak':>7s}")
     for r in rows:
-        print(f"{r['workload']:48s} {r['kit_s']:8.2f} {r['baseline_s']:8.2f} {r['speedup']:6.2f} "
-              f"{r['kit_img_per_s']:7.1f} {100 * r['peak_fraction']:6.2f}%")
-    print(f"matmul fp32: {peak / 1e9:.1f} GFLOP/s; written {args.out}")
+        peak_txt = "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.2f}%"
+        print(f"{r['workload']:62s} {r['kit_s']:8.2f} {fmt(r['baseline_s'], '8.2f'):>8s} "
+              f"{fmt(r['speedup'], '6.2f'):>6s} {r['kit_img_per_s']:8.1f} {peak_txt:>7s}")
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s fp32 (CPU), {peak_dev / 1e9:.1f} GFLOP/s on {dev}; written {args.out}")
     return 0
 
 

@@ -125,6 +125,7 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         "config": resolved["config"], "notes": resolved["notes"] + fit.notes,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
+        "limit_per_class": resolved.get("limit_per_class"),
         "class_names": list(val.class_names), "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
@@ -175,6 +176,16 @@ def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
     if missing:
         print(f"note: steps without records in {folder}: {', '.join(missing)}")
     return found
+
+
+def validation_split(record: dict) -> data.Dataset:
+    """The validation images a record was evaluated on (reloaded from its source and split seed)."""
+    _, val = load_split(record.get("source", "elpv"), record.get("labels", "study"), record["split_seed"],
+                        record.get("limit_per_class"))
+    if val.names != record["predictions"]["names"]:
+        raise ValueError(f"the validation images of {record.get('_path', record['step'])} cannot be rebuilt "
+                         "from its source and split seed")
+    return val
 
 
 def predictor(record: dict) -> Callable[[np.ndarray], np.ndarray]:

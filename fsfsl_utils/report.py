@@ -47,6 +47,11 @@ def record_arrays(record: dict, view: str | None = None) -> tuple[np.ndarray, np
     return labels, logits
 
 
+def same_split(records: Sequence[dict]) -> list[dict]:
+    """The records evaluated on the first record's split (widgets compare images one to one)."""
+    return [r for r in records if r["split_seed"] == records[0]["split_seed"]]
+
+
 def records_table(records: Sequence[dict]) -> pd.DataFrame:
     """Where each record is and its headline numbers."""
     rows = [{"step": r["step"], "seed": r["seed"], "profile": r["profile"], "mode": r["mode"],

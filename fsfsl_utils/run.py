@@ -78,7 +78,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
         raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
     given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone or "",
              "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0, "DATA": args.data,
-             "PROGRESS": bool(args.progress)}
+             "PROGRESS": bool(args.progress), "WIDGETS": False}
     extra = parse_params(args.param or [])
     declared = {n: notebook_parameters(n) for n in names}
     everywhere = set().union(*declared.values())

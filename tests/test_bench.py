@@ -1,0 +1,39 @@
+"""The benchmark in its seconds-long CI form: every workload runs, features agree, rows are complete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fsfsl_utils import bench
+
+
+def test_quick_benchmark_runs_every_workload(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--workloads", "features,study,finetune,paper", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["workload"] for r in result["rows"]]
+    assert names[0].startswith("features") and any("cache warm" in n for n in names)
+    assert sum(n.startswith("paper ") for n in names) == 4
+    feats = result["rows"][0]
+    assert feats["max_abs_feature_diff"] <= 1e-4          # kit == naive features (asserted inside too)
+    assert feats["best_batch"] in (8, 16, 32) and 0 < feats["peak_fraction"] < 1
+    for r in result["rows"]:
+        assert r["kit_s"] > 0 and r["kit_img_per_s"] > 0
+        if r["baseline_s"] is not None:
+            assert r["speedup"] == pytest.approx(r["baseline_s"] / r["kit_s"], rel=0.01)
+    assert result["machine"]["matmul_fp32_gflops_cpu"] > 0
+    assert "workload" in capsys.readouterr().out
+
+
+def test_feature_mismatch_is_caught(tmp_path, monkeypatch):
+    real = bench.naive_features
+    monkeypatch.setattr(bench, "naive_features", lambda *a, **k: real(*a, **k) + 1e-2)
+    with pytest.raises(AssertionError, match="features differ"):
+        bench.main(["--quick", "--workloads", "features", "--out", str(tmp_path / "b.json")])
+
+
+def test_unknown_workload(capsys, tmp_path):
+    assert bench.main(["--workloads", "gpu", "--out", str(tmp_path / "b.json")]) == 2
+    assert "unknown workload" in capsys.readouterr().err

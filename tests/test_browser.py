@@ -1,0 +1,116 @@
+"""JupyterLab in a real browser: the widgets render (no "Error displaying widget") and respond.
+
+Starts JupyterLab from this environment on a free localhost port with a token, opens notebook 01
+(parameterised to the smoke profile) in Debian's Chromium driven by Playwright, runs all cells,
+waits for the sensitivity explorer, clicks a bin and checks that the gallery caption follows.
+A screenshot is saved in the test's output folder. ``make test-browser`` runs this test alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import papermill
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    assert Path(CHROMIUM).exists(), "Chromium is missing: apt-get install chromium (make test installs it as root)"
+    work = tmp_path / "lab"
+    work.mkdir()
+    papermill.execute_notebook(str(ROOT / "notebooks" / "01_baseline.ipynb"), str(work / "01_baseline.ipynb"),
+                               parameters={"PROFILE": "smoke", "RESULTS_DIR": str(tmp_path / "runs"),
+                                           "PROGRESS": False, "SWEEP_IMAGES": 0, "WIDGETS": True},
+                               prepare_only=True, kernel_name="python3")
+    port, token = free_port(), "fsfsl-test-token"
+    env = {**os.environ, "FSFSL_CACHE": str(tmp_path / "cache"), "FSFSL_PROGRESS": "0",
+           "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                             f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}", "--allow-root",
+                             "--LabApp.news_url=", "--LabServerApp.announcements_url="],
+                            stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    log = (tmp_path / "lab.log").read_text()[-3000:]
+                    raise RuntimeError(f"JupyterLab did not start:\n{log}") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/lab/tree/01_baseline.ipynb?token={token}", tmp_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, out = lab
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
+            select = page.locator(".jp-Dialog button", has_text="Select")   # JupyterLab may ask for the kernel
+            try:
+                select.wait_for(timeout=8_000)
+                select.click()
+            except Exception:  # no dialog: the kernel started by itself
+                pass
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            buttons = page.locator(".widget-toggle-buttons")
+            buttons.first.wait_for(state="visible", timeout=180_000)
+            caption = page.locator("text=images in the brightness bin").first
+            caption.wait_for(timeout=30_000)
+            before = caption.inner_text()
+            assert "0% - 20%" in before
+            page.locator(".widget-toggle-button", has_text="40% - 60%").first.click()
+            page.wait_for_function("() => [...document.querySelectorAll('.widget-html-content')]"
+                                   ".some(e => e.innerText.includes('brightness bin 40% - 60%'))", timeout=30_000)
+            after = page.locator("text=images in the brightness bin").first.inner_text()
+            assert after != before and "40% - 60%" in after
+            gallery = page.locator(".widget-image")
+            assert gallery.count() > 0
+            assert page.locator("text=Error displaying widget").count() == 0
+            news = page.locator(".jp-toast-button", has_text="No")  # the news question covers the view
+            if news.count():
+                news.first.click()
+            plot = page.locator(".widget-image").first
+            assert plot.evaluate("e => e.naturalWidth") > 300      # the recall plot, rendered as an image
+            caption.scroll_into_view_if_needed()
+            page.screenshot(path=str(out / "sensitivity_explorer.png"))
+        except Exception:
+            page.screenshot(path=str(out / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert (out / "sensitivity_explorer.png").stat().st_size > 10_000
