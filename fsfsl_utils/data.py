@@ -252,7 +252,7 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
                 stem = Path(row["name"]).stem.replace("/", "_")
                 rel = Path(part) / cname / f"{stem}.png"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(ds.images[i]).save(tmp / rel)
+                Image.fromarray(ds.images[i]).save(tmp / rel, compress_level=1)  # lossless; fast
                 rows.append({"file": rel.as_posix(), "source": row["source"], "split": part,
                              "label": cname, "probability": row["probability"],
                              "cell_type": row["cell_type"]})

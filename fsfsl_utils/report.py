@@ -98,6 +98,22 @@ def step_table(records: Sequence[dict], view: str | None = None) -> pd.DataFrame
     return pd.DataFrame(rows).set_index("step")
 
 
+def arm_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "balanced_accuracy", "recall_normal",
+                                                                "recall_defective", "auroc")) -> pd.DataFrame:
+    """Per arm: mean and 95% interval over seeds (and splits) of each score, in percent (AUROC x 100)."""
+    tab = step_table(records)
+    rows = {}
+    for step, r in tab.iterrows():
+        row = {"runs": int(r["seeds"]), "train": r["train"]}
+        for k in keys:
+            if k not in r:
+                continue
+            lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
+            row[k] = f"{100 * r[k]:.1f}" + ("" if lo is None or pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
+        rows[step] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step")
+
+
 def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
     """The kit's numbers beside the study's published ones, in percent."""
     tab = step_table(records)
@@ -142,10 +158,10 @@ def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STU
             d_def.append(sa.get("recall_defective", np.nan) - sb.get("recall_defective", np.nan))
         rows.append({"A": a, "B": b, "pairs": len(matched),
                      "d accuracy (pts)": 100 * float(np.mean(d_acc)),
-                     "d accuracy 95% CI": _ci_text(d_acc),
+                     "d accuracy 95% CI over seeds": _ci_text(d_acc),
                      "McNemar p (accuracy)": _p_summary(acc_p),
                      "d recall defective (pts)": 100 * float(np.nanmean(d_def)),
-                     "d recall defective 95% CI": _ci_text(d_def),
+                     "d recall defective 95% CI over seeds": _ci_text(d_def),
                      "McNemar p (defective)": _p_summary(def_p),
                      "verdict": verdict(a, b, d_acc, acc_p, d_def, def_p)})
     return pd.DataFrame(rows)
@@ -242,6 +258,7 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
     """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically."""
     results_dir = Path(results_dir)
     sections = {"Kit vs study": study_comparison(records),
+                "Every arm: mean [95% interval over seeds], percent": arm_table(records),
                 "Paired tests (study's comparisons and controls)":
                     paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
                 "Defect recall at fixed normal recall (ROC readings, not tuned thresholds)": operating_points(records)}

@@ -111,3 +111,44 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         results.atomic_write_json(tmp_path / "r.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def crafted_record(step, seed, logits, labels, split_seed=0):
+    return {"step": step, "seed": seed, "split_seed": split_seed, "class_names": ["normal", "defective"],
+            "train_counts": {"normal": 1, "defective": 1},
+            "predictions": {"names": [f"i{k}" for k in range(len(labels))], "labels": list(labels),
+                            "logits": np.asarray(logits).tolist()}}
+
+
+def test_significance_summary_no_evidence_vs_clear_difference():
+    from fsfsl_utils import report
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 100 + [1] * 100)
+    good = np.stack([1 - labels, labels], 1) * 2.0 + rng.normal(0, 0.1, (200, 2))
+    noisy = good.copy()
+    noisy[100:160] = [[2.0, 0.0]]            # 60 defects missed by B in every seed
+    recs = []
+    for seed in range(3):
+        recs.append(crafted_record("04_balanced_augment", seed, good, labels))
+        recs.append(crafted_record("04_balanced_duplicate", seed, good, labels))
+        recs.append(crafted_record("04_class_weighted", seed, noisy, labels))
+    tests = report.paired_tests(recs, report.CONTROL_COMPARISONS).set_index("B")
+    same = tests.loc["04_balanced_duplicate"]
+    assert same["verdict"].count("no evidence of a difference") == 2
+    diff = tests.loc["04_class_weighted"].iloc[0]
+    assert "is higher than 04_class_weighted by 60.0 points" in diff["verdict"]
+    assert "is higher than 04_class_weighted by 30.0 points" in diff["verdict"]   # accuracy: 60 of 200
+    table = report.arm_table(recs)
+    assert table.loc["04_class_weighted", "recall_defective"].startswith("40.0")
+
+
+def test_paired_tests_pair_within_splits():
+    from fsfsl_utils import report
+
+    labels = np.array([0, 1] * 20)
+    a = np.stack([1 - labels, labels], 1).astype(float)
+    recs = [crafted_record("02_flip", 0, a, labels, split_seed=s) for s in (0, 1)]
+    recs += [crafted_record("01_baseline", 0, a, labels, split_seed=1)]
+    tests = report.paired_tests(recs, [("02_flip", "01_baseline")])
+    assert int(tests.iloc[0]["pairs"]) == 1     # only split 1 has both arms

@@ -130,3 +130,17 @@ def test_analysis_before_training_says_what_to_do(tmp_path):
         papermill.execute_notebook(str(NB / "05_analysis.ipynb"), str(tmp_path / "05.ipynb"), kernel_name="python3",
                                    parameters={"RESULTS_DIR": str(tmp_path / "empty"), "PROGRESS": False},
                                    progress_bar=False, cwd=str(tmp_path))
+
+
+def test_splits_and_profile_default_seeds(tmp_path):
+    assert experiment.Settings.from_parameters(profile="cpu", results_dir=str(tmp_path), progress=False).seeds \
+        == [0, 1, 2, 3, 4]
+    settings = experiment.Settings.from_parameters(profile="smoke", seeds=1, splits=2, results_dir=str(tmp_path),
+                                                   progress=False)
+    recs = settings.run("01_baseline", analyse=False)
+    assert [r["split_seed"] for r in recs] == [0, 1]
+    assert recs[0]["predictions"]["names"] != recs[1]["predictions"]["names"]
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["01_baseline-seed0.json",
+                                                                        "01_baseline-split1-seed0.json"]
+    with pytest.raises(ValueError, match="SPLITS must be a whole number >= 1"):
+        experiment.Settings.from_parameters(profile="smoke", splits=0, results_dir=str(tmp_path), progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,19 @@ def test_committed_notebooks_are_clean(path):
 
 def test_gitattributes_runs_nbstripout():
     assert "*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text()
+
+
+def test_package_and_tests_are_ruff_clean():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "fsfsl_utils", "tests"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_notebooks_define_no_functions_and_call_the_package():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = "\n".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+                         for c in nb["cells"] if c["cell_type"] == "code")
+        assert "def " not in code and "class " not in code and "lambda" not in code, path.name
+        assert "from fsfsl_utils import" in code, path.name
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", path.name
