@@ -36,10 +36,41 @@ def check_predictions(labels: Sequence[int] | np.ndarray, logits: np.ndarray | S
     return labels.astype(np.int64), logits
 
 
-def evaluate(labels: Sequence[int] | np.ndarray, logits: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion matrix, AUROC."""
+def predict_labels(logits: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Argmax, or (two classes) class 1 when its softmax probability reaches ``threshold``."""
+    logits = np.asarray(logits, float)
+    if threshold is None:
+        return logits.argmax(axis=1)
+    if logits.shape[1] != 2:
+        raise ValueError(f"a decision threshold needs two classes, got {logits.shape[1]}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
+    return (softmax(logits)[:, 1] >= threshold).astype(np.int64)
+
+
+def threshold_for_recall(labels: np.ndarray, logits: np.ndarray, fixed_recall: float) -> float:
+    """The class-1 probability threshold that keeps class-0 recall at least ``fixed_recall`` on these
+    images while catching as much of class 1 as possible. Chosen on the data it is then scored on, it is
+    optimistic: choose it on held-out images when the number matters."""
+    labels = np.asarray(labels)
+    p1 = softmax(logits)[:, 1]
+    normal = np.sort(p1[labels == 0])
+    if len(normal) == 0:
+        raise ValueError("no class-0 images to hold the recall of")
+    k = int(np.ceil(fixed_recall * len(normal) - 1e-9))  # class-0 images that must stay below the threshold
+    if k >= len(normal):
+        return float(min(1 - 1e-12, np.nextafter(normal[-1], 1.0)))
+    return float(max(1e-12, np.nextafter(normal[k - 1], 1.0) if k > 0 else 1e-12))
+
+
+def evaluate(labels: Sequence[int] | np.ndarray, logits: np.ndarray, class_names: Sequence[str],
+             threshold: float | None = None) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion matrix, AUROC.
+
+    ``threshold`` (two classes): predict class 1 when its probability reaches it, instead of argmax.
+    AUROC does not depend on it."""
     labels, logits = check_predictions(labels, logits, len(class_names))
-    pred = logits.argmax(axis=1)
+    pred = predict_labels(logits, threshold)
     k = len(class_names)
     prec, rec, f1, sup = skm.precision_recall_fscore_support(labels, pred, labels=range(k), zero_division=0)
     return {

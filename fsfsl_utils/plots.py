@@ -238,6 +238,26 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
     return fig
 
 
+def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = report.STUDY_COMPARISONS
+                       + report.CONTROL_COMPARISONS, key: str = "recall_defective") -> plt.Figure:
+    """Per comparison A - B, one dot per seed / split (paired on the same validation images), with the mean."""
+    groups = report.by_step(records)
+    shown = [(a, b) for a, b in pairs if a in groups and b in groups]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * max(1, len(shown))))
+    for y, (a, b) in enumerate(shown):
+        other = {(r["split_seed"], r["seed"]): r for r in groups[b]}
+        diffs = [100 * (report.scores(r)[key] - report.scores(other[k])[key]) for r in groups[a]
+                 if (k := (r["split_seed"], r["seed"])) in other]
+        ax.scatter(diffs, [y] * len(diffs), color=CLASS_COLORS[0], s=18, alpha=0.8)
+        if diffs:
+            ax.plot([np.mean(diffs)] * 2, [y - 0.3, y + 0.3], color="black", lw=2)
+    ax.axvline(0, color="gray", lw=0.8)
+    ax.set_yticks(range(len(shown)), [f"{a} - {b}" for a, b in shown], fontsize=7)
+    ax.set_xlabel(f"{key.replace('_', ' ')} difference, points (dots: seeds; bar: mean)")
+    fig.tight_layout()
+    return fig
+
+
 def wrong_gallery(record: dict, images: dict[str, np.ndarray] | Dataset, n: int = 12) -> plt.Figure:
     """The misclassified validation images, most confident mistakes first."""
     if isinstance(images, Dataset):

@@ -237,9 +237,10 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     claims = {("03_full_augment", "01_baseline"): "the study saw no gain from augmenting every class",
               ("04_balanced_augment", "01_baseline"): "the study reported +8.4 points of defect recall from "
                                                       "augmenting only the defective class",
-              ("04_balanced_augment", "04_balanced_duplicate"): "is it the new images or the new class ratio? "
-                                                                "(plain copies give the same ratio)",
-              ("04_balanced_augment", "04_class_weighted"): "class weighting changes the ratio with no new images"}
+              ("04_balanced_augment", "04_balanced_duplicate"): "new images or just the new class ratio? plain "
+                                                                "copies give the same ratio",
+              ("04_balanced_augment", "04_class_weighted"): "a class-weighted loss changes the ratio with no new "
+                                                            "images"}
     for _, row in tests.iterrows():
         note = claims.get((row["A"], row["B"]))
         if note:

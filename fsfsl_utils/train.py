@@ -151,7 +151,7 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequen
         logits = lambda x: head(torch.from_numpy(x)).numpy().astype(np.float64)  # noqa: E731
         val_logits = logits(x_val)
         view_logits = {v: logits(x) for v, x in x_views.items()}
-    return FitResult("probe", val_logits, view_logits, head, "cpu", history,
+    return FitResult("probe", val_logits, view_logits, head, str(models.pick_device(cfg["device"])), history,
                      {"features": t1 - t0, "train": time.perf_counter() - t1})
 
 

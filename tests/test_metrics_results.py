@@ -152,3 +152,21 @@ def test_paired_tests_pair_within_splits():
     recs += [crafted_record("01_baseline", 0, a, labels, split_seed=1)]
     tests = report.paired_tests(recs, [("02_flip", "01_baseline")])
     assert int(tests.iloc[0]["pairs"]) == 1     # only split 1 has both arms
+
+
+def test_threshold_choice_hand_worked():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    p1 = np.array([0.1, 0.2, 0.3, 0.45, 0.35, 0.4, 0.9])
+    logits = np.stack([np.zeros(7), np.log(p1 / (1 - p1))], 1)
+    assert metrics.evaluate(labels, logits, ["n", "d"])["per_class"]["d"]["recall"] == pytest.approx(1 / 3)
+    m = metrics.evaluate(labels, logits, ["n", "d"], threshold=0.33)
+    assert m["per_class"]["d"]["recall"] == 1.0 and m["per_class"]["n"]["recall"] == 0.75
+    thr = metrics.threshold_for_recall(labels, logits, 0.75)   # keep 3 of 4 normals: just above 0.3
+    assert 0.3 < thr <= 0.35
+    m = metrics.evaluate(labels, logits, ["n", "d"], threshold=thr)
+    assert m["per_class"]["n"]["recall"] == 0.75 and m["per_class"]["d"]["recall"] == 1.0
+    thr = metrics.threshold_for_recall(labels, logits, 1.0)    # every normal: above 0.45, only 0.9 caught
+    assert metrics.evaluate(labels, logits, ["n", "d"], threshold=thr)["per_class"]["d"]["recall"] == pytest.approx(
+        1 / 3)
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        metrics.evaluate(labels, logits, ["n", "d"], threshold=1.5)
