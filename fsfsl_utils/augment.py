@@ -65,21 +65,36 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
+GROUPS = ("*", "@majority", "@minority")
+
+
 @dataclass(frozen=True)
 class Policy:
-    """Which operations each class gets: ``rules[class_name] = (op, op, ...)``; key ``"*"`` = every class."""
+    """Which operations each class gets: ``rules[key] = (op, op, ...)``, one copy per listed operation.
+
+    A key is a class name, ``"*"`` (every class), ``"@majority"`` (the largest class of the training
+    part) or ``"@minority"`` (every other class). A class name wins over a group, a group over ``"*"``.
+    """
 
     name: str
     rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     doc: str = ""
 
-    def ops_for(self, class_name: str) -> tuple[str, ...]:
-        return tuple(self.rules.get(class_name, self.rules.get("*", ())))
+    def ops_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> tuple[str, ...]:
+        """The operations for one class (``class_counts`` decides majority / minority)."""
+        if class_name in self.rules:
+            return tuple(self.rules[class_name])
+        if class_counts and ("@majority" in self.rules or "@minority" in self.rules):
+            largest = max(class_counts, key=class_counts.get)
+            group = "@majority" if class_name == largest else "@minority"
+            if group in self.rules:
+                return tuple(self.rules[group])
+        return tuple(self.rules.get("*", ()))
 
     def check(self, class_names: Sequence[str]) -> None:
         """Raise ValueError if the policy names an unknown class or operation."""
         for cls, ops in self.rules.items():
-            if cls != "*" and cls not in class_names:
+            if cls not in GROUPS and cls not in class_names:
                 raise ValueError(f"policy {self.name!r} names class {cls!r}, which this data set does not have; "
                                  f"its classes: {', '.join(class_names)}")
             for op in ops:
@@ -87,7 +102,7 @@ class Policy:
 
     def counts(self, class_counts: Mapping[str, int]) -> dict[str, int]:
         """Images per class after expansion, from the counts before it."""
-        return {c: n * (1 + len(self.ops_for(c))) for c, n in class_counts.items()}
+        return {c: n * (1 + len(self.ops_for(c, class_counts))) for c, n in class_counts.items()}
 
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
@@ -95,10 +110,10 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("flip", {"*": ("hflip",)}, "every image plus its mirror: x2"),
     Policy("full", {"*": ("hflip", "brightness", "clarity")},
            "flip, brightness and clarity copies for every class: x4"),
-    Policy("balanced", {"normal": ("hflip",), "defective": ("hflip", "brightness", "clarity")},
-           "normal x2, defective x4: the study's 1508 / 1432"),
-    Policy("balanced_duplicate", {"normal": ("hflip",), "defective": ("copy", "copy", "copy")},
-           "control: like balanced, but the defective class gets plain copies (no new content)"),
+    Policy("balanced", {"@majority": ("hflip",), "@minority": ("hflip", "brightness", "clarity")},
+           "largest class x2, the others x4: on ELPV normal 1508 / defective 1432, the study's counts"),
+    Policy("balanced_duplicate", {"@majority": ("hflip",), "@minority": ("copy", "copy", "copy")},
+           "control: like balanced, but the smaller classes get plain copies (no new content)"),
 )}
 
 
@@ -141,8 +156,9 @@ def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool |
     policy.check(train.class_names)
     if (train.meta["split"] == "val").any():
         raise ValueError("expand() takes the TRAIN part only: this Dataset has validation images")
+    counts = train.counts()
     plan = [(i, op, k) for i, label in enumerate(train.labels)
-            for k, op in enumerate(policy.ops_for(train.class_names[label]))]
+            for k, op in enumerate(policy.ops_for(train.class_names[label], counts))]
     if not plan:
         return train.subset(np.arange(len(train)))
     n = len(train)

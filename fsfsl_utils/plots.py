@@ -77,10 +77,12 @@ def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness
     return fig
 
 
-def metric_bars(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "recall_normal", "recall_defective"),
-                n_boot: int = 500) -> plt.Figure:
-    """Bars per step with 95% intervals: over seeds when there are several, else bootstrap over images."""
+def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_boot: int = 500) -> plt.Figure:
+    """Bars per step with 95% intervals: over seeds when there are several, else bootstrap over images.
+
+    ``keys`` default: accuracy and the recall of every class."""
     groups = report.by_step(records)
+    keys = keys or ["accuracy"] + [f"recall_{c}" for c in records[0]["class_names"]]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
@@ -224,14 +226,15 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for k, (step, recs) in enumerate(report.by_step(records).items()):
         labels, logits = report.record_arrays(recs[0])
-        d = recs[0]["class_names"].index("defective") if "defective" in recs[0]["class_names"] else 1
-        fpr, tpr, _ = roc_curve(labels == d, logits[:, d] - logits[:, 1 - d] if logits.shape[1] == 2 else logits[:, d])
+        d = recs[0]["class_names"].index(report.target_class(recs[0]))
+        r = recs[0]["class_names"].index(report.reference_class(recs[0]))
+        fpr, tpr, _ = roc_curve(labels == d, logits[:, d] - logits[:, r])
         ax.plot(1 - fpr, tpr, label=step, color=plt.cm.tab10(k % 10), lw=1.3)
     for nr in mark_normal_recall:
         ax.axvline(nr, color="gray", ls=":", lw=0.8)
     ax.set_xlim(0.8, 1.0)
-    ax.set_xlabel("normal recall")
-    ax.set_ylabel("defect recall")
+    ax.set_xlabel(f"{report.reference_class(records[0])} recall")
+    ax.set_ylabel(f"{report.target_class(records[0])} recall")
     ax.legend(fontsize=7)
     ax.set_title("ROC (validation, first seed); dotted: 97.3% and 95% normal recall", fontsize=8)
     fig.tight_layout()
@@ -239,7 +242,7 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
 
 
 def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = report.STUDY_COMPARISONS
-                       + report.CONTROL_COMPARISONS, key: str = "recall_defective") -> plt.Figure:
+                       + report.CONTROL_COMPARISONS, key: str = "recall_target") -> plt.Figure:
     """Per comparison A - B, one dot per seed / split (paired on the same validation images), with the mean."""
     groups = report.by_step(records)
     shown = [(a, b) for a, b in pairs if a in groups and b in groups]
@@ -253,7 +256,8 @@ def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]]
             ax.plot([np.mean(diffs)] * 2, [y - 0.3, y + 0.3], color="black", lw=2)
     ax.axvline(0, color="gray", lw=0.8)
     ax.set_yticks(range(len(shown)), [f"{a} - {b}" for a, b in shown], fontsize=7)
-    ax.set_xlabel(f"{key.replace('_', ' ')} difference, points (dots: seeds; bar: mean)")
+    what = f"{report.target_class(records[0])} recall" if key == "recall_target" else key.replace("_", " ")
+    ax.set_xlabel(f"{what} difference, points (dots: seeds; bar: mean)")
     fig.tight_layout()
     return fig
 

@@ -69,7 +69,28 @@ def scores(record: dict, view: str | None = None) -> dict[str, float]:
     for c, v in m["per_class"].items():
         out[f"recall_{c}"] = v["recall"]
         out[f"f1_{c}"] = v["f1"]
+    out["recall_target"] = out[f"recall_{target_class(record)}"]
+    out["recall_reference"] = out[f"recall_{reference_class(record)}"]
+    out["f1_target"] = out[f"f1_{target_class(record)}"]
     return out
+
+
+def target_class(record: dict) -> str:
+    """The class whose recall matters most: ``defective`` on ELPV, else the smallest training class."""
+    names = record["class_names"]
+    if "defective" in names:
+        return "defective"
+    counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
+    return min(names, key=lambda c: counts.get(c, 0))
+
+
+def reference_class(record: dict) -> str:
+    """The class held at a fixed recall: ``normal`` on ELPV, else the largest training class."""
+    names = record["class_names"]
+    if "normal" in names:
+        return "normal"
+    counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
+    return max(names, key=lambda c: counts.get(c, 0))
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
@@ -98,9 +119,10 @@ def step_table(records: Sequence[dict], view: str | None = None) -> pd.DataFrame
     return pd.DataFrame(rows).set_index("step")
 
 
-def arm_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "balanced_accuracy", "recall_normal",
-                                                                "recall_defective", "auroc")) -> pd.DataFrame:
-    """Per arm: mean and 95% interval over seeds (and splits) of each score, in percent (AUROC x 100)."""
+def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per arm: mean and 95% interval over seeds (and splits) of each score, in percent (AUROC x 100).
+    Default keys: accuracy, balanced accuracy, the recall of every class, AUROC."""
+    keys = keys or ["accuracy", "balanced_accuracy"] + [f"recall_{c}" for c in records[0]["class_names"]] + ["auroc"]
     tab = step_table(records)
     rows = {}
     for step, r in tab.iterrows():
@@ -117,17 +139,19 @@ def arm_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "balan
 def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
     """The kit's numbers beside the study's published ones, in percent."""
     tab = step_table(records)
+    ref, tgt = reference_class(records[0]), target_class(records[0])
+    elpv = records[0].get("source", "elpv") == "elpv"
     rows = []
     for step in tab.index:
-        study = STUDY_RESULTS.get(step, {})
+        study = STUDY_RESULTS.get(step, {}) if elpv else {}
         r = tab.loc[step]
         rows.append({"step": step, "kit train": r["train"], "study train": study.get("train", ""),
                      "kit acc %": 100 * r["accuracy"], "study acc %": _pct(study.get("accuracy")),
-                     "kit rec normal %": 100 * r.get("recall_normal", np.nan),
-                     "study rec normal %": _pct(study.get("recall_normal")),
-                     "kit rec defective %": 100 * r.get("recall_defective", np.nan),
-                     "study rec defective %": _pct(study.get("recall_defective")),
-                     "kit F1 defective %": 100 * r.get("f1_defective", np.nan),
+                     f"kit rec {ref} %": 100 * r["recall_reference"],
+                     f"study rec {ref} %": _pct(study.get("recall_normal")),
+                     f"kit rec {tgt} %": 100 * r["recall_target"],
+                     f"study rec {tgt} %": _pct(study.get("recall_defective")),
+                     f"kit F1 {tgt} %": 100 * r["f1_target"],
                      "kit AUROC": r["auroc"], "seeds": int(r["seeds"])})
     return pd.DataFrame(rows).set_index("step").round(2)
 
@@ -151,28 +175,29 @@ def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STU
             if ra["predictions"]["names"] != rb_["predictions"]["names"]:
                 raise ValueError(f"{a} and {b} were evaluated on different validation images: not a paired test")
             acc_p.append(metrics.mcnemar(la, lga, lgb)["p_value"])
-            d = la == _defective_index(ra)
+            d = la == ra["class_names"].index(target_class(ra))
             def_p.append(metrics.mcnemar(la[d], lga[d], lgb[d])["p_value"])
             sa, sb = scores(ra), scores(rb_)
             d_acc.append(sa["accuracy"] - sb["accuracy"])
-            d_def.append(sa.get("recall_defective", np.nan) - sb.get("recall_defective", np.nan))
+            d_def.append(sa["recall_target"] - sb["recall_target"])
+        tgt = target_class(groups[a][0])
         rows.append({"A": a, "B": b, "pairs": len(matched),
                      "d accuracy (pts)": 100 * float(np.mean(d_acc)),
                      "d accuracy 95% CI over seeds": _ci_text(d_acc),
                      "McNemar p (accuracy)": _p_summary(acc_p),
-                     "d recall defective (pts)": 100 * float(np.nanmean(d_def)),
-                     "d recall defective 95% CI over seeds": _ci_text(d_def),
-                     "McNemar p (defective)": _p_summary(def_p),
-                     "verdict": verdict(a, b, d_acc, acc_p, d_def, def_p)})
+                     f"d recall {tgt} (pts)": 100 * float(np.nanmean(d_def)),
+                     f"d recall {tgt} 95% CI over seeds": _ci_text(d_def),
+                     f"McNemar p ({tgt})": _p_summary(def_p),
+                     "verdict": verdict(a, b, d_acc, acc_p, d_def, def_p, f"{tgt} recall")})
     return pd.DataFrame(rows)
 
 
 def verdict(a: str, b: str, d_acc: Sequence[float], p_acc: Sequence[float], d_def: Sequence[float],
-            p_def: Sequence[float]) -> str:
+            p_def: Sequence[float], target: str = "defect recall") -> str:
     """Plain words. A difference counts as shown when McNemar p < 0.05 in at least half of the seeds and
     the per-seed differences all point the same way; otherwise 'no evidence of a difference'."""
     parts = []
-    for what, d, p in (("accuracy", d_acc, p_acc), ("defect recall", d_def, p_def)):
+    for what, d, p in (("accuracy", d_acc, p_acc), (target.replace("defective recall", "defect recall"), d_def, p_def)):
         d = np.asarray(d, float)
         significant = np.mean(np.asarray(p) < ALPHA) >= 0.5
         consistent = (d > 0).all() or (d < 0).all()
@@ -188,15 +213,17 @@ def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
     """Scores of ``step`` without and with each test-time view (logits 0.5 original + 0.5 view)."""
     recs = by_step(records)[step]
     views = [v for v in ("vflip", "blur") if all(v in r.get("view_logits", {}) for r in recs)]
+    ref, tgt = reference_class(recs[0]), target_class(recs[0])
+    elpv = recs[0].get("source", "elpv") == "elpv"
     rows = []
     for view in (None, *views):
         per_seed = [scores(r, view) for r in recs]
-        study = STUDY_RESULTS.get(f"tta_{view}", {}) if view else STUDY_RESULTS.get(step, {})
+        study = (STUDY_RESULTS.get(f"tta_{view}", {}) if view else STUDY_RESULTS.get(step, {})) if elpv else {}
         rows.append({"view": view or "none", "accuracy %": 100 * np.mean([s["accuracy"] for s in per_seed]),
-                     "recall normal %": 100 * np.mean([s.get("recall_normal", np.nan) for s in per_seed]),
-                     "recall defective %": 100 * np.mean([s.get("recall_defective", np.nan) for s in per_seed]),
+                     f"recall {ref} %": 100 * np.mean([s["recall_reference"] for s in per_seed]),
+                     f"recall {tgt} %": 100 * np.mean([s["recall_target"] for s in per_seed]),
                      "study accuracy %": _pct(study.get("accuracy")),
-                     "study recall defective %": _pct(study.get("recall_defective"))})
+                     f"study recall {tgt} %": _pct(study.get("recall_defective"))})
     return pd.DataFrame(rows).set_index("view").round(2)
 
 
@@ -212,10 +239,12 @@ def operating_points(records: Sequence[dict], normal_recalls: Sequence[float] = 
     rows = []
     for step, recs in by_step(records).items():
         row = {"step": step}
+        ref, tgt = reference_class(recs[0]), target_class(recs[0])
+        i_ref, i_tgt = recs[0]["class_names"].index(ref), recs[0]["class_names"].index(tgt)
         for nr in normal_recalls:
-            vals = [metrics.recall_at_fixed_recall(*record_arrays(r), nr, 0, _defective_index(r))["target_recall"]
+            vals = [metrics.recall_at_fixed_recall(*record_arrays(r), nr, i_ref, i_tgt)["target_recall"]
                     for r in recs]
-            row[f"defect recall @ normal {100 * nr:.1f}%"] = 100 * float(np.mean(vals))
+            row[f"{tgt} recall @ {ref} {100 * nr:.1f}%"] = 100 * float(np.mean(vals))
         rows.append(row)
     return pd.DataFrame(rows).set_index("step").round(2)
 
@@ -231,9 +260,12 @@ def conclusions(records: Sequence[dict]) -> list[str]:
                f"backbone {', '.join(sorted({r['backbone'] for r in records}))}.")
     if "01_baseline" in tab.index:
         b = tab.loc["01_baseline"]
-        out.append(f"Baseline: accuracy {100 * b['accuracy']:.1f}% (study 86.06%), defect recall "
-                   f"{100 * b.get('recall_defective', np.nan):.1f}% (study 62.9%), normal recall "
-                   f"{100 * b.get('recall_normal', np.nan):.1f}% (study 97.3%).")
+        ref, tgt = reference_class(records[0]), target_class(records[0])
+        elpv = records[0].get("source", "elpv") == "elpv"
+        study = lambda text: f" (study {text})" if elpv else ""  # noqa: E731
+        out.append(f"Baseline: accuracy {100 * b['accuracy']:.1f}%{study('86.06%')}, {tgt} recall "
+                   f"{100 * b['recall_target']:.1f}%{study('62.9%')}, {ref} recall "
+                   f"{100 * b['recall_reference']:.1f}%{study('97.3%')}.")
     claims = {("03_full_augment", "01_baseline"): "the study saw no gain from augmenting every class",
               ("04_balanced_augment", "01_baseline"): "the study reported +8.4 points of defect recall from "
                                                       "augmenting only the defective class",
@@ -245,7 +277,7 @@ def conclusions(records: Sequence[dict]) -> list[str]:
         note = claims.get((row["A"], row["B"]))
         if note:
             out.append(f"{row['A']} vs {row['B']} ({note}): {row['verdict']}.")
-    if "04_balanced_augment" in tab.index and "01_baseline" in tab.index:
+    if "04_balanced_augment" in tab.index and "01_baseline" in tab.index and records[0].get("source") == "elpv":
         t = tests[(tests["A"] == "04_balanced_augment") & (tests["B"] == "01_baseline")]
         if len(t):
             confirmed = "higher" in t.iloc[0]["verdict"].split(";")[1]
@@ -292,11 +324,6 @@ def _markdown(frame: pd.DataFrame) -> str:
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]
     return "\n".join(rows)
-
-
-def _defective_index(record: dict) -> int:
-    names = record["class_names"]
-    return names.index("defective") if "defective" in names else len(names) - 1
 
 
 def _pct(v: float | None) -> float:

@@ -12,6 +12,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from fsfsl_utils import data  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's feature cache (~/.cache/fsfsl)."""
+    os.environ["FSFSL_CACHE"] = str(tmp_path_factory.mktemp("fsfsl_cache"))
+
+
 @pytest.fixture(scope="session")
 def elpv() -> data.Dataset:
     return data.load_elpv("study")

@@ -144,3 +144,25 @@ def test_splits_and_profile_default_seeds(tmp_path):
                                                                         "01_baseline-split1-seed0.json"]
     with pytest.raises(ValueError, match="SPLITS must be a whole number >= 1"):
         experiment.Settings.from_parameters(profile="smoke", splits=0, results_dir=str(tmp_path), progress=False)
+
+
+def test_own_imagefolder_through_the_main_job(tmp_path):
+    """A user's tree with other class names goes through 01, 04 (majority / minority policies) and 05."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cname, n in (("ok", 30), ("crack", 14)):
+        folder = tmp_path / "mine" / cname
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{cname}{i}.jpg")
+    code = run.main(["--profile", "smoke", "--data", str(tmp_path / "mine"), "--out", str(tmp_path / "runs"),
+                     "--notebooks", "01_baseline,04_balanced_augment,05_analysis", "-p", "SWEEP_IMAGES=0"])
+    assert code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    recs = {r["step"]: r for r in results.load_records(run_dir)}
+    assert recs["01_baseline"]["class_names"] == ["crack", "ok"]
+    assert recs["01_baseline"]["train_counts"] == {"crack": 7, "ok": 8}
+    assert recs["04_balanced_augment"]["train_counts"] == {"crack": 28, "ok": 16}   # minority x4, majority x2
+    assert recs["04_balanced_duplicate"]["train_counts"] == {"crack": 28, "ok": 16}
+    assert (run_dir / "summary.md").exists()
