@@ -58,6 +58,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    final_model: nn.Module | None = None  # finetune: the weights after the last epoch (``model`` = best epoch)
 
 
 def check_config(config: dict) -> dict:
@@ -262,10 +263,8 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                    for v in views}
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
                  "as pytorch/examples imagenet keeps model_best")
-    result = FitResult("finetune", val_logits, view_logits, model, str(dev), history,
-                       {"train": train_seconds}, notes)
-    result.final_model = final  # type: ignore[attr-defined]
-    return result
+    return FitResult("finetune", val_logits, view_logits, model, str(dev), history, {"train": train_seconds}, notes,
+                     final_model=final)
 
 
 def _train_view(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
