@@ -152,7 +152,8 @@ SWEEP_LEVELS = {"brightness": (0.6, 0.8, 1.0, 1.2, 1.4), "clarity": (0.0, 0.5, 1
 
 def sweeps(record: dict, val: data.Dataset, n_images: int = 200, seed: int = 0,
            levels: dict[str, Sequence[float]] | None = None) -> dict[str, dict]:
-    """Brightness and clarity sweeps of a record's model on a seeded, class-stratified subset of ``val``."""
+    """Brightness and clarity sweeps of a record's model on a seeded, class-stratified subset of ``val``;
+    also written to ``<results>/analysis/<record>/sweeps.json``."""
     if n_images <= 0:
         return {}
     rng = np.random.default_rng(seed)
@@ -160,8 +161,12 @@ def sweeps(record: dict, val: data.Dataset, n_images: int = 200, seed: int = 0,
     idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(val.labels == c))[:per_class]
                                   for c in range(len(val.class_names))]))
     predict = predictor(record)
-    return {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
-            for op, lv in (levels or SWEEP_LEVELS).items()}
+    out = {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
+           for op, lv in (levels or SWEEP_LEVELS).items()}
+    path = Path(record["_path"])
+    results.atomic_write_json(path.parents[1] / "analysis" / path.stem / "sweeps.json",
+                              {"images": [val.names[i] for i in idx], "sweeps": out})
+    return out
 
 
 def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:

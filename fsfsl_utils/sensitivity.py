@@ -235,6 +235,13 @@ def sweep(model_or_predict_fn: Callable[[np.ndarray], np.ndarray], images: np.nd
     return {"op": op, "levels": [float(v) for v in levels], "rows": rows}
 
 
+def sweep_table(result: dict) -> pd.DataFrame:
+    """A sweep as a table: one row per level, accuracy and the recall of each class."""
+    rows = {r["level"]: {"accuracy": r["accuracy"], **{f"recall {c}": v for c, v in r["recall"].items()}}
+            for r in result["rows"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(f"{result['op']} level").round(4)
+
+
 # ----------------------------------------------------------------------------- helpers
 def _feature_table(values: np.ndarray, labels: np.ndarray, pred: np.ndarray, class_names: list[str],
                    n_bins: int, binning: str, rng: np.random.Generator) -> dict:

@@ -43,6 +43,7 @@ def test_main_job_writes_the_run_folder(smoke_run):
     info = json.loads((smoke_run / "run.json").read_text())
     assert info["status"] == "ok" and set(info["seconds"]) == set(run.NOTEBOOKS)
     assert info["peak_rss_mib_of_kernels"] > 0
+    assert (smoke_run / "analysis" / "01_baseline-seed0" / "sweeps.json").is_file()
     assert {"01_sensitivity.png", "05_roc.png", "04_brightness_before_after.png"} <= \
         {p.name for p in (smoke_run / "figures").iterdir()}
 

@@ -148,3 +148,11 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         sens.analyse(**args)
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_table_layout():
+    out = {"op": "brightness", "levels": [0.5, 1.0],
+           "rows": [{"level": 0.5, "accuracy": 0.5, "recall": {"n": 0.0, "d": 1.0}},
+                    {"level": 1.0, "accuracy": 1.0, "recall": {"n": 1.0, "d": 1.0}}]}
+    tab = sens.sweep_table(out)
+    assert list(tab.columns) == ["accuracy", "recall n", "recall d"] and list(tab.index) == [0.5, 1.0]
