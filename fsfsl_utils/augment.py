@@ -6,6 +6,11 @@ which operations each class gets, one copy per listed operation. :func:`expand` 
 the originals plus the copies; every copy's metadata row names its source image, the
 operation and the parameter, so the expanded set can be browsed and audited.
 
+The study's sets: ``flip`` doubles (1508 / 716; the study: about 2200 images); ``full`` gives every
+image a flip, a brightness and a clarity copy (3016 / 1432; the study reached 2210 / 1174, i.e.
+2.93x / 3.28x per image, from a subset of its copies whose sampling it did not publish);
+``balanced`` gives exactly the study's 1508 / 1432.
+
 Parameters are drawn per (seed, source image, operation, copy number), so the same image
 gets the same brightness copy in every policy that asks for one (and the feature cache
 reuses it).
