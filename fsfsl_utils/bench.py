@@ -156,13 +156,13 @@ def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -
     """Workload 2: 01-04 with the CPU profile, cache cold and warm, vs recomputing features per step."""
     steps = list(experiment.STUDY_STEPS)
     kw = {"profile": "cpu", "limit_per_class": limit, "backbone": backbone, "input_size": size,
-          "progress": False, "analyse": False, "views": (), "seeds": None}
+          "progress": False, "analyse": False, "views": ()}
     train_part, val = experiment.load_split(limit_per_class=limit)
 
     def kit_run(folder: str) -> int:
         n = 0
         for step in steps:
-            rec = experiment.run_step(step, results_dir=work / folder, **{k: v for k, v in kw.items() if k != "seeds"})
+            rec = experiment.run_step(step, results_dir=work / folder, **kw)
             n += sum(rec["train_counts"].values()) + sum(rec["val_counts"].values())
         return n
 
