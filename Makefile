@@ -51,7 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check fsfsl_utils tests
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean-venv:
 	rm -rf $(VENV)
