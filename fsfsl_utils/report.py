@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,20 +77,20 @@ def scores(record: dict, view: str | None = None) -> dict[str, float]:
 
 def target_class(record: dict) -> str:
     """The class whose recall matters most: ``defective`` on ELPV, else the smallest training class."""
-    names = record["class_names"]
-    if "defective" in names:
-        return "defective"
-    counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
-    return min(names, key=lambda c: counts.get(c, 0))
+    return _class_by_role(record, "defective", min)
 
 
 def reference_class(record: dict) -> str:
     """The class held at a fixed recall: ``normal`` on ELPV, else the largest training class."""
+    return _class_by_role(record, "normal", max)
+
+
+def _class_by_role(record: dict, elpv_name: str, pick: Callable) -> str:
     names = record["class_names"]
-    if "normal" in names:
-        return "normal"
+    if elpv_name in names:
+        return elpv_name
     counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
-    return max(names, key=lambda c: counts.get(c, 0))
+    return pick(names, key=lambda c: counts.get(c, 0))
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
