@@ -46,6 +46,7 @@ STUDY_RESULTS: dict[str, dict] = {
 _BASE: dict[tuple, data.Dataset] = {}
 _SPLIT: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
 _PREDICTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+KEEP_MODELS = 4  # models kept in memory for sweeps (the most recent runs)
 
 
 def project_root() -> Path:
@@ -105,10 +106,7 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
     resolved = profiles.resolve(profile, backbone=backbone, input_size=input_size, epochs=epochs,
                                 class_weight=class_weight or spec.get("class_weight"), device=device,
                                 limit_per_class=limit_per_class)
-    out_dir = resolve_results_dir(results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"results folder {out_dir} is not writable")
+    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
     expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
     record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
@@ -135,14 +133,18 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         "history": fit.history, "timings": fit.timings,
     }
     if analyse:
+        if "feature_values" not in val.cache:  # the same validation images in every step and seed
+            val.cache["feature_values"] = sensitivity.compute_features(val.images)
         analysis = sensitivity.analyse(
             "image_classification", out_dir / "analysis" / record_file.stem, fit.val_logits, val.labels,
-            val.names, images=val.images, class_names=val.class_names)
+            val.names, images=val.images, class_names=val.class_names, feature_values=val.cache["feature_values"])
         record["sensitivity"] = analysis["sensitivity"]
         record["feature_values"] = analysis["feature_values"]
     record["wall_seconds"] = time.perf_counter() - t0
     record["_path"] = str(results.save_record(record, out_dir, record_file))
     _PREDICTORS[record["_path"]] = _predictor(fit, resolved["config"])
+    while len(_PREDICTORS) > KEEP_MODELS:  # oldest first: a kernel does not hold every model it trained
+        _PREDICTORS.pop(next(iter(_PREDICTORS)))
     return record
 
 
@@ -198,8 +200,9 @@ def predictor(record: dict) -> Callable[[np.ndarray], np.ndarray]:
     try:
         return _PREDICTORS[record["_path"]]
     except KeyError:
-        raise KeyError(f"the model of {record.get('_path', record.get('step'))} is not in memory: records keep "
-                       "predictions, not weights; rerun the step in this session to sweep it") from None
+        name = record.get("_path", record.get("step"))
+        raise KeyError(f"the model of {name} is not in memory (the kit keeps the {KEEP_MODELS} most recent): "
+                       "records keep predictions, not weights; sweep a recent run") from None
 
 
 def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> list[dict]:
@@ -272,9 +275,7 @@ class Settings:
                                              epochs=settings.epochs, limit_per_class=settings.limit_per_class,
                                              seeds=seeds or None)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
-        settings.results_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(settings.results_dir, os.W_OK):
-            raise PermissionError(f"RESULTS_DIR {settings.results_dir} is not writable")
+        results.ensure_writable_dir(settings.results_dir, "RESULTS_DIR")
         return settings
 
     def describe(self) -> str:

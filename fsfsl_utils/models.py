@@ -168,17 +168,14 @@ def preprocess(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> t
     ``crop_fraction < 1`` takes a center crop of that fraction first (224/256 mirrors
     torchvision's Resize(256) + CenterCrop(224)). Runs on the tensor's device.
     """
-    x = images.float().div_(255.0)
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = _unit_rgb(images)
     if crop_fraction < 1.0:
         h, w = x.shape[-2:]
         ch, cw = round(h * crop_fraction), round(w * crop_fraction)
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top:top + ch, left:left + cw]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return _imagenet_normalise(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                             antialias=True))
 
 
 def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
@@ -200,11 +197,7 @@ def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` at the final size -> normalised float, 3 channels,
     channels_last. Same arithmetic as ToTensor() + Normalize(ImageNet)."""
-    x = images.float().div_(255.0)
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return _imagenet_normalise(_unit_rgb(images))
 
 
 def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Generator,
@@ -217,8 +210,7 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
     """
     from torchvision.ops import roi_align
 
-    x = images.float().div_(255.0)
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = _unit_rgb(images)
     b, _, h, w = x.shape
     area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator) * h * w
     log_ratio = torch.empty(b).uniform_(torch.log(torch.tensor(3 / 4)).item(),
@@ -234,9 +226,19 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
     if hflip:
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         out = torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
+    return _imagenet_normalise(out)
+
+
+def _unit_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8 gray ``B x H x W`` or RGB ``B x H x W x 3`` -> float ``B x 3 x H x W`` in [0, 1]."""
+    x = images.float().div_(255.0)
+    return x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((out - mean) / std).contiguous(memory_format=torch.channels_last)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def pick_device(device: str | None = "auto") -> torch.device:

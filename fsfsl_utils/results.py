@@ -79,18 +79,24 @@ def record_path(results_dir: str | os.PathLike, step: str, seed: int, split_seed
     return path
 
 
+def ensure_writable_dir(path: str | os.PathLike, what: str = "results folder") -> Path:
+    """Create ``path`` if needed; PermissionError / OSError naming it when it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{what} {path} cannot be created: {err}") from err
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} {path} is not writable")
+    return path
+
+
 def save_record(record: dict, results_dir: str | os.PathLike, path: Path | None = None) -> Path:
     """Validate and write a record atomically under ``results_dir/records``; returns its path.
 
     ``path`` (from :func:`record_path`) is used unless a file appeared there meanwhile."""
     validate_record(record)
-    results_dir = Path(results_dir)
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"results folder {results_dir} cannot be created: {err}") from err
-    if not os.access(results_dir, os.W_OK):
-        raise PermissionError(f"results folder {results_dir} is not writable")
+    results_dir = ensure_writable_dir(results_dir)
     if path is None or Path(path).exists():
         path = record_path(results_dir, record["step"], record["seed"], record["split_seed"])
     return atomic_write_json(path, record)

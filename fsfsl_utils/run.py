@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import models, profiles
 from .experiment import project_root
-from .results import atomic_write_json
+from .results import atomic_write_json, ensure_writable_dir
 
 NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
 
@@ -105,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         steps = plan(args)
-        out = Path(args.out).expanduser().resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise PermissionError(f"runs folder {out} is not writable")
+        out = ensure_writable_dir(Path(args.out).expanduser().resolve(), "runs folder")
         run_dir = new_run_dir(out)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

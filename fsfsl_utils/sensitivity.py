@@ -109,11 +109,14 @@ def analyse(task_type: str = "image_classification", save_path: str | os.PathLik
             pred_list: Sequence | np.ndarray = (), label_list: Sequence[int] | np.ndarray = (),
             name_list: Sequence[str] = (), images: Sequence[np.ndarray] | np.ndarray | None = None,
             class_names: Sequence[str] | None = None, features: Sequence[str] = ("brightness", "clarity", "contrast"),
-            n_bins: int = 5, binning: str = "quantile", seed: int = 0) -> dict:
+            n_bins: int = 5, binning: str = "quantile", seed: int = 0,
+            feature_values: dict[str, np.ndarray] | None = None) -> dict:
     """ModelArts-compatible model evaluation; writes ``<save_path>/model_analysis_results.json``.
 
     ``pred_list``: per-class logits per image; ``label_list``: integer labels; ``name_list``:
-    image paths (read when ``images`` is not given) or names. Returns the JSON content.
+    image paths (read when ``images`` is not given) or names. ``feature_values``: values already
+    computed for these images by :func:`compute_features` (features missing there are computed).
+    Returns the JSON content.
     """
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}; valid: {', '.join(TASK_TYPES)}")
@@ -138,9 +141,13 @@ def analyse(task_type: str = "image_classification", save_path: str | os.PathLik
         check_feature(f)
     if binning not in ("quantile", "range"):
         raise ValueError(f"binning must be 'quantile' or 'range', got {binning!r}")
-    if images is None:
+    given = {f: np.asarray(v, float) for f, v in (feature_values or {}).items() if f in features}
+    if any(len(v) != len(names) for v in given.values()):
+        raise ValueError(f"feature_values must hold one value per image ({len(names)})")
+    todo = [f for f in features if f not in given]
+    if todo and images is None:
         images = [_read_image(n) for n in names]
-    values = compute_features(images, features)
+    values = {**given, **(compute_features(images, todo) if todo else {})}
     pred = logits.argmax(1)
     prob = metrics.softmax(logits)
     rng = np.random.default_rng(seed)

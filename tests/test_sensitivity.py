@@ -156,3 +156,15 @@ def test_sweep_table_layout():
                     {"level": 1.0, "accuracy": 1.0, "recall": {"n": 1.0, "d": 1.0}}]}
     tab = sens.sweep_table(out)
     assert list(tab.columns) == ["accuracy", "recall n", "recall d"] and list(tab.index) == [0.5, 1.0]
+
+
+def test_precomputed_feature_values_are_used():
+    names = [f"/nowhere/{i}.png" for i in range(10)]           # never read: the values are given
+    values = {"brightness": np.arange(10.0)}
+    res = sens.analyse(pred_list=np.eye(2)[[0] * 10], label_list=[0] * 5 + [1] * 5, name_list=names,
+                       features=["brightness"], feature_values=values)
+    assert res["feature_values"]["brightness"] == list(range(10))
+    assert [b["low"] for b in res["sensitivity"]["brightness"]["bins"]] == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="one value per image"):
+        sens.analyse(pred_list=np.eye(2)[[0] * 10], label_list=[0] * 10, name_list=names, features=["brightness"],
+                     feature_values={"brightness": np.arange(3.0)})
