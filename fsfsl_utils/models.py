@@ -204,29 +204,44 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
                         scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> torch.Tensor:
     """Training view as in pytorch/examples imagenet (RandomResizedCrop + RandomHorizontalFlip), batched.
 
-    uint8 in, normalised float out; crops are bilinear (roi_align), one box per image, drawn
-    from ``generator`` on the CPU so runs are reproducible on any device. Boxes whose
-    sampled aspect does not fit are clipped to the image (torchvision retries instead).
+    uint8 in, normalised float out; :func:`draw_crops` then :func:`apply_crops`.
     """
+    boxes, flips = draw_crops(len(images), images.shape[1], images.shape[2], generator, scale, hflip)
+    return apply_crops(images, boxes, flips, size)
+
+
+def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
+               scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` RandomResizedCrop boxes (``x0, y0, x1, y1``, float, CPU) and horizontal flips (bool, CPU).
+
+    Drawn from ``generator`` on the CPU so runs are reproducible on any device; a training epoch
+    draws all of its boxes at once. Boxes whose sampled aspect does not fit are clipped to the
+    image (torchvision retries instead).
+    """
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator) * height * width
+    log_ratio = torch.empty(n).uniform_(float(np.log(3 / 4)), float(np.log(4 / 3)), generator=generator)
+    ratio = torch.exp(log_ratio)
+    cw = torch.sqrt(area * ratio).clamp(1, width)
+    ch = torch.sqrt(area / ratio).clamp(1, height)
+    x0 = torch.rand(n, generator=generator) * (width - cw)
+    y0 = torch.rand(n, generator=generator) * (height - ch)
+    flips = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], 1), flips
+
+
+def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop ``boxes`` out of uint8 ``images`` (one box per image), resize to ``size`` (bilinear,
+    roi_align), flip where ``flips``, normalise. Runs on the images' device."""
     from torchvision.ops import roi_align
 
     x = _unit_rgb(images)
-    b, _, h, w = x.shape
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator) * h * w
-    log_ratio = torch.empty(b).uniform_(torch.log(torch.tensor(3 / 4)).item(),
-                                        torch.log(torch.tensor(4 / 3)).item(), generator=generator)
-    ratio = torch.exp(log_ratio)
-    cw = torch.sqrt(area * ratio).clamp(1, w)
-    ch = torch.sqrt(area / ratio).clamp(1, h)
-    x0 = torch.rand(b, generator=generator) * (w - cw)
-    y0 = torch.rand(b, generator=generator) * (h - ch)
-    boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(x.device)
-    out = roi_align(x.contiguous(), boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
+    b = x.shape[0]
+    index = torch.arange(b, dtype=torch.float, device=x.device).view(b, 1)
+    rois = torch.cat([index, boxes.to(x.device, torch.float, non_blocking=True)], 1)
+    out = roi_align(x.contiguous(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
                     aligned=True)
-    if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
-    return _imagenet_normalise(out)
+    flips = flips.to(x.device, non_blocking=True).view(b, 1, 1, 1)
+    return _imagenet_normalise(torch.where(flips, out.flip(-1), out))
 
 
 def _unit_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -235,9 +250,14 @@ def _unit_rgb(images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
+_NORM_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    if x.device not in _NORM_CONSTANTS:  # made once per device: no host-to-device copy per batch
+        _NORM_CONSTANTS[x.device] = (torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1),
+                                     torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1))
+    mean, std = _NORM_CONSTANTS[x.device]
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 

@@ -7,7 +7,9 @@ nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
 ``finetune`` follows pytorch/examples imagenet/main.py: Adam, lr 1e-3, batch 16, lr / 10 every
 30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
 resumes). Unlike that script, images stay on the device as uint8 and are cropped, flipped and
-normalised there, with bf16 autocast and channels_last on CUDA.
+normalised there, a chunk of an epoch at a time, and the loss is read once per epoch, not per
+step. On CUDA: bf16 autocast, channels_last, and the training step captured as a CUDA graph
+(``cuda_graphs``, see :class:`TrainStep`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ DEFAULTS: dict = {
     "crop_fraction": 1.0, "device": "auto",
     # finetune (the study's recipe)
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
-    "amp": True,
+    "amp": True, "cuda_graphs": True,
     # probe head
     "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
     "feature_batch_size": None,
@@ -190,17 +192,21 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                   on_epoch_end: Callable[[int, dict], None] | None) -> FitResult:
     dev = models.pick_device(cfg["device"])
     use_amp = bool(cfg["amp"]) and dev.type == "cuda"
+    graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
     torch.manual_seed(seed)
     model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
     model = model.to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=0.1)
+    # a CUDA graph replays the optimiser step too: Adam then keeps its state and learning rate on the GPU
+    lr = torch.tensor(cfg["lr"], device=dev) if graphed else cfg["lr"]
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"], capturable=graphed)
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
         if cfg["class_weight"] == "balanced" else None
     x_train = torch.from_numpy(train.images).to(dev)
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     x_val = torch.from_numpy(val.images).to(dev)
     y_val = val.labels
+    # on a GPU the validation images are preprocessed once, not once per epoch
+    val_inputs = _preprocess_all(x_val, cfg) if dev.type == "cuda" else None
     start, best_acc, best_state, history = 0, -1.0, None, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     run_config = {**cfg, "seed": seed, "n_train": len(train), "n_val": len(val)}
@@ -214,34 +220,32 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                                 "use a new results folder or delete the checkpoint")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
+            group["lr"] = lr
         start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
         best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
         notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
+    step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed)
     t0 = time.perf_counter()
     bs = cfg["batch_size"]
     for epoch in progress_bar(range(start, cfg["epochs"]), desc="epochs", enable=progress, initial=start,
                               total=cfg["epochs"]):
         torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        set_lr(opt, lr_at(cfg, epoch))
         model.train()
         perm = torch.randperm(len(x_train), generator=gen).to(dev)
-        total = 0.0
-        for s in range(0, len(perm), bs):
-            idx = perm[s:s + bs]
-            x = _train_view(x_train[idx], cfg, gen)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(x).float(), y_train[idx], weight=weight)
-            _check_loss(loss, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        sched.step()
-        val_logits = predict(model, x_val, cfg, use_amp)
+        y_epoch = y_train[perm]
+        loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
+        for s, x in _epoch_views(x_train, perm, cfg, gen, bs, chunk=512 if dev.type == "cuda" else bs):
+            loss_sum += step(x, y_epoch[s:s + len(x)]) * len(x)
+        total = float(loss_sum)
+        if not np.isfinite(total):
+            raise _loss_error(total, epoch)
+        val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
         acc = float((val_logits.argmax(1) == y_val).mean())
         row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "val_accuracy": acc,
-               "lr": opt.param_groups[0]["lr"]}
+               "lr": lr_at(cfg, epoch)}
         history.append(row)
         if acc > best_acc:
             best_acc = acc
@@ -250,49 +254,176 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                 _atomic_save(best_state, ckpt / "best.pt")
         if ckpt:
             _atomic_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "best_acc": best_acc, "history": history,
-                          "config": run_config}, ckpt / "last.pt")
+                          "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
+    notes += step.notes
+    if step.counts["graph"]:
+        notes.append(f"training steps: {step.counts['graph']} CUDA graph replays, {step.counts['eager']} eager")
     final = copy.deepcopy(model)
     if best_state is not None:
         model.load_state_dict(best_state)
-    val_logits = predict(model, x_val, cfg, use_amp)
+    val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
     view_logits = {v: predict(model, torch.from_numpy(view_images(val, v)).to(dev), cfg, use_amp)
                    for v in views}
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
                  "as pytorch/examples imagenet keeps model_best")
-    return FitResult("finetune", val_logits, view_logits, model, str(dev), history, {"train": train_seconds}, notes,
-                     final_model=final)
+    return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
+                     {"train": train_seconds}, notes, final_model=final)
 
 
-def _train_view(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
-    if cfg["train_aug"] == "paper":
-        return models.random_resized_crop(x, cfg["input_size"], gen)
-    out = models.preprocess(x, cfg["input_size"], cfg["crop_fraction"])
-    if cfg["train_aug"] == "flip":
-        flip = (torch.rand(len(out), generator=gen) < 0.5).to(out.device).view(-1, 1, 1, 1)
-        out = torch.where(flip, out.flip(-1), out)
+def lr_at(cfg: dict, epoch: int) -> float:
+    """The recipe's step schedule: ``lr`` divided by 10 every ``lr_step`` epochs (0-based ``epoch``)."""
+    return cfg["lr"] * 0.1 ** (epoch // cfg["lr_step"])
+
+
+def set_lr(opt: torch.optim.Optimizer, value: float) -> None:
+    """Set the learning rate in place (a tensor lr keeps its address, which a captured graph reads)."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
+class TrainStep:
+    """One optimisation step (forward, loss, backward, Adam) on a batch of normalised images.
+
+    With ``graphed`` (CUDA only) the full-size step is captured once as a CUDA graph and replayed:
+    at the recipe's batch of 16 a small network is bound by kernel launches, not by arithmetic, and a
+    replay launches the whole step at once. Following PyTorch's whole-network capture recipe, the
+    first steps run eagerly on a side stream (warm-up), then one step is captured; a batch of
+    another size (the last of an epoch) runs eagerly on the same weights and optimiser. If capture
+    fails, every step runs eagerly and ``notes`` says why. The returned loss is a device tensor,
+    valid until the next step.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, weight: torch.Tensor | None, use_amp: bool,
+                 batch_size: int, graphed: bool):
+        self.model, self.opt, self.weight, self.use_amp = model, opt, weight, use_amp
+        self.batch_size, self.graphed = batch_size, graphed
+        self.device_type = next(model.parameters()).device.type
+        self.replay: Callable[[], None] | None = None
+        self.counts = {"eager": 0, "graph": 0}
+        self.notes: list[str] = []
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp,
+                            cache_enabled=autocast_cache):
+            loss = F.cross_entropy(self.model(x).float(), y, weight=self.weight)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # after capture the gradients live in the graph's memory: zero them in place, never drop them
+        self.opt.zero_grad(set_to_none=self.replay is None)
+        self.counts["eager"] += 1
+        return self._forward_backward(x, y)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.graphed or len(y) != self.batch_size:
+            return self._eager(x, y)
+        if self.replay is None:
+            if self.counts["eager"] < self.WARMUP:
+                return _on_side_stream(lambda: self._eager(x, y), x.is_cuda)
+            self.static_x, self.static_y = x.clone(), y.clone()
+            self.opt.zero_grad(set_to_none=True)  # backward inside the capture allocates the graph's gradients
+            try:
+                self.replay, self.static_loss = capture_graph(
+                    lambda: self._forward_backward(self.static_x, self.static_y, autocast_cache=False))
+            except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
+                self.graphed = False
+                self.notes.append(f"CUDA graph capture failed ({type(err).__name__}: {err}); eager steps")
+                return self._eager(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.replay()
+        self.counts["graph"] += 1
+        return self.static_loss
+
+
+def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
+    """Capture ``fn`` as a CUDA graph (nothing runs yet); return its replay and the tensor it refreshes."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+def _on_side_stream(fn: Callable[[], torch.Tensor], cuda: bool) -> torch.Tensor:
+    """Run ``fn`` on a side stream (PyTorch's rule for warm-up before capture); plainly off CUDA."""
+    if not cuda:
+        return fn()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(side)
     return out
 
 
+def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: dict, gen: torch.Generator, batch_size: int,
+                 chunk: int):
+    """Yield ``(start, batch)`` of training views for one epoch in ``perm`` order (on the images' device).
+
+    The epoch's random draws (crop boxes, flips) come from ``gen`` at once; views are made
+    ``chunk`` images at a time on the images' device (a multiple of the batch size), so a GPU
+    runs a few large augmentation kernels instead of many small ones.
+    """
+    n, size = len(perm), cfg["input_size"]
+    if cfg["train_aug"] == "paper":
+        boxes, flips = models.draw_crops(n, x_train.shape[1], x_train.shape[2], gen)
+    else:
+        boxes, flips = None, (torch.rand(n, generator=gen) < 0.5) if cfg["train_aug"] == "flip" else None
+    chunk = max(batch_size, chunk // batch_size * batch_size)
+    for c in range(0, n, chunk):
+        imgs = x_train[perm[c:c + chunk]]
+        if boxes is not None:
+            views = models.apply_crops(imgs, boxes[c:c + chunk], flips[c:c + chunk], size)
+        else:
+            views = models.preprocess(imgs, size, cfg["crop_fraction"])
+            if flips is not None:
+                flip = flips[c:c + chunk].to(views.device).view(-1, 1, 1, 1)
+                views = torch.where(flip, views.flip(-1), views).contiguous(memory_format=torch.channels_last)
+        for s in range(0, len(imgs), batch_size):
+            yield c + s, views[s:s + batch_size]
+
+
+def _preprocess_all(images: torch.Tensor, cfg: dict, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
+                      for s in range(0, len(images), batch_size)])
+
+
 def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,
-            batch_size: int = 64) -> np.ndarray:
-    """Logits (float64 numpy) of uint8 images through the eval transform."""
+            batch_size: int = 64, inputs: torch.Tensor | None = None) -> np.ndarray:
+    """Logits (float64 numpy) of uint8 images through the eval transform (``inputs``: already
+    transformed, as :func:`fit` keeps them on a GPU)."""
     model.eval()
     outs = []
+    if inputs is not None:
+        batch_size = max(batch_size, 256)
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
         for s in range(0, len(images), batch_size):
-            x = models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
-            outs.append(model(x).float().cpu())
-    return torch.cat(outs).numpy().astype(np.float64)
+            x = inputs[s:s + batch_size] if inputs is not None else \
+                models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
+            outs.append(model(x).float())
+    return torch.cat(outs).cpu().numpy().astype(np.float64)
 
 
 def _check_loss(loss: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss):
-        raise TrainingError(f"loss became {float(loss.detach())} in epoch {epoch + 1}: stopping instead of writing "
-                            "garbage (lower the learning rate or check the input images)")
+        raise _loss_error(float(loss.detach()), epoch)
+
+
+def _loss_error(value: float, epoch: int) -> TrainingError:
+    return TrainingError(f"loss became {value} in epoch {epoch + 1}: stopping instead of writing garbage "
+                         "(lower the learning rate or check the input images)")
 
 
 def _atomic_save(obj: object, path: Path) -> None:

@@ -114,3 +114,56 @@ def test_nan_loss_stops_with_message(tiny, tmp_path, monkeypatch):
 def test_bad_config(config, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(config)
+
+
+def test_graphed_steps_do_what_eager_steps_do(monkeypatch):
+    """TrainStep's CUDA-graph bookkeeping (warm-up, one capture, replays, eager last batch, gradients
+    kept in place) on the CPU, with a stand-in capture that runs the captured step on each replay
+    the way a graph does: gradients overwritten, not accumulated. Same weights and losses as eager."""
+    def fake_capture(fn):
+        out = torch.zeros(())
+
+        def replay():
+            opt_b.zero_grad(set_to_none=False)  # a replay overwrites the gradient buffers
+            out.copy_(fn())
+        return replay, out
+
+    monkeypatch.setattr(train, "capture_graph", fake_capture)
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.3),
+                                  torch.nn.Linear(4, 2))
+        return net, torch.optim.Adam(net.parameters(), lr=1e-2)
+
+    net_a, opt_a = make()
+    net_b, opt_b = make()
+    step_a = train.TrainStep(net_a, opt_a, None, False, batch_size=4, graphed=False)
+    step_b = train.TrainStep(net_b, opt_b, None, False, batch_size=4, graphed=True)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(22, 3, 8, 8, generator=gen), torch.randint(0, 2, (22,), generator=gen)
+    losses = {"a": [], "b": []}
+    for epoch in range(3):
+        for key, step in (("a", step_a), ("b", step_b)):
+            torch.manual_seed(epoch)  # the same dropout draws on both sides
+            for s in range(0, 22, 4):
+                losses[key].append(float(step(x[s:s + 4], y[s:s + 4])))
+    assert losses["a"] == losses["b"]
+    for (k, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        assert torch.equal(a, b), k
+    # 6 batches per epoch, the last of 2 images: 3 warm-up steps, then replays; short batches eager
+    assert step_b.counts == {"eager": 3 + 3, "graph": 3 * 5 - 3} and step_a.counts["graph"] == 0
+    assert step_b.replay is not None and not step_b.notes
+
+
+def test_graph_capture_failure_falls_back_to_eager(monkeypatch):
+    def broken(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(train, "capture_graph", broken)
+    net = torch.nn.Linear(3, 2)
+    step = train.TrainStep(net, torch.optim.Adam(net.parameters()), None, False, batch_size=2, graphed=True)
+    for _ in range(6):
+        assert torch.isfinite(step(torch.randn(2, 3), torch.tensor([0, 1])))
+    assert step.counts == {"eager": 6, "graph": 0} and "capture failed (RuntimeError" in step.notes[0]
