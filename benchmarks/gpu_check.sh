@@ -17,8 +17,9 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
   torch.cuda.get_device_name(0), 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/gpu.log"
-# workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph), then the
+# workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph), the
+# training-step variants (memory format x bf16 x cuDNN benchmark; the fastest is used next), then the
 # paper profile's four trainings (study counts, 50 epochs, EfficientNet-Lite0: ResNet50 weights
 # cannot travel) and a ResNet50 timing estimate (random weights)
-python3 -m fsfsl_utils.bench --data synthetic --workloads finetune,paper --device cuda \
+python3 -m fsfsl_utils.bench --data synthetic --workloads finetune,step,paper --device cuda \
     --images 1024 --out "$OUT/gpu.json" 2>&1 | tee -a "$OUT/gpu.log"

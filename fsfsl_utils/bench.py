@@ -81,7 +81,7 @@ PAPER_COUNTS = {"01_baseline": (754, 358), "02_flip": (1508, 716), "03_full_augm
 
 
 def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Callable[[dict], None] = print,
-                resnet_epochs: int = 2) -> list[dict]:
+                resnet_epochs: int = 2, variant: dict | None = None) -> list[dict]:
     """Workload 4: the paper profile's four trainings (study counts, 50 epochs) timed on ``device``.
 
     Synthetic ELPV-shaped images: the time depends on counts and shapes, not on pixel values.
@@ -91,7 +91,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
     from . import profiles
 
     resolved = profiles.resolve("paper", device=device, epochs=epochs)
-    cfg = dict(resolved["config"])
+    cfg = {**resolved["config"], **(variant or {})}
     counts, val_counts = dict(PAPER_COUNTS), (754, 357)
     if quick:
         counts = {k: (max(2, a // 200), max(2, b // 200)) for k, (a, b) in counts.items()}
@@ -108,7 +108,8 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
         total_s, total_n = total_s + seconds, total_n + n
         rows.append(row(f"paper {step} ({fit.device}, {cfg['backbone']}, {cfg['epochs']} ep)",
                         seconds, float("nan"), n, flops, peak,
-                        {"train_seconds": round(fit.timings["train"], 2), "notes": resolved["notes"] + fit.notes,
+                        {"train_seconds": round(fit.timings["train"], 2), "variant": variant or {},
+                         "notes": resolved["notes"] + fit.notes,
                          "val_accuracy_last_epoch": fit.history[-1]["val_accuracy"]}))
         report(rows[-1])
     rows.append(row(f"paper: the four trainings together ({cfg['backbone']})", total_s, float("nan"), total_n,
@@ -128,6 +129,78 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
                          "val_accuracy_last_epoch": fit.history[-1]["val_accuracy"]}))
         report(rows[-1])
     return rows
+
+
+STEP_KEYS = ("channels_last", "amp", "cudnn_benchmark")
+
+
+def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: int = 16, steps: int = 100,
+               report: Callable[[dict], None] = print) -> tuple[list[dict], dict]:
+    """Workload 'step': one training step of the recipe's batch in each variant of memory format,
+    bf16 autocast and cuDNN benchmark mode (CUDA; on a CPU only the memory format varies), plus
+    the eval forward that validates every epoch. Returns the rows and the variant (training
+    parameters) with the lowest estimated paper-profile time, which workload paper then uses.
+    """
+    dev = models.pick_device(device)
+    cuda = dev.type == "cuda"
+    flags = [(cl, amp, bench_mode) for cl in (True, False) for amp in ((True, False) if cuda else (False,))
+             for bench_mode in ((False, True) if cuda else (False,))]
+    rows, best, best_cost = [], {}, float("inf")
+    train_images, val_images = sum(a + b for a, b in PAPER_COUNTS.values()), 754 + 357
+    for cl, amp, bench_mode in flags:
+        variant = dict(zip(STEP_KEYS, (cl, amp, bench_mode)))
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = bench_mode
+        try:
+            step_s, eval_rate, notes = _time_step(dev, backbone, size, batch_size, steps, variant)
+        finally:
+            torch.backends.cudnn.benchmark = before
+        # the paper profile: 50 epochs of the four training sets, one validation pass per epoch each
+        cost = 50 * (train_images / batch_size * step_s + 4 * val_images / eval_rate)
+        name = (f"step {'channels_last' if cl else 'NCHW'}, {'bf16' if amp and cuda else 'fp32'}"
+                f"{', cudnn benchmark' if bench_mode else ''} ({dev.type}, {size}px, batch {batch_size})")
+        rows.append(row(name, step_s * steps, float("nan"), batch_size * steps, 3 * model_flops(backbone, size),
+                        peak, {"ms_per_step": round(1000 * step_s, 3), "eval_img_per_s": round(eval_rate, 1),
+                                       "estimated_paper_s": round(cost, 1), "variant": variant, "notes": notes}))
+        report(rows[-1])
+        if cost < best_cost:
+            best, best_cost = variant, cost
+    return rows, best
+
+
+def _time_step(dev: torch.device, backbone: str, size: int, batch_size: int, steps: int,
+               variant: dict) -> tuple[float, float, list[str]]:
+    """Seconds per training step (graph replays on CUDA) and eval images/s of one variant."""
+    cuda = dev.type == "cuda"
+    fmt = torch.channels_last if variant["channels_last"] else torch.contiguous_format
+    use_amp = variant["amp"] and cuda
+    model = models.build_classifier(backbone, 2).to(dev).to(memory_format=fmt)
+    lr = torch.tensor(1e-3, device=dev) if cuda else 1e-3
+    opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=cuda)
+    step = train.TrainStep(model, opt, None, use_amp, batch_size, graphed=cuda)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch_size, 3, size, size, device=dev, generator=gen).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (batch_size,), device=dev, generator=gen)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(train.TrainStep.WARMUP + 2):  # warm-up, capture, first replay
+        step(x, y)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    sync()
+    step_s = (time.perf_counter() - t0) / steps
+    model.eval()
+    xv = torch.randn(256 if cuda else 2 * batch_size, 3, size, size, device=dev, generator=gen)
+    xv = xv.contiguous(memory_format=fmt)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        model(xv)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            model(xv)
+        sync()
+    return step_s, 5 * len(xv) / (time.perf_counter() - t0), step.notes
 
 
 def export_pngs(ds: data.Dataset, root: Path) -> Path:
@@ -297,14 +370,15 @@ def row(name: str, kit: float, base: float, n: int, flops: float | None, peak: f
             "peak_fraction": None if flops is None else round(flops * rate / peak, 4), **(extra or {})}
 
 
-WORKLOADS = ("features", "study", "finetune", "paper")
+WORKLOADS = ("features", "study", "finetune", "step", "paper")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="seconds-long version for CI (tiny sizes)")
     parser.add_argument("--workloads", default="features,study,finetune",
-                        help=f"comma-separated subset of {', '.join(WORKLOADS)} (paper = the GPU headline)")
+                        help=f"comma-separated subset of {', '.join(WORKLOADS)} (paper = the GPU headline; "
+                             "step = training-step variants, and paper then uses the fastest)")
     parser.add_argument("--data", default="elpv", choices=("elpv", "synthetic"),
                         help="synthetic: ELPV-shaped random images, for machines without the data set")
     parser.add_argument("--images", type=int, default=256, help="images in workloads features and finetune")
@@ -360,8 +434,14 @@ def main(argv: list[str] | None = None) -> int:
             ft_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
             ft_epochs = 3 if dev.type == "cuda" and not args.quick else 1
             bench_finetune(ds, args.backbone, ft_size, work, peak_dev, str(dev), epochs=ft_epochs, report=report)
+        variant = None
+        if "step" in chosen:
+            step_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
+            _, variant = bench_step(str(dev), args.backbone, step_size, peak_dev, steps=10 if args.quick else 100,
+                                    report=report)
+            result["fastest_step_variant"] = variant
         if "paper" in chosen:
-            bench_paper(str(dev), args.paper_epochs, args.quick, peak_dev, report=report)
+            bench_paper(str(dev), args.paper_epochs, args.quick, peak_dev, report=report, variant=variant)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if old_cache is None:

@@ -36,7 +36,7 @@ DEFAULTS: dict = {
     "crop_fraction": 1.0, "device": "auto",
     # finetune (the study's recipe)
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
-    "amp": True, "cuda_graphs": True,
+    "amp": True, "cuda_graphs": True, "channels_last": True, "cudnn_benchmark": True,
     # probe head
     "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
     "feature_batch_size": None,
@@ -191,11 +191,23 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                   checkpoint_dir: str | os.PathLike | None, progress: bool | None,
                   on_epoch_end: Callable[[int, dict], None] | None) -> FitResult:
     dev = models.pick_device(cfg["device"])
+    before = torch.backends.cudnn.benchmark
+    # shapes are fixed during training: let cuDNN time its algorithms once per shape and keep the fastest
+    torch.backends.cudnn.benchmark = before or (dev.type == "cuda" and bool(cfg["cudnn_benchmark"]))
+    try:
+        return _finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end, dev)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+              checkpoint_dir: str | os.PathLike | None, progress: bool | None,
+              on_epoch_end: Callable[[int, dict], None] | None, dev: torch.device) -> FitResult:
     use_amp = bool(cfg["amp"]) and dev.type == "cuda"
     graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
     torch.manual_seed(seed)
     model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
-    model = model.to(dev).to(memory_format=torch.channels_last)
+    model = model.to(dev).to(memory_format=_memory_format(cfg))
     # a CUDA graph replays the optimiser step too: Adam then keeps its state and learning rate on the GPU
     lr = torch.tensor(cfg["lr"], device=dev) if graphed else cfg["lr"]
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"], capturable=graphed)
@@ -390,14 +402,19 @@ def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: dict, gen: torc
             views = models.preprocess(imgs, size, cfg["crop_fraction"])
             if flips is not None:
                 flip = flips[c:c + chunk].to(views.device).view(-1, 1, 1, 1)
-                views = torch.where(flip, views.flip(-1), views).contiguous(memory_format=torch.channels_last)
+                views = torch.where(flip, views.flip(-1), views)
+        views = views.contiguous(memory_format=_memory_format(cfg))
         for s in range(0, len(imgs), batch_size):
             yield c + s, views[s:s + batch_size]
 
 
 def _preprocess_all(images: torch.Tensor, cfg: dict, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
-                      for s in range(0, len(images), batch_size)])
+                      for s in range(0, len(images), batch_size)]).contiguous(memory_format=_memory_format(cfg))
+
+
+def _memory_format(cfg: dict) -> torch.memory_format:
+    return torch.channels_last if cfg["channels_last"] else torch.contiguous_format
 
 
 def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,

@@ -11,11 +11,14 @@ from fsfsl_utils import bench
 
 def test_quick_benchmark_runs_every_workload(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--workloads", "features,study,finetune,paper", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--workloads", "features,study,finetune,step,paper", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     names = [r["workload"] for r in result["rows"]]
     assert names[0].startswith("features") and any("cache warm" in n for n in names)
     assert sum(n.startswith("paper ") for n in names) == 4
+    fastest = result["fastest_step_variant"]                # the step variants choose the paper's config
+    assert set(fastest) == set(bench.STEP_KEYS) and sum(n.startswith("step ") for n in names) == 2
+    assert all(r["variant"] == fastest for r in result["rows"] if r["workload"].startswith("paper 0"))
     feats = result["rows"][0]
     assert feats["max_abs_feature_diff"] <= 1e-4          # kit == naive features (asserted inside too)
     assert feats["best_batch"] in (8, 16, 32) and 0 < feats["peak_fraction"] < 1
