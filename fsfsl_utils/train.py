@@ -36,7 +36,7 @@ DEFAULTS: dict = {
     "crop_fraction": 1.0, "device": "auto",
     # finetune (the study's recipe)
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
-    "amp": True, "cuda_graphs": True, "channels_last": True, "cudnn_benchmark": True,
+    "amp": True, "cuda_graphs": True, "channels_last": True,
     # probe head
     "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
     "feature_batch_size": None,
@@ -191,18 +191,6 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                   checkpoint_dir: str | os.PathLike | None, progress: bool | None,
                   on_epoch_end: Callable[[int, dict], None] | None) -> FitResult:
     dev = models.pick_device(cfg["device"])
-    before = torch.backends.cudnn.benchmark
-    # shapes are fixed during training: let cuDNN time its algorithms once per shape and keep the fastest
-    torch.backends.cudnn.benchmark = before or (dev.type == "cuda" and bool(cfg["cudnn_benchmark"]))
-    try:
-        return _finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end, dev)
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
-def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
-              checkpoint_dir: str | os.PathLike | None, progress: bool | None,
-              on_epoch_end: Callable[[int, dict], None] | None, dev: torch.device) -> FitResult:
     use_amp = bool(cfg["amp"]) and dev.type == "cuda"
     graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
     torch.manual_seed(seed)
