@@ -77,3 +77,16 @@ def test_feature_cache_reuses_and_repairs(small, cache_dir):
     other = features.extract(imgs, size=96, progress=False)  # another size is another cache
     assert not np.allclose(other, first)
     assert len(list(cache_dir.rglob("*.npy"))) == 12
+
+
+def test_lite0_padding_fold_keeps_outputs():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    plain = EfficientNet.from_name("efficientnet-lite0", num_classes=10).eval()
+    folded = EfficientNet.from_name("efficientnet-lite0", num_classes=10).eval()
+    folded.load_state_dict(plain.state_dict())
+    assert models._fold_symmetric_padding(folded) == 12
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(plain(x), folded(x))
