@@ -76,8 +76,10 @@ def synthetic_dataset(n_per_class: dict[str, int], size: int = 300, seed: int = 
     return data.Dataset(images, meta, list(n_per_class))
 
 
-PAPER_COUNTS = {"01_baseline": (754, 358), "02_flip": (1508, 716), "03_full_augment": (3016, 1432),
-                "04_balanced_augment": (1508, 1432)}
+def paper_counts() -> dict[str, dict[str, int]]:
+    """Training images per class of each study step: the study's split expanded by the step's policy."""
+    return {step: augment.get_policy(experiment.STEPS[step]["policy"]).counts(data.STUDY_TRAIN_COUNTS)
+            for step in experiment.STUDY_STEPS}
 
 
 def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Callable[[dict], None] = print,
@@ -92,17 +94,17 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
 
     resolved = profiles.resolve("paper", device=device, epochs=epochs)
     cfg = {**resolved["config"], **(variant or {})}
-    counts, val_counts = dict(PAPER_COUNTS), (754, 357)
+    counts, val_counts = paper_counts(), dict(data.STUDY_VAL_COUNTS)
     if quick:
-        counts = {k: (max(2, a // 200), max(2, b // 200)) for k, (a, b) in counts.items()}
-        val_counts = (4, 4)
+        counts = {step: {c: max(2, n // 200) for c, n in per_class.items()} for step, per_class in counts.items()}
+        val_counts = {c: 4 for c in val_counts}
         cfg.update(input_size=32)
-    val = synthetic_dataset(dict(zip(("normal", "defective"), val_counts)), seed=99)
+    val = synthetic_dataset(val_counts, seed=99)
     val.meta["split"] = "val"
     rows, total_s, total_n = [], 0.0, 0
     flops = 3 * model_flops(cfg["backbone"], cfg["input_size"])
-    for step, (n0, n1) in counts.items():
-        tr = synthetic_dataset({"normal": n0, "defective": n1}, seed=1)
+    for step, per_class in counts.items():
+        tr = synthetic_dataset(per_class, seed=1)
         seconds, fit = timed(lambda tr=tr: train.fit(tr, val, cfg, views=(), progress=False))
         n = len(tr) * cfg["epochs"]
         total_s, total_n = total_s + seconds, total_n + n
@@ -117,8 +119,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
     report(rows[-1])
     if models.pick_device(device).type == "cuda" and not quick and resnet_epochs:
         r50 = {**cfg, "backbone": "resnet50", "weights": None, "epochs": resnet_epochs}
-        n0, n1 = counts["03_full_augment"]
-        tr = synthetic_dataset({"normal": n0, "defective": n1}, seed=1)
+        tr = synthetic_dataset(counts["03_full_augment"], seed=1)
         seconds, fit = timed(lambda: train.fit(tr, val, r50, views=(), progress=False))
         # scaled by training images (each epoch's validation scaled with it: a rough estimate)
         estimate = fit.timings["train"] * total_n / (len(tr) * resnet_epochs)
@@ -146,7 +147,8 @@ def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: i
     flags = [(cl, amp, bench_mode) for cl in (True, False) for amp in ((True, False) if cuda else (False,))
              for bench_mode in ((False, True) if cuda else (False,))]
     rows, best, best_cost = [], {}, float("inf")
-    train_images, val_images = sum(a + b for a, b in PAPER_COUNTS.values()), 754 + 357
+    train_images = sum(sum(per_class.values()) for per_class in paper_counts().values())
+    val_images = sum(data.STUDY_VAL_COUNTS.values())
     for cl, amp, bench_mode in flags:
         variant = dict(zip(STEP_KEYS, (cl, amp)))
         before = torch.backends.cudnn.benchmark
@@ -173,11 +175,10 @@ def _time_step(dev: torch.device, backbone: str, size: int, batch_size: int, ste
                variant: dict) -> tuple[float, float, list[str]]:
     """Seconds per training step (graph replays on CUDA) and eval images/s of one variant."""
     cuda = dev.type == "cuda"
-    fmt = torch.channels_last if variant["channels_last"] else torch.contiguous_format
+    fmt = train.memory_format(variant["channels_last"])
     use_amp = variant["amp"] and cuda
     model = models.build_classifier(backbone, 2).to(dev).to(memory_format=fmt)
-    lr = torch.tensor(1e-3, device=dev) if cuda else 1e-3
-    opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=cuda)
+    opt = train.make_optimizer(model, 1e-3, 0.0, graphed=cuda)
     step = train.TrainStep(model, opt, None, use_amp, batch_size, graphed=cuda)
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(batch_size, 3, size, size, device=dev, generator=gen).contiguous(memory_format=fmt)

@@ -217,16 +217,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return _imagenet_normalise(_unit_rgb(images))
 
 
-def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Generator,
-                        scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> torch.Tensor:
-    """Training view as in pytorch/examples imagenet (RandomResizedCrop + RandomHorizontalFlip), batched.
-
-    uint8 in, normalised float out; :func:`draw_crops` then :func:`apply_crops`.
-    """
-    boxes, flips = draw_crops(len(images), images.shape[1], images.shape[2], generator, scale, hflip)
-    return apply_crops(images, boxes, flips, size)
-
-
 def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
                scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` RandomResizedCrop boxes (``x0, y0, x1, y1``, float, CPU) and horizontal flips (bool, CPU).

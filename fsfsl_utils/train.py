@@ -195,10 +195,8 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
     graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
     torch.manual_seed(seed)
     model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
-    model = model.to(dev).to(memory_format=_memory_format(cfg))
-    # a CUDA graph replays the optimiser step too: Adam then keeps its state and learning rate on the GPU
-    lr = torch.tensor(cfg["lr"], device=dev) if graphed else cfg["lr"]
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"], capturable=graphed)
+    model = model.to(dev).to(memory_format=memory_format(cfg["channels_last"]))
+    opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], graphed)
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
         if cfg["class_weight"] == "balanced" else None
     x_train = torch.from_numpy(train.images).to(dev)
@@ -219,6 +217,7 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
             raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
                                 "use a new results folder or delete the checkpoint")
         model.load_state_dict(state["model"])
+        lr = opt.param_groups[0]["lr"]
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
             group["lr"] = lr
@@ -273,6 +272,18 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                  "as pytorch/examples imagenet keeps model_best")
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
                      {"train": train_seconds}, notes, final_model=final)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bool) -> torch.optim.Adam:
+    """The recipe's Adam; for a CUDA graph (which replays the optimiser step too) capturable, with
+    its state and learning rate as tensors on the model's device."""
+    if graphed:
+        lr = torch.tensor(lr, device=next(model.parameters()).device)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, capturable=graphed)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def lr_at(cfg: dict, epoch: int) -> float:
@@ -391,18 +402,16 @@ def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: dict, gen: torc
             if flips is not None:
                 flip = flips[c:c + chunk].to(views.device).view(-1, 1, 1, 1)
                 views = torch.where(flip, views.flip(-1), views)
-        views = views.contiguous(memory_format=_memory_format(cfg))
+        views = views.contiguous(memory_format=memory_format(cfg["channels_last"]))
         for s in range(0, len(imgs), batch_size):
             yield c + s, views[s:s + batch_size]
 
 
 def _preprocess_all(images: torch.Tensor, cfg: dict, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
-                      for s in range(0, len(images), batch_size)]).contiguous(memory_format=_memory_format(cfg))
+    out = torch.cat([models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
+                     for s in range(0, len(images), batch_size)])
+    return out.contiguous(memory_format=memory_format(cfg["channels_last"]))
 
-
-def _memory_format(cfg: dict) -> torch.memory_format:
-    return torch.channels_last if cfg["channels_last"] else torch.contiguous_format
 
 
 def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,

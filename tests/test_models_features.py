@@ -61,7 +61,13 @@ def test_preprocess_gray_is_replicated_and_normalised():
     expect = (1 - torch.tensor(models.IMAGENET_MEAN)) / torch.tensor(models.IMAGENET_STD)
     assert torch.allclose(out[0, :, 5, 5], expect, atol=1e-5)
     gen = torch.Generator().manual_seed(0)
-    assert models.random_resized_crop(x, 16, gen).shape == (2, 3, 16, 16)
+    boxes, flips = models.draw_crops(2, 30, 40, gen)
+    assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 40) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= 30)).all()
+    ramp = torch.arange(40, dtype=torch.uint8).mul(6).expand(2, 30, 40).contiguous()  # left-right ramp
+    same = models.apply_crops(ramp, boxes, torch.tensor([False, False]), 16)
+    mirrored = models.apply_crops(ramp, boxes, torch.tensor([True, False]), 16)
+    assert same.shape == (2, 3, 16, 16) and torch.equal(mirrored[1], same[1])
+    assert torch.equal(mirrored[0], same[0].flip(-1)) and not torch.equal(mirrored[0], same[0])
 
 
 def test_feature_cache_reuses_and_repairs(small, cache_dir):
