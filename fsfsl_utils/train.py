@@ -9,7 +9,8 @@ nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
 resumes). Unlike that script, images stay on the device as uint8 and are cropped, flipped and
 normalised there, a chunk of an epoch at a time, and the loss is read once per epoch, not per
 step. On CUDA: bf16 autocast, channels_last, and the training step captured as a CUDA graph
-(``cuda_graphs``, see :class:`TrainStep`).
+(``cuda_graphs``, see :class:`TrainStep`). Options measured by ``benchmarks/``: ``fused_adam``
+(one Adam kernel) and ``compile`` (``torch.compile`` of the model), off by default.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,7 @@ DEFAULTS: dict = {
     "crop_fraction": 1.0, "device": "auto",
     # finetune (the study's recipe)
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
-    "amp": True, "cuda_graphs": True, "channels_last": True,
+    "amp": True, "cuda_graphs": True, "channels_last": True, "fused_adam": False, "compile": False,
     # probe head
     "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
     "feature_batch_size": None,
@@ -84,6 +86,9 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"crop_fraction must be in (0, 1], got {cfg['crop_fraction']!r}")
     if cfg["class_weight"] not in ("none", "balanced"):
         raise ValueError(f"class_weight must be 'none' or 'balanced', got {cfg['class_weight']!r}")
+    for key in ("amp", "cuda_graphs", "channels_last", "fused_adam", "compile"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
     if cfg["train_aug"] not in ("paper", "flip", "none"):
         raise ValueError(f"train_aug must be 'paper', 'flip' or 'none', got {cfg['train_aug']!r}")
     return cfg
@@ -196,7 +201,7 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
     torch.manual_seed(seed)
     model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
     model = model.to(dev).to(memory_format=memory_format(cfg["channels_last"]))
-    opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], graphed)
+    opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], graphed, cfg["fused_adam"])
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
         if cfg["class_weight"] == "balanced" else None
     x_train = torch.from_numpy(train.images).to(dev)
@@ -224,38 +229,42 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
         start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
         best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
         notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
-    step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed)
+    step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed, compiled=bool(cfg["compile"]))
+    writer = CheckpointWriter()
     t0 = time.perf_counter()
     bs = cfg["batch_size"]
-    for epoch in progress_bar(range(start, cfg["epochs"]), desc="epochs", enable=progress, initial=start,
-                              total=cfg["epochs"]):
-        torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        set_lr(opt, lr_at(cfg, epoch))
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen).to(dev)
-        y_epoch = y_train[perm]
-        loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
-        for s, x in _epoch_views(x_train, perm, cfg, gen, bs, chunk=512 if dev.type == "cuda" else bs):
-            loss_sum += step(x, y_epoch[s:s + len(x)]) * len(x)
-        total = float(loss_sum)
-        if not np.isfinite(total):
-            raise _loss_error(total, epoch)
-        val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
-        acc = float((val_logits.argmax(1) == y_val).mean())
-        row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "val_accuracy": acc,
-               "lr": lr_at(cfg, epoch)}
-        history.append(row)
-        if acc > best_acc:
-            best_acc = acc
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    try:
+        for epoch in progress_bar(range(start, cfg["epochs"]), desc="epochs", enable=progress, initial=start,
+                                  total=cfg["epochs"]):
+            torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
+            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            set_lr(opt, lr_at(cfg, epoch))
+            model.train()
+            perm = torch.randperm(len(x_train), generator=gen).to(dev)
+            y_epoch = y_train[perm]
+            loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
+            for s, x in _epoch_views(x_train, perm, cfg, gen, bs, chunk=512 if dev.type == "cuda" else bs):
+                loss_sum += step(x, y_epoch[s:s + len(x)]) * len(x)
+            total = float(loss_sum)
+            if not np.isfinite(total):
+                raise _loss_error(total, epoch)
+            val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
+            acc = float((val_logits.argmax(1) == y_val).mean())
+            row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "val_accuracy": acc,
+                   "lr": lr_at(cfg, epoch)}
+            history.append(row)
+            if acc > best_acc:
+                best_acc = acc
+                best_state = cpu_copy(model.state_dict())
+                if ckpt:
+                    writer.save(best_state, ckpt / "best.pt")
             if ckpt:
-                _atomic_save(best_state, ckpt / "best.pt")
-        if ckpt:
-            _atomic_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
+                writer.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row)
+    finally:  # checkpoints already taken are written out, also when training stops with an error
+        writer.close()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
@@ -274,12 +283,15 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
                      {"train": train_seconds}, notes, final_model=final)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bool) -> torch.optim.Adam:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bool,
+                   fused: bool = False) -> torch.optim.Adam:
     """The recipe's Adam; for a CUDA graph (which replays the optimiser step too) capturable, with
-    its state and learning rate as tensors on the model's device."""
+    its state and learning rate as tensors on the model's device. ``fused``: one kernel for all
+    parameters instead of a few per group of tensors (same update up to rounding)."""
     if graphed:
         lr = torch.tensor(lr, device=next(model.parameters()).device)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, capturable=graphed)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, capturable=graphed,
+                            fused=True if fused else None)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -300,63 +312,105 @@ def set_lr(opt: torch.optim.Optimizer, value: float) -> None:
             group["lr"] = value
 
 
+@dataclass
+class _Graph:
+    """One captured training step: its static inputs, the loss it refreshes, and its replay."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: torch.Tensor
+    replay: Callable[[], None]
+
+
 class TrainStep:
     """One optimisation step (forward, loss, backward, Adam) on a batch of normalised images.
 
-    With ``graphed`` (CUDA only) the full-size step is captured once as a CUDA graph and replayed:
-    at the recipe's batch of 16 a small network is bound by kernel launches, not by arithmetic, and a
+    With ``graphed`` (CUDA only) the step is captured as a CUDA graph once per batch size (the
+    recipe's batch and an epoch's last, shorter batch: at most ``MAX_GRAPHS``) and replayed: at
+    the recipe's batch of 16 a small network is bound by kernel launches, not by arithmetic, and a
     replay launches the whole step at once. Following PyTorch's whole-network capture recipe, the
-    first steps run eagerly on a side stream (warm-up), then one step is captured; a batch of
-    another size (the last of an epoch) runs eagerly on the same weights and optimiser. If capture
-    fails, every step runs eagerly and ``notes`` says why. The returned loss is a device tensor,
-    valid until the next step.
+    first ``WARMUP`` steps of each size run eagerly on a side stream, then one is captured. All
+    graphs update the same weights, gradients and optimiser state. If capture fails, the sizes
+    not yet captured run eagerly and ``notes`` says why. With ``compiled`` the model's forward and
+    backward go through ``torch.compile`` (static shapes) first. The returned loss is a device
+    tensor, valid until the next step.
     """
 
     WARMUP = 3
+    MAX_GRAPHS = 2
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, weight: torch.Tensor | None, use_amp: bool,
-                 batch_size: int, graphed: bool):
+                 batch_size: int, graphed: bool, compiled: bool = False):
         self.model, self.opt, self.weight, self.use_amp = model, opt, weight, use_amp
         self.batch_size, self.graphed = batch_size, graphed
+        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model, dynamic=False) if compiled else model
         self.device_type = next(model.parameters()).device.type
-        self.replay: Callable[[], None] | None = None
+        self.graphs: dict[int, _Graph] = {}
+        self.warmed: dict[int, int] = {}  # eager warm-up steps per batch size
         self.counts = {"eager": 0, "graph": 0}
         self.notes: list[str] = []
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp,
-                            cache_enabled=autocast_cache):
-            loss = F.cross_entropy(self.model(x).float(), y, weight=self.weight)
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # no autocast weight cache: a captured step must cast the weights it reads on every replay
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
+            loss = F.cross_entropy(self.net(x).float(), y, weight=self.weight)
         loss.backward()
         self.opt.step()
         return loss.detach()
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # after capture the gradients live in the graph's memory: zero them in place, never drop them
-        self.opt.zero_grad(set_to_none=self.replay is None)
+        # after a capture the gradients live in the graph's memory: zero them in place, never drop them
+        self.opt.zero_grad(set_to_none=not self.graphs)
         self.counts["eager"] += 1
-        return self._forward_backward(x, y)
+        if self.net is self.model:
+            return self._forward_backward(x, y)
+        try:  # compilation happens in the first steps of each batch size, before the optimiser steps
+            return self._forward_backward(x, y)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            self.net = self.model
+            self.notes.append(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                              "training the model uncompiled")
+            self.opt.zero_grad(set_to_none=not self.graphs)
+            return self._forward_backward(x, y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not self.graphed or len(y) != self.batch_size:
-            return self._eager(x, y)
-        if self.replay is None:
-            if self.counts["eager"] < self.WARMUP:
-                return _on_side_stream(lambda: self._eager(x, y), x.is_cuda)
-            self.static_x, self.static_y = x.clone(), y.clone()
-            self.opt.zero_grad(set_to_none=True)  # backward inside the capture allocates the graph's gradients
-            try:
-                self.replay, self.static_loss = capture_graph(
-                    lambda: self._forward_backward(self.static_x, self.static_y, autocast_cache=False))
-            except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
-                self.graphed = False
-                self.notes.append(f"CUDA graph capture failed ({type(err).__name__}: {err}); eager steps")
+        graph = self.graphs.get(len(y))
+        if graph is None:
+            if not self.graphed or len(self.graphs) >= self.MAX_GRAPHS:
                 return self._eager(x, y)
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
-        self.replay()
+            warmed = self.warmed.get(len(y), 0)
+            if warmed < self.WARMUP:
+                self.warmed[len(y)] = warmed + 1
+                return _on_side_stream(lambda: self._eager(x, y), x.is_cuda)
+            graph = self._capture(x, y)
+            if graph is None:
+                return self._eager(x, y)
+        graph.x.copy_(x)
+        graph.y.copy_(y)
+        graph.replay()
         self.counts["graph"] += 1
-        return self.static_loss
+        return graph.loss
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> _Graph | None:
+        static_x, static_y = x.clone(), y.clone()
+        first = not self.graphs
+        if first:  # backward inside the first capture allocates the gradients all graphs share
+            self.opt.zero_grad(set_to_none=True)
+
+        def step() -> torch.Tensor:
+            if not first:  # later graphs zero the shared gradients in place, then accumulate into them
+                self.opt.zero_grad(set_to_none=False)
+            return self._forward_backward(static_x, static_y)
+
+        try:
+            replay, loss = capture_graph(step)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
+            self.graphed = False
+            self.notes.append(f"CUDA graph capture (batch of {len(y)}) failed ({type(err).__name__}: {err}); "
+                              "steps not captured yet run eagerly")
+            return None
+        self.graphs[len(y)] = _Graph(static_x, static_y, loss, replay)
+        return self.graphs[len(y)]
 
 
 def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
@@ -438,6 +492,43 @@ def _check_loss(loss: torch.Tensor, epoch: int) -> None:
 def _loss_error(value: float, epoch: int) -> TrainingError:
     return TrainingError(f"loss became {value} in epoch {epoch + 1}: stopping instead of writing garbage "
                          "(lower the learning rate or check the input images)")
+
+
+def cpu_copy(obj: object) -> object:
+    """A copy of a (nested) state dict whose tensors are on the CPU and no longer change with training."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, in order, each atomically: training goes on
+    while the disk works (on a GPU an epoch can take less time than writing its checkpoint).
+    ``save`` copies the state to the CPU first; ``close`` waits for every write and raises the
+    first error of any."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsfsl-checkpoint")
+        self.pending: list[Future] = []
+
+    def save(self, obj: object, path: Path) -> None:
+        snapshot = cpu_copy(obj)
+        for done in [f for f in self.pending if f.done()]:
+            self.pending.remove(done)
+            done.result()  # a failed write stops training here, not 50 epochs later
+        self.pending.append(self.pool.submit(_atomic_save, snapshot, path))
+
+    def close(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pending = []
+            self.pool.shutdown(wait=True)
 
 
 def _atomic_save(obj: object, path: Path) -> None:

@@ -19,6 +19,9 @@ def test_quick_benchmark_runs_every_workload(tmp_path, capsys):
     fastest = result["fastest_step_variant"]                # the step variants choose the paper's config
     assert set(fastest) == set(bench.STEP_KEYS) and sum(n.startswith("step ") for n in names) == 2
     assert all(r["variant"] == fastest for r in result["rows"] if r["workload"].startswith("paper 0"))
+    first_step = next(r for r in result["rows"] if r["workload"].startswith("step "))
+    assert first_step["setup_s"] > 0 and len(first_step["last_batch_eager_ms"]) == 3  # the last-batch probe
+    assert first_step["last_batch_size"] == bench.LAST_BATCH and first_step["last_batch_graph_ms"] > 0
     feats = result["rows"][0]
     assert feats["max_abs_feature_diff"] <= 1e-4          # kit == naive features (asserted inside too)
     assert feats["best_batch"] in (8, 16, 32) and 0 < feats["peak_fraction"] < 1
@@ -42,3 +45,15 @@ def test_feature_mismatch_is_caught(tmp_path, monkeypatch):
 def test_unknown_workload(capsys, tmp_path):
     assert bench.main(["--workloads", "gpu", "--out", str(tmp_path / "b.json")]) == 2
     assert "unknown workload" in capsys.readouterr().err
+
+
+def test_step_variants_start_from_the_kit_defaults():
+    """The first variant is what fit does on a GPU; the others change one or two levers."""
+    for cuda in (True, False):
+        variants = bench.step_variants(cuda)
+        defaults = {k: bench.train.DEFAULTS[k] for k in bench.STEP_KEYS}
+        assert variants[0] == {**defaults, "amp": defaults["amp"] and cuda}
+        assert all(set(v) == set(bench.STEP_KEYS) for v in variants)
+        assert len({str(v) for v in variants}) == len(variants)
+    assert any(v["compile"] for v in bench.step_variants(True))
+    assert not any(v["compile"] for v in bench.step_variants(False))

@@ -109,52 +109,67 @@ def test_nan_loss_stops_with_message(tiny, tmp_path, monkeypatch):
     ({"lr": 0}, "lr must be a number"), ({"epochs": 0}, "epochs must be a number"),
     ({"batch_size": -4}, "batch_size must be"), ({"mode": "zero-shot"}, "unknown training mode"),
     ({"backbone": "vit"}, "unknown backbone"), ({"optimiser": "sgd"}, "unknown training parameter"),
-    ({"class_weight": "heavy"}, "class_weight must be"),
+    ({"class_weight": "heavy"}, "class_weight must be"), ({"compile": "yes"}, "compile must be True or False"),
 ])
 def test_bad_config(config, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(config)
 
 
-def test_graphed_steps_do_what_eager_steps_do(monkeypatch):
-    """TrainStep's CUDA-graph bookkeeping (warm-up, one capture, replays, eager last batch, gradients
-    kept in place) on the CPU, with a stand-in capture that runs the captured step on each replay
-    the way a graph does: gradients overwritten, not accumulated. Same weights and losses as eager."""
-    def fake_capture(fn):
+def _fake_capture(opt):
+    """A CPU stand-in for ``train.capture_graph``: each replay runs the captured step the way a graph
+    does (gradients overwritten, not accumulated)."""
+    def capture(fn):
         out = torch.zeros(())
 
         def replay():
-            opt_b.zero_grad(set_to_none=False)  # a replay overwrites the gradient buffers
+            opt.zero_grad(set_to_none=False)
             out.copy_(fn())
         return replay, out
+    return capture
 
-    monkeypatch.setattr(train, "capture_graph", fake_capture)
 
-    def make():
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.3),
-                                  torch.nn.Linear(4, 2))
-        return net, torch.optim.Adam(net.parameters(), lr=1e-2)
+def _tiny_net():
+    # no convolution bias before batch norm: its gradient is rounding noise, which Adam would amplify
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.3),
+                              torch.nn.Linear(4, 2))
+    return net, torch.optim.Adam(net.parameters(), lr=1e-2)
 
-    net_a, opt_a = make()
-    net_b, opt_b = make()
+
+def _run_epochs(steps: dict, epochs: int, n: int = 22, batch: int = 4) -> dict[str, list[float]]:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(n, 3, 8, 8, generator=gen), torch.randint(0, 2, (n,), generator=gen)
+    losses = {key: [] for key in steps}
+    for epoch in range(epochs):
+        for key, step in steps.items():
+            torch.manual_seed(epoch)  # the same dropout draws on every side
+            for s in range(0, n, batch):
+                losses[key].append(float(step(x[s:s + batch], y[s:s + batch])))
+    return losses
+
+
+def test_graphed_steps_do_what_eager_steps_do(monkeypatch):
+    """TrainStep's CUDA-graph bookkeeping on the CPU, with a stand-in capture: warm-up per batch size,
+    one graph for the recipe's batch and one for the epoch's last, shorter batch, both updating the
+    same gradients in place. Same weights and losses as eager steps."""
+    net_a, opt_a = _tiny_net()
+    net_b, opt_b = _tiny_net()
+    monkeypatch.setattr(train, "capture_graph", _fake_capture(opt_b))
     step_a = train.TrainStep(net_a, opt_a, None, False, batch_size=4, graphed=False)
     step_b = train.TrainStep(net_b, opt_b, None, False, batch_size=4, graphed=True)
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(22, 3, 8, 8, generator=gen), torch.randint(0, 2, (22,), generator=gen)
-    losses = {"a": [], "b": []}
-    for epoch in range(3):
-        for key, step in (("a", step_a), ("b", step_b)):
-            torch.manual_seed(epoch)  # the same dropout draws on both sides
-            for s in range(0, 22, 4):
-                losses[key].append(float(step(x[s:s + 4], y[s:s + 4])))
+    losses = _run_epochs({"a": step_a, "b": step_b}, epochs=5)
     assert losses["a"] == losses["b"]
     for (k, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
         assert torch.equal(a, b), k
-    # 6 batches per epoch, the last of 2 images: 3 warm-up steps, then replays; short batches eager
-    assert step_b.counts == {"eager": 3 + 3, "graph": 3 * 5 - 3} and step_a.counts["graph"] == 0
-    assert step_b.replay is not None and not step_b.notes
+    # 6 batches per epoch, the last of 2 images: 3 warm-up steps per size, then replays
+    assert step_b.counts == {"eager": 3 + 3, "graph": (5 * 5 - 3) + (5 - 3)} and step_a.counts["graph"] == 0
+    assert sorted(step_b.graphs) == [2, 4] and not step_b.notes
+    # a third batch size finds the graphs taken (MAX_GRAPHS) and runs eagerly
+    for _ in range(5):
+        step_b(torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 0]))
+    assert sorted(step_b.graphs) == [2, 4] and step_b.counts["eager"] == 6 + 5
 
 
 def test_graph_capture_failure_falls_back_to_eager(monkeypatch):
@@ -166,4 +181,101 @@ def test_graph_capture_failure_falls_back_to_eager(monkeypatch):
     step = train.TrainStep(net, torch.optim.Adam(net.parameters()), None, False, batch_size=2, graphed=True)
     for _ in range(6):
         assert torch.isfinite(step(torch.randn(2, 3), torch.tensor([0, 1])))
-    assert step.counts == {"eager": 6, "graph": 0} and "capture failed (RuntimeError" in step.notes[0]
+    assert step.counts == {"eager": 6, "graph": 0} and not step.graphs
+    assert "CUDA graph capture (batch of 2) failed (RuntimeError" in step.notes[0]
+
+
+def test_a_failed_second_capture_keeps_the_first_graph(monkeypatch):
+    net_a, opt_a = _tiny_net()
+    net_b, opt_b = _tiny_net()
+    works = _fake_capture(opt_b)
+    calls = []
+
+    def second_fails(fn):
+        calls.append(fn)
+        if len(calls) > 1:
+            raise RuntimeError("capture of the short batch failed")
+        return works(fn)
+
+    monkeypatch.setattr(train, "capture_graph", second_fails)
+    step_a = train.TrainStep(net_a, opt_a, None, False, batch_size=4, graphed=False)
+    step_b = train.TrainStep(net_b, opt_b, None, False, batch_size=4, graphed=True)
+    losses = _run_epochs({"a": step_a, "b": step_b}, epochs=5)
+    assert losses["a"] == losses["b"] and list(step_b.graphs) == [4]
+    assert step_b.counts == {"eager": 3 + 5, "graph": 5 * 5 - 3} and "batch of 2) failed" in step_b.notes[0]
+
+
+def test_fused_adam_and_compiled_steps_match_the_plain_step():
+    """The measured options (fused Adam, torch.compile of the model) train the same weights as the
+    plain step, up to float rounding, for both batch sizes of an epoch."""
+    runs = {}
+    for key, fused, compiled in (("plain", False, False), ("fused", True, False), ("compiled", False, True)):
+        net, _ = _tiny_net()
+        net[5].p = 0.0  # no dropout: compiled code draws its random numbers differently
+        opt = train.make_optimizer(net, 1e-2, 0.0, graphed=False, fused=fused)
+        step = train.TrainStep(net, opt, None, False, batch_size=4, graphed=False, compiled=compiled)
+        runs[key] = (net, step, _run_epochs({key: step}, epochs=2)[key])
+    plain_net, _, plain_losses = runs["plain"]
+    for key in ("fused", "compiled"):
+        net, step, losses = runs[key]
+        assert not step.notes, step.notes
+        np.testing.assert_allclose(losses, plain_losses, rtol=1e-4, atol=1e-5)
+        for (k, a), b in zip(plain_net.state_dict().items(), net.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+    assert runs["compiled"][1].net is not runs["compiled"][1].model and runs["plain"][1].net is runs["plain"][1].model
+
+
+def test_a_failing_compile_falls_back_to_the_uncompiled_model(monkeypatch):
+    def failing_compile(model, **kwargs):
+        def call(x):
+            raise torch._dynamo.exc.BackendCompilerFailed("inductor", RuntimeError("no C++ compiler"), None)
+        return call
+
+    monkeypatch.setattr(train.torch, "compile", failing_compile)
+    net, opt = _tiny_net()
+    step = train.TrainStep(net, opt, None, False, batch_size=4, graphed=False, compiled=True)
+    losses = _run_epochs({"s": step}, epochs=1)["s"]
+    assert np.isfinite(losses).all() and step.net is net and "torch.compile failed" in step.notes[0]
+
+
+def test_fit_passes_the_measured_options_on(tiny, monkeypatch):
+    """``fused_adam`` and ``compile`` reach fit's optimiser and training step (their numerics are
+    checked on a small network above: on EfficientNet, Adam magnifies rounding differences)."""
+    tr, va = tiny
+    seen = {}
+    real_opt, real_step = train.make_optimizer, train.TrainStep
+
+    def spy_opt(*args, **kwargs):
+        seen["opt"] = real_opt(*args, **kwargs)
+        return seen["opt"]
+
+    class SpyStep(real_step):
+        def __init__(self, *args, compiled=False, **kwargs):
+            seen["compiled"] = compiled
+            super().__init__(*args, compiled=False, **kwargs)  # compiling EfficientNet on a CPU takes minutes
+
+    monkeypatch.setattr(train, "make_optimizer", spy_opt)
+    monkeypatch.setattr(train, "TrainStep", SpyStep)
+    res = train.fit(tr, va, {**TINY, "fused_adam": True, "compile": True}, seed=0, views=(), progress=False)
+    assert seen["opt"].param_groups[0]["fused"] is True and seen["compiled"] is True
+    assert np.isfinite(res.val_logits).all()
+
+
+def test_checkpoint_writer_saves_the_state_at_save_time_and_reports_failures(tmp_path):
+    weights = {"w": torch.zeros(3), "history": [{"epoch": 1}]}
+    writer = train.CheckpointWriter()
+    writer.save(weights, tmp_path / "a.pt")
+    weights["w"] += 1  # training goes on while the file is written
+    weights["history"].append({"epoch": 2})
+    writer.save(weights, tmp_path / "b.pt")
+    writer.close()
+    a, b = (torch.load(tmp_path / f"{k}.pt", weights_only=True) for k in "ab")
+    assert torch.equal(a["w"], torch.zeros(3)) and a["history"] == [{"epoch": 1}]
+    assert torch.equal(b["w"], torch.ones(3)) and len(b["history"]) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+    (tmp_path / "file").write_text("not a folder")
+    writer = train.CheckpointWriter()
+    writer.save(weights, tmp_path / "file" / "last.pt")  # its folder cannot be made
+    with pytest.raises(OSError):
+        writer.close()
