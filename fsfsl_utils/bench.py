@@ -176,7 +176,8 @@ def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: i
     for i, variant in enumerate(step_variants(cuda)):
         timing = _time_step(dev, backbone, size, batch_size, steps, variant, last_batch=LAST_BATCH if i == 0 else 0)
         # the paper profile: 50 epochs of the four training sets, one validation pass per epoch each,
-        # and each training's set-up once
+        # and each training's set-up once (a compile variant after the first finds its kernels in
+        # torch's on-disk cache, as the later notebooks of a main job do)
         cost = 50 * (train_images / batch_size * timing["step_s"] + 4 * val_images / timing["eval_img_per_s"]) \
             + 4 * timing["setup_s"]
         extra = {"ms_per_step": round(1000 * timing["step_s"], 3), "setup_s": round(timing["setup_s"], 2),
