@@ -8,9 +8,10 @@ nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
 30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
 resumes). Unlike that script, images stay on the device as uint8 and are cropped, flipped and
 normalised there, a chunk of an epoch at a time, and the loss is read once per epoch, not per
-step. On CUDA: bf16 autocast, channels_last, and the training step captured as a CUDA graph
-(``cuda_graphs``, see :class:`TrainStep`). Options measured by ``benchmarks/``: ``fused_adam``
-(one Adam kernel) and ``compile`` (``torch.compile`` of the model), off by default.
+step; each epoch's validation runs while the next epoch trains, and checkpoints are written by a
+background thread. On CUDA: bf16 autocast, channels_last, and the training step captured as a
+CUDA graph (``cuda_graphs``, see :class:`TrainStep`). Options measured by ``benchmarks/``,
+off by default: ``fused_adam`` (one Adam kernel) and ``compile`` (``torch.compile`` of the model).
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
         views: Sequence[str] = ("vflip", "blur"), checkpoint_dir: str | os.PathLike | None = None,
         progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
-    """Train on ``train``, predict ``val`` (and its test-time ``views``); the mode comes from the config."""
+    """Train on ``train``, predict ``val`` (and its test-time ``views``); the mode comes from the config.
+
+    ``on_epoch_end(epoch, row)`` (finetune) is called once an epoch's validation is done, which
+    runs alongside the next epoch's training (see :class:`Validation`)."""
     cfg = check_config(config or {})
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"training needs images in both parts, got {len(train)} train and {len(val)} validation")
@@ -231,6 +235,25 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
         notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
     step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed, compiled=bool(cfg["compile"]))
     writer = CheckpointWriter()
+    validation = Validation(model, x_val, y_val, cfg, use_amp, val_inputs)
+    if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
+        validation.start(model)
+
+    def settle() -> None:
+        """Finish the pending validation: its row's accuracy, the best epoch, the callback."""
+        nonlocal best_acc, best_state
+        acc = validation.finish()
+        if acc is None:
+            return
+        history[-1]["val_accuracy"] = acc
+        if acc > best_acc:
+            best_acc = acc
+            best_state = cpu_copy(validation.model.state_dict())
+            if ckpt:
+                writer.save(best_state, ckpt / "best.pt")
+        if on_epoch_end is not None:
+            on_epoch_end(history[-1]["epoch"], history[-1])
+
     t0 = time.perf_counter()
     bs = cfg["batch_size"]
     try:
@@ -248,21 +271,13 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
             total = float(loss_sum)
             if not np.isfinite(total):
                 raise _loss_error(total, epoch)
-            val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
-            acc = float((val_logits.argmax(1) == y_val).mean())
-            row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "val_accuracy": acc,
-                   "lr": lr_at(cfg, epoch)}
-            history.append(row)
-            if acc > best_acc:
-                best_acc = acc
-                best_state = cpu_copy(model.state_dict())
-                if ckpt:
-                    writer.save(best_state, ckpt / "best.pt")
-            if ckpt:
+            settle()  # the previous epoch's validation ran alongside this epoch's training
+            history.append({"epoch": epoch + 1, "train_loss": total / len(x_train), "lr": lr_at(cfg, epoch)})
+            validation.start(model)
+            if ckpt:  # the last row has no accuracy yet: a resumed run validates these weights first
                 writer.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row)
+        settle()
     finally:  # checkpoints already taken are written out, also when training stops with an error
         writer.close()
     if dev.type == "cuda":
@@ -472,6 +487,12 @@ def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = F
             batch_size: int = 64, inputs: torch.Tensor | None = None) -> np.ndarray:
     """Logits (float64 numpy) of uint8 images through the eval transform (``inputs``: already
     transformed, as :func:`fit` keeps them on a GPU)."""
+    return device_logits(model, images, cfg, use_amp, batch_size, inputs).cpu().numpy().astype(np.float64)
+
+
+def device_logits(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,
+                  batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`predict`'s logits as a float32 tensor on the images' device (no wait for the device)."""
     model.eval()
     outs = []
     if inputs is not None:
@@ -481,7 +502,45 @@ def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = F
             x = inputs[s:s + batch_size] if inputs is not None else \
                 models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
             outs.append(model(x).float())
-    return torch.cat(outs).cpu().numpy().astype(np.float64)
+    return torch.cat(outs)
+
+
+class Validation:
+    """Each epoch's validation, run while the next epoch trains.
+
+    ``start(model)`` copies the weights into a second model and, on CUDA, runs it on a side
+    stream: the training step's kernels leave most of the GPU idle. ``finish()`` waits for it and
+    returns the accuracy and the copy (the weights that were validated); the next ``start`` must
+    come after it. On a CPU the same calls run one after the other.
+    """
+
+    def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: np.ndarray, cfg: dict, use_amp: bool,
+                 inputs: torch.Tensor | None):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.x_val, self.y_val, self.cfg, self.use_amp, self.inputs = x_val, y_val, cfg, use_amp, inputs
+        self.stream = torch.cuda.Stream(x_val.device) if x_val.is_cuda else None
+        self.pending: torch.Tensor | None = None
+
+    def start(self, model: nn.Module) -> None:
+        if self.pending is not None:
+            raise RuntimeError("Validation.start before the previous validation finished")
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.model.state_dict().values()), list(model.state_dict().values()))
+        if self.stream is None:
+            self.pending = device_logits(self.model, self.x_val, self.cfg, self.use_amp, inputs=self.inputs)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.x_val.device))  # the weights are copied
+        with torch.cuda.stream(self.stream):
+            self.pending = device_logits(self.model, self.x_val, self.cfg, self.use_amp, inputs=self.inputs)
+
+    def finish(self) -> float | None:
+        """Accuracy of the weights given to the last ``start`` (None if nothing is pending)."""
+        if self.pending is None:
+            return None
+        if self.stream is not None:
+            torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
+        logits, self.pending = self.pending.cpu().numpy(), None
+        return float((logits.argmax(1) == self.y_val).mean())
 
 
 def _check_loss(loss: torch.Tensor, epoch: int) -> None:

@@ -66,8 +66,12 @@ def test_finetune_resume_matches_uninterrupted(tiny, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False, on_epoch_end=crash)
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
-    resumed = train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False)
+    stopped = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert stopped["epoch"] == 1 and "val_accuracy" not in stopped["history"][-1]  # validated on resume
+    seen = []
+    resumed = train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False,
+                        on_epoch_end=lambda epoch, row: seen.append((epoch, row["val_accuracy"])))
+    assert seen == [(h["epoch"], h["val_accuracy"]) for h in full.history]
     assert any("resumed" in n for n in resumed.notes)
     for (k, a), b in zip(full.final_model.state_dict().items(), resumed.final_model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -279,3 +283,25 @@ def test_checkpoint_writer_saves_the_state_at_save_time_and_reports_failures(tmp
     writer.save(weights, tmp_path / "file" / "last.pt")  # its folder cannot be made
     with pytest.raises(OSError):
         writer.close()
+
+
+def test_validation_scores_the_weights_it_was_started_with(tiny):
+    """Validation runs while the next epoch trains: changing the model after ``start`` must not
+    change the result, and the copy it returns holds the validated weights."""
+    tr, va = tiny
+    cfg = train.check_config(TINY)
+    torch.manual_seed(0)
+    model = train.models.build_classifier(cfg["backbone"], 2, None).eval()
+    x_val = torch.from_numpy(va.images)
+    expected = train.predict(model, x_val, cfg)
+    validation = train.Validation(model, x_val, va.labels, cfg, False, None)
+    assert validation.finish() is None
+    validation.start(model)
+    with pytest.raises(RuntimeError, match="before the previous validation finished"):
+        validation.start(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # the next epoch trains
+    assert validation.finish() == float((expected.argmax(1) == va.labels).mean())
+    np.testing.assert_array_equal(train.predict(validation.model, x_val, cfg), expected)
+    assert not np.array_equal(train.predict(model, x_val, cfg), expected)
