@@ -162,11 +162,13 @@ def variant_name(variant: dict, cuda: bool) -> str:
 
 
 def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: int = 16, steps: int = 100,
-               report: Callable[[dict], None] = print) -> tuple[list[dict], dict]:
+               report: Callable[[dict], None] = print,
+               failures: list[str] | None = None) -> tuple[list[dict], dict]:
     """Workload 'step': the recipe's training step in each of :func:`step_variants` (graph replays on
     CUDA), its set-up (warm-up, compilation, capture) and the eval forward that validates every
     epoch. The default variant also times the epoch's short last batch, eager and captured. Returns
     the rows and the variant with the lowest estimated paper-profile time, which workload paper uses.
+    A variant that raises is left out and said in ``failures`` (a GPU run has one try).
     """
     dev = models.pick_device(device)
     cuda = dev.type == "cuda"
@@ -174,7 +176,16 @@ def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: i
     train_images = sum(sum(per_class.values()) for per_class in paper_counts().values())
     val_images = sum(data.STUDY_VAL_COUNTS.values())
     for i, variant in enumerate(step_variants(cuda)):
-        timing = _time_step(dev, backbone, size, batch_size, steps, variant, last_batch=LAST_BATCH if i == 0 else 0)
+        name = f"step {variant_name(variant, cuda)} ({dev.type}, {size}px, batch {batch_size})"
+        try:
+            timing = _time_step(dev, backbone, size, batch_size, steps, variant,
+                                last_batch=LAST_BATCH if i == 0 else 0)
+        except Exception as err:  # noqa: BLE001 - one failing variant must not cost the others
+            message = f"{name}: failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            print(message, file=sys.stderr, flush=True)
+            if failures is not None:
+                failures.append(message)
+            continue
         # the paper profile: 50 epochs of the four training sets, one validation pass per epoch each,
         # and each training's set-up once (a compile variant after the first finds its kernels in
         # torch's on-disk cache, as the later notebooks of a main job do)
@@ -184,8 +195,7 @@ def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: i
                  "eval_img_per_s": round(timing["eval_img_per_s"], 1), "estimated_paper_s": round(cost, 1),
                  "variant": variant, "notes": timing["notes"]}
         extra.update({k: v for k, v in timing.items() if k.startswith("last_batch")})
-        rows.append(row(f"step {variant_name(variant, cuda)} ({dev.type}, {size}px, batch {batch_size})",
-                        timing["step_s"] * steps, float("nan"), batch_size * steps,
+        rows.append(row(name, timing["step_s"] * steps, float("nan"), batch_size * steps,
                         3 * model_flops(backbone, size), peak, extra))
         report(rows[-1])
         usable = not any("failed" in note for note in timing["notes"])  # a fallback is not the variant
@@ -484,9 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         variant = None
         if "step" in chosen:
             step_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
+            failures: list[str] = []
             _, variant = bench_step(str(dev), args.backbone, step_size, peak_dev, steps=10 if args.quick else 100,
-                                    report=report)
-            result["fastest_step_variant"] = variant
+                                    report=report, failures=failures)
+            result["fastest_step_variant"], result["step_failures"] = variant, failures
+            atomic_write_json(args.out, result)
         if "paper" in chosen:
             bench_paper(str(dev), args.paper_epochs, args.quick, peak_dev, report=report, variant=variant,
                         work=work)

@@ -57,3 +57,20 @@ def test_step_variants_start_from_the_kit_defaults():
         assert len({str(v) for v in variants}) == len(variants)
     assert any(v["compile"] for v in bench.step_variants(True))
     assert not any(v["compile"] for v in bench.step_variants(False))
+
+
+def test_a_failing_step_variant_is_reported_and_skipped(monkeypatch, tmp_path):
+    real = bench._time_step
+
+    def fused_breaks(dev, backbone, size, batch_size, steps, variant, last_batch=0):
+        if variant["fused_adam"]:
+            raise RuntimeError("no fused kernel for this device")
+        return real(dev, backbone, size, batch_size, steps, variant, last_batch)
+
+    monkeypatch.setattr(bench, "_time_step", fused_breaks)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--workloads", "step", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"]["fused_adam"] for r in result["rows"]] == [False]
+    assert result["fastest_step_variant"]["fused_adam"] is False
+    assert "fused Adam" in result["step_failures"][0] and "RuntimeError: no fused kernel" in result["step_failures"][0]
