@@ -74,3 +74,22 @@ def test_a_failing_step_variant_is_reported_and_skipped(monkeypatch, tmp_path):
     assert [r["variant"]["fused_adam"] for r in result["rows"]] == [False]
     assert result["fastest_step_variant"]["fused_adam"] is False
     assert "fused Adam" in result["step_failures"][0] and "RuntimeError: no fused kernel" in result["step_failures"][0]
+
+
+def test_paper_falls_back_to_the_defaults_when_the_chosen_variant_breaks(monkeypatch, tmp_path):
+    real = bench.train.fit
+
+    def compile_breaks(tr, val, cfg, **kwargs):
+        if cfg.get("compile"):
+            raise RuntimeError("inductor crashed")
+        return real(tr, val, cfg, **kwargs)
+
+    monkeypatch.setattr(bench.train, "fit", compile_breaks)
+    variant = {**bench.step_variants(False)[0], "compile": True}
+    rows = bench.bench_paper("cpu", 1, True, 1e9, report=lambda r: None, variant=variant, work=tmp_path)
+    steps = [r for r in rows if r["workload"].startswith("paper 0")]
+    assert len(steps) == 4 and all(r["variant"] == {} for r in steps)
+    assert "failed (RuntimeError: inductor crashed)" in rows[4]["notes"][0] and len(rows[4]["notes"]) == 1
+    monkeypatch.setattr(bench.train, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(RuntimeError, match="broken"):  # the defaults themselves failing is an error
+        bench.bench_paper("cpu", 1, True, 1e9, report=lambda r: None, variant=bench.step_variants(False)[0])
