@@ -347,8 +347,8 @@ class TrainStep:
     first ``WARMUP`` steps of each size run eagerly on a side stream, then one is captured. All
     graphs update the same weights, gradients and optimiser state. If capture fails, the sizes
     not yet captured run eagerly and ``notes`` says why. With ``compiled`` the model's forward and
-    backward go through ``torch.compile`` (static shapes) first. The returned loss is a device
-    tensor, valid until the next step.
+    backward at the recipe's batch go through ``torch.compile`` (static shapes) first. The returned
+    loss is a device tensor, valid until the next step.
     """
 
     WARMUP = 3
@@ -368,16 +368,21 @@ class TrainStep:
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # no autocast weight cache: a captured step must cast the weights it reads on every replay
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
-            loss = F.cross_entropy(self.net(x).float(), y, weight=self.weight)
+            loss = F.cross_entropy(self._net_for(len(x))(x).float(), y, weight=self.weight)
         loss.backward()
         self.opt.step()
         return loss.detach()
+
+    def _net_for(self, batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The compiled model for the recipe's batch; the plain one for the short last batch (one
+        compilation per training, not two)."""
+        return self.net if batch == self.batch_size else self.model
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # after a capture the gradients live in the graph's memory: zero them in place, never drop them
         self.opt.zero_grad(set_to_none=not self.graphs)
         self.counts["eager"] += 1
-        if self.net is self.model:
+        if self._net_for(len(x)) is self.model:
             return self._forward_backward(x, y)
         try:  # compilation happens in the first steps of each batch size, before the optimiser steps
             return self._forward_backward(x, y)
