@@ -17,11 +17,12 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
   torch.cuda.get_device_name(0), 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/gpu.log"
-# workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph), the
-# training-step variants (default, fused Adam, torch.compile, both, fp32; with set-up time, and the
+# Workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph); the
+# training-step variants (default, fused Adam, torch.compile, both, fp32; with set-up time; the
 # short last batch eager vs captured on the default; four trainings' steps at once on four CUDA
-# streams; the fastest variant by estimated paper time is used next), then the paper profile's four trainings (study counts, 50 epochs, a checkpoint every epoch,
-# EfficientNet-Lite0: ResNet50 weights cannot travel) and a ResNet50 timing estimate (random
-# weights). Expected wall time 6-8 minutes (torch.compile adds its compilations): give it 600 s.
+# streams; the fastest variant by estimated paper time is used next); the paper profile's four
+# trainings (study counts, 50 epochs, a checkpoint every epoch, EfficientNet-Lite0: ResNet50
+# weights cannot travel); a ResNet50 timing estimate (random weights).
+# Expected wall time 6-8 minutes (torch.compile adds its compilations): give it 600 s.
 python3 -m fsfsl_utils.bench --data synthetic --workloads finetune,step,paper --device cuda \
     --images 1024 --out "$OUT/gpu.json" 2>&1 | tee -a "$OUT/gpu.log"
