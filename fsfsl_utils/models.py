@@ -185,14 +185,14 @@ def preprocess(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> t
     ``crop_fraction < 1`` takes a center crop of that fraction first (224/256 mirrors
     torchvision's Resize(256) + CenterCrop(224)). Runs on the tensor's device.
     """
-    x = _unit_rgb(images)
+    x = _unit(images)
     if crop_fraction < 1.0:
         h, w = x.shape[-2:]
         ch, cw = round(h * crop_fraction), round(w * crop_fraction)
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top:top + ch, left:left + cw]
-    return _imagenet_normalise(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                             antialias=True))
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return _imagenet_normalise(_as_rgb(x))
 
 
 def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
@@ -214,7 +214,7 @@ def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` at the final size -> normalised float, 3 channels,
     channels_last. Same arithmetic as ToTensor() + Normalize(ImageNet)."""
-    return _imagenet_normalise(_unit_rgb(images))
+    return _imagenet_normalise(_as_rgb(_unit(images)))
 
 
 def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
@@ -241,20 +241,26 @@ def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     roi_align), flip where ``flips``, normalise. Runs on the images' device."""
     from torchvision.ops import roi_align
 
-    x = _unit_rgb(images)
+    x = _unit(images)
     b = x.shape[0]
     index = torch.arange(b, dtype=torch.float, device=x.device).view(b, 1)
     rois = torch.cat([index, boxes.to(x.device, torch.float, non_blocking=True)], 1)
     out = roi_align(x.contiguous(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
                     aligned=True)
     flips = flips.to(x.device, non_blocking=True).view(b, 1, 1, 1)
-    return _imagenet_normalise(torch.where(flips, out.flip(-1), out))
+    return _imagenet_normalise(_as_rgb(torch.where(flips, out.flip(-1), out)))
 
 
-def _unit_rgb(images: torch.Tensor) -> torch.Tensor:
-    """uint8 gray ``B x H x W`` or RGB ``B x H x W x 3`` -> float ``B x 3 x H x W`` in [0, 1]."""
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 gray ``B x H x W`` or RGB ``B x H x W x 3`` -> float ``B x C x H x W`` in [0, 1], C = 1 or 3:
+    resizing and cropping a gray image once instead of three times gives the same numbers."""
     x = images.float().div_(255.0)
-    return x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def _as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """``B x 1 x H x W`` -> a ``B x 3 x H x W`` view (the network takes three channels); RGB unchanged."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 _NORM_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

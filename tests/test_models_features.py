@@ -96,3 +96,17 @@ def test_lite0_padding_fold_keeps_outputs():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(plain(x), folded(x))
+
+
+def test_gray_images_are_resized_once_and_match_their_rgb_copies():
+    """A gray image is cropped and resized on one channel, then shown to the network as three:
+    the same numbers as resizing the three identical channels of its RGB copy."""
+    gen = torch.Generator().manual_seed(3)
+    gray = torch.randint(0, 256, (6, 300, 300), dtype=torch.uint8, generator=gen)
+    rgb = gray.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous()
+    for size, crop in ((224, 1.0), (224, 224 / 256), (64, 0.9)):
+        assert torch.equal(models.preprocess(gray, size, crop), models.preprocess(rgb, size, crop))
+    boxes, flips = models.draw_crops(6, 300, 300, gen)
+    out = models.apply_crops(gray, boxes, flips, 128)
+    assert out.shape == (6, 3, 128, 128) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, models.apply_crops(rgb, boxes, flips, 128))
