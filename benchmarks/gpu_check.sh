@@ -10,13 +10,21 @@
 #   bash benchmarks/gpu_check.sh
 # It writes $OUT/gpu.json (row by row, so a cut-off run keeps what it measured) and $OUT/gpu.log;
 # copy the numbers into benchmarks/RESULTS.md.
+# Dry run on a CPU (tests/test_bench.py does this, so the script cannot rot):
+#   PYTHON=.venv/bin/python DEVICE=cpu EXTRA=--quick OUT=/tmp/dry bash benchmarks/gpu_check.sh
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0
+PY="${PYTHON:-python3}"; DEVICE="${DEVICE:-cuda}"; EXTRA="${EXTRA:-}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
-  torch.cuda.get_device_name(0), 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/gpu.log"
+if compgen -G ".whl/*.whl" > /dev/null; then  # the backbone's packages, where the environment lacks them
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
+fi
+"$PY" -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA', 'cpus', os.cpu_count())" \
+  | tee -a "$OUT/gpu.log"
 # Workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph); the
 # training-step variants (default, fused Adam, torch.compile, both, fp32; with set-up time; the
 # short last batch eager vs captured on the default; four trainings' steps at once on four CUDA
@@ -24,5 +32,6 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 # trainings (study counts, 50 epochs, a checkpoint every epoch, EfficientNet-Lite0: ResNet50
 # weights cannot travel); a ResNet50 timing estimate (random weights).
 # Expected wall time 6-8 minutes (torch.compile adds its compilations): give it 600 s.
-python3 -m fsfsl_utils.bench --data synthetic --workloads finetune,step,paper --device cuda \
-    --images 1024 --out "$OUT/gpu.json" 2>&1 | tee -a "$OUT/gpu.log"
+# shellcheck disable=SC2086  # EXTRA is a list of flags
+"$PY" -m fsfsl_utils.bench --data synthetic --workloads finetune,step,paper --device "$DEVICE" \
+    --images 1024 --out "$OUT/gpu.json" $EXTRA 2>&1 | tee -a "$OUT/gpu.log"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -96,3 +99,17 @@ def test_paper_falls_back_to_the_defaults_when_the_chosen_variant_breaks(monkeyp
     monkeypatch.setattr(bench.train, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
     with pytest.raises(RuntimeError, match="broken"):  # the defaults themselves failing is an error
         bench.bench_paper("cpu", 1, True, 1e9, report=lambda r: None, variant=bench.step_variants(False)[0])
+
+
+def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
+    """benchmarks/gpu_check.sh is run once per lent GPU, with no second try: its CPU dry run keeps it
+    from rotting (same workloads and flags, tiny sizes)."""
+    root = bench.experiment.project_root()
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "EXTRA": "--quick", "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    names = [r["workload"] for r in result["rows"]]
+    assert any(n.startswith("fine-tune") for n in names) and any(n.startswith("step ") for n in names)
+    assert sum(n.startswith("paper 0") for n in names) == 4 and "no CUDA" in (tmp_path / "gpu.log").read_text()
