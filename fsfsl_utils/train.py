@@ -16,10 +16,11 @@ off by default: ``fused_adam`` (one Adam kernel) and ``compile`` (``torch.compil
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,67 @@ def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
             raise ValueError(f"unknown test-time view {v!r}; valid: {', '.join(TTA_VIEWS)}")
     if cfg["mode"] == "probe":
         return _fit_probe(train, val, cfg, seed, views, progress)
-    return _fit_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end)
+    return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
+
+
+def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResult]:
+    """Several trainings at once: each job is :func:`fit`'s keyword arguments (``train``, ``val``,
+    ``config``, ``seed``, ``views``, ``checkpoint_dir``); returns their results in order.
+
+    Fine-tunings take turns step by step, each on its own CUDA stream, so the GPU runs one
+    training's small kernels beside another's. Each keeps its own random-number state, so every
+    result equals that of :func:`fit` run alone (the same numbers on a CPU; on a GPU up to the
+    nondeterminism of its kernels). Probe jobs run one after another.
+    """
+    results: list[FitResult | None] = [None] * len(jobs)
+    turns = []
+    for i, job in enumerate(jobs):
+        job = {"progress": progress, **job}
+        unknown = set(job) - {"train", "val", "config", "seed", "views", "checkpoint_dir", "progress"}
+        if unknown:
+            raise ValueError(f"job {i}: unknown fit argument(s) {sorted(unknown)}")
+        cfg = check_config(job.get("config") or {})
+        if cfg["mode"] == "probe":
+            results[i] = fit(**job)
+            continue
+        train_ds, val_ds = job["train"], job["val"]
+        if len(train_ds) == 0 or len(val_ds) == 0:
+            raise ValueError(f"job {i}: training needs images in both parts")
+        runner = _finetune(train_ds, val_ds, cfg, job.get("seed", 0), job.get("views", ("vflip", "blur")),
+                           job.get("checkpoint_dir"), job["progress"], None)
+        dev = models.pick_device(cfg["device"])
+        turns.append([i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, None, dev])
+    while turns:
+        for turn in list(turns):
+            i, runner, stream, rng, dev = turn
+            if rng is not None:  # this training's random numbers, as if it ran alone
+                _set_rng(rng, dev)
+            try:
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    next(runner)
+            except StopIteration as done:
+                results[i] = done.value
+                turns.remove(turn)
+            turn[3] = _get_rng(dev)
+    return results  # type: ignore[return-value]
+
+
+def _get_rng(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+
+
+def _set_rng(state: tuple[torch.Tensor, torch.Tensor | None], dev: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], dev)
+
+
+def _run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
+    while True:
+        try:
+            next(runner)
+        except StopIteration as done:
+            return done.value
 
 
 def view_images(ds: Dataset, view: str) -> np.ndarray:
@@ -196,9 +257,11 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: in
 
 
 # ----------------------------------------------------------------------------- finetune
-def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
-                  checkpoint_dir: str | os.PathLike | None, progress: bool | None,
-                  on_epoch_end: Callable[[int, dict], None] | None) -> FitResult:
+def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+              checkpoint_dir: str | os.PathLike | None, progress: bool | None,
+              on_epoch_end: Callable[[int, dict], None] | None) -> Generator[None, None, FitResult]:
+    """The fine-tuning, as a generator that pauses after every training step and epoch (so that
+    :func:`fit_many` can interleave trainings); its return value is the result."""
     dev = models.pick_device(cfg["device"])
     use_amp = bool(cfg["amp"]) and dev.type == "cuda"
     graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
@@ -268,6 +331,7 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
             loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
             for s, x in _epoch_views(x_train, perm, cfg, gen, bs, chunk=512 if dev.type == "cuda" else bs):
                 loss_sum += step(x, y_epoch[s:s + len(x)]) * len(x)
+                yield
             total = float(loss_sum)
             if not np.isfinite(total):
                 raise _loss_error(total, epoch)
@@ -277,6 +341,7 @@ def _fit_finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Seq
             if ckpt:  # the last row has no accuracy yet: a resumed run validates these weights first
                 writer.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
+            yield
         settle()
     finally:  # checkpoints already taken are written out, also when training stops with an error
         writer.close()

@@ -19,6 +19,8 @@ def test_quick_benchmark_runs_every_workload(tmp_path, capsys):
     names = [r["workload"] for r in result["rows"]]
     assert names[0].startswith("features") and any("cache warm" in n for n in names)
     assert sum(n.startswith("paper ") for n in names) == 4
+    at_once = next(r for r in result["rows"] if r["workload"].startswith("paper: the four at once"))
+    assert at_once["baseline_s"] > 0 and len(at_once["val_accuracy_last_epoch"]) == 4  # against one after another
     fastest = result["fastest_step_variant"]                # the step variants choose the paper's config
     assert set(fastest) == set(bench.STEP_KEYS) and sum(n.startswith("step ") for n in names) == 2
     assert all(r["variant"] == fastest for r in result["rows"] if r["workload"].startswith("paper 0"))

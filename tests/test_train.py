@@ -308,3 +308,31 @@ def test_validation_scores_the_weights_it_was_started_with(tiny):
     assert validation.finish() == float((expected.argmax(1) == va.labels).mean())
     np.testing.assert_array_equal(train.predict(validation.model, x_val, cfg), expected)
     assert not np.array_equal(train.predict(model, x_val, cfg), expected)
+
+
+def test_fit_many_gives_each_training_what_fit_gives_alone(tiny, tmp_path):
+    """Trainings that take turns step by step (fit_many) keep their own random numbers: every
+    result equals the same job run alone, also when the jobs differ in size, augmentation and
+    seed, a probe job is mixed in, and one job writes checkpoints."""
+    tr, va = tiny
+    small = tr.subset(np.arange(0, len(tr), 2))
+    jobs = [
+        {"train": tr, "val": va, "config": {**TINY, "train_aug": "paper"}, "seed": 3, "views": ("vflip",)},
+        {"train": small, "val": va, "config": {**TINY, "epochs": 3}, "seed": 0, "views": (),
+         "checkpoint_dir": tmp_path / "together"},
+        {"train": tr, "val": va, "config": {"mode": "probe", "input_size": 32, "head_epochs": 5}, "views": ()},
+    ]
+    together = train.fit_many(jobs, progress=False)
+    alone_dirs = [None, tmp_path / "alone", None]
+    for job, res, ckpt in zip(jobs, together, alone_dirs):
+        alone = train.fit(**{**job, "checkpoint_dir": ckpt}, progress=False)
+        np.testing.assert_array_equal(res.val_logits, alone.val_logits)
+        assert res.history == alone.history and set(res.view_logits) == set(alone.view_logits)
+        for v in res.view_logits:
+            np.testing.assert_array_equal(res.view_logits[v], alone.view_logits[v])
+        if res.final_model is not None:
+            for (k, a), b in zip(alone.final_model.state_dict().items(), res.final_model.state_dict().values()):
+                assert torch.equal(a, b), k
+    assert torch.load(tmp_path / "together" / "last.pt", weights_only=False)["epoch"] == 3
+    with pytest.raises(ValueError, match="job 0: unknown fit argument"):
+        train.fit_many([{"train": tr, "val": va, "epochs": 3}])
