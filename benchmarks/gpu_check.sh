@@ -30,8 +30,9 @@ fi
 # short last batch eager vs captured on the default; four trainings' steps at once on four CUDA
 # streams; the fastest variant by estimated paper time is used next); the paper profile's four
 # trainings (study counts, 50 epochs, a checkpoint every epoch, EfficientNet-Lite0: ResNet50
-# weights cannot travel); a ResNet50 timing estimate (random weights).
-# Expected wall time 6-8 minutes (torch.compile adds its compilations): give it 600 s.
+# weights cannot travel), one after another and then at once (train.fit_many); a ResNet50 timing
+# estimate (random weights). Expected wall time 7-9 minutes (torch.compile adds its
+# compilations): give it 600 s; rows are written as they are measured.
 # shellcheck disable=SC2086  # EXTRA is a list of flags
 "$PY" -m fsfsl_utils.bench --data synthetic --workloads finetune,step,paper --device "$DEVICE" \
     --images 1024 --out "$OUT/gpu.json" $EXTRA 2>&1 | tee -a "$OUT/gpu.log"

@@ -18,7 +18,8 @@ Workloads (every claim is a ratio against a baseline measured in the same run):
    (bf16, fused Adam, ``torch.compile``), with its set-up time, and on the default variant the
    epoch's short last batch, eager and captured; then four trainings' steps at once, one CUDA
    stream each (a probe of the lever left). The fastest variant by estimated paper time is used by
-5. ``paper``: the paper profile's four trainings (study counts, 50 epochs; the GPU headline).
+5. ``paper``: the paper profile's four trainings (study counts, 50 epochs; the GPU headline), one
+   after another and then at once (:func:`fsfsl_utils.train.fit_many`).
 
 Each row: workload, kit seconds, baseline seconds, speed-up, kit img/s, and the fraction of the
 machine's peak (model FLOPs per image x img/s / measured fp32 matmul FLOP/s).
