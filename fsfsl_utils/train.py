@@ -149,30 +149,64 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
         runner = _finetune(train_ds, val_ds, cfg, job.get("seed", 0), job.get("views", ("vflip", "blur")),
                            job.get("checkpoint_dir"), job["progress"], None)
         dev = models.pick_device(cfg["device"])
-        turns.append([i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, None, dev])
-    while turns:
-        for turn in list(turns):
-            i, runner, stream, rng, dev = turn
-            if rng is not None:  # this training's random numbers, as if it ran alone
-                _set_rng(rng, dev)
-            try:
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    next(runner)
-            except StopIteration as done:
-                results[i] = done.value
-                turns.remove(turn)
-            turn[3] = _get_rng(dev)
+        turns.append((i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, _OwnRandomness(dev)))
+    saved = _OwnRandomness.save_defaults()
+    try:
+        while turns:
+            for turn in list(turns):
+                i, runner, stream, randomness = turn
+                randomness.enter()  # this training's random numbers, as if it ran alone
+                try:
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        next(runner)
+                except StopIteration as done:
+                    results[i] = done.value
+                    turns.remove(turn)
+                randomness.leave()
+    finally:
+        _OwnRandomness.restore_defaults(saved)
     return results  # type: ignore[return-value]
 
 
-def _get_rng(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+class _OwnRandomness:
+    """One training's random-number state while trainings take turns (:func:`fit_many`).
+
+    The CPU generator's state is swapped in and out at each turn. On CUDA the default generator
+    is pointed at this training's own graph-safe state object, so its eager steps and the CUDA
+    graphs it captures draw from, and advance, that state alone (replays of another training's
+    graphs on another stream cannot touch it).
+    """
+
+    def __init__(self, dev: torch.device):
+        self.cpu: torch.Tensor | None = None
+        self.cuda = _cuda_generator(dev) if dev.type == "cuda" else None
+        self.cuda_state = self.cuda.clone_state() if self.cuda is not None else None
+
+    def enter(self) -> None:
+        if self.cpu is not None:
+            torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            self.cuda.graphsafe_set_state(self.cuda_state)
+
+    def leave(self) -> None:
+        self.cpu = torch.get_rng_state()
+
+    @staticmethod
+    def save_defaults() -> tuple[torch.Tensor, list]:
+        cuda = [(g, g.graphsafe_get_state()) for g in torch.cuda.default_generators] \
+            if torch.cuda.is_initialized() else []
+        return torch.get_rng_state(), cuda
+
+    @staticmethod
+    def restore_defaults(saved: tuple[torch.Tensor, list]) -> None:
+        torch.set_rng_state(saved[0])
+        for generator, state in saved[1]:
+            generator.graphsafe_set_state(state)
 
 
-def _set_rng(state: tuple[torch.Tensor, torch.Tensor | None], dev: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], dev)
+def _cuda_generator(dev: torch.device) -> torch.Generator:
+    torch.cuda.init()  # the default generators exist once CUDA is initialised
+    return torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
 
 
 def _run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
