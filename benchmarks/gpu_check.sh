@@ -26,7 +26,7 @@ fi
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA', 'cpus', os.cpu_count())" \
   | tee -a "$OUT/gpu.log"
 # Workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph); the
-# training-step variants (default, fused Adam, torch.compile, both, fp32; with set-up time; the
+# training-step variants (default, fused Adam, fused Adam + torch.compile; with set-up time; the
 # short last batch eager vs captured on the default; four trainings' steps at once on four CUDA
 # streams; the fastest variant by estimated paper time is used next); the paper profile's four
 # trainings (study counts, 50 epochs, a checkpoint every epoch, EfficientNet-Lite0: ResNet50
