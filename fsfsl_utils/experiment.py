@@ -87,17 +87,30 @@ def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
     return _SPLIT[key]
 
 
-def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
-             results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
-             backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
-             class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
-             progress: bool | None = None, analyse: bool = True,
-             views: Sequence[str] = ("vflip", "blur")) -> dict:
-    """Run one study step and write its record; returns the record (``_path`` = where it is).
+@dataclass
+class PreparedStep:
+    """What a study step trains on, before training: :func:`run_step` and :func:`train_ahead` share it."""
 
-    ``views``: test-time views whose logits the record keeps (for TTA in 05).
-    """
-    t0 = time.perf_counter()
+    step: str
+    spec: dict
+    policy: augment.Policy
+    resolved: dict
+    out_dir: Path
+    train_part: data.Dataset
+    val: data.Dataset
+    expanded: data.Dataset
+    seed: int
+    split_seed: int
+    checkpoint_dir: Path | None
+
+
+def prepare_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
+                 results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
+                 backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
+                 class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
+                 progress: bool | None = None) -> PreparedStep:
+    """Resolve a step's profile, load and split the data, expand the training part by the step's
+    policy, and name its checkpoint folder (the paper profile checkpoints; a rerun resumes)."""
     spec = STEPS.get(step, {})
     policy = policy or spec.get("policy")
     if policy is None:
@@ -109,10 +122,42 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
     expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
-    record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
     tag = f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
-    ckpt = out_dir / "checkpoints" / tag if resolved["profile"] == "paper" else None  # rerun = resume
-    fit = train.fit(expanded, val, resolved["config"], seed=seed, views=views, checkpoint_dir=ckpt,
+    ckpt = out_dir / "checkpoints" / tag if resolved["profile"] == "paper" else None
+    return PreparedStep(step, spec, pol, resolved, out_dir, train_part, val, expanded, seed, split_seed, ckpt)
+
+
+def train_ahead(calls: Sequence[tuple[str, dict]], progress: bool | None = None) -> int:
+    """Fine-tune the trainings that ``run_step(step, **kwargs)`` calls would do, all at once
+    (:func:`fsfsl_utils.train.fit_many`: one CUDA stream each, each result as if alone), into their
+    checkpoint folders; the ``run_step`` calls then resume from the finished checkpoints and only
+    predict and record. Only checkpointed (paper-profile) trainings are done ahead; returns how many.
+    """
+    prepared = [prepare_step(step, **{k: v for k, v in kwargs.items() if k not in ("analyse", "views")})
+                for step, kwargs in calls]
+    jobs = [{"train": p.expanded, "val": p.val, "config": p.resolved["config"], "seed": p.seed, "views": (),
+             "checkpoint_dir": p.checkpoint_dir} for p in prepared if p.checkpoint_dir is not None]
+    train.fit_many(jobs, progress=progress)
+    return len(jobs)
+
+
+def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
+             results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
+             backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
+             class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
+             progress: bool | None = None, analyse: bool = True,
+             views: Sequence[str] = ("vflip", "blur")) -> dict:
+    """Run one study step and write its record; returns the record (``_path`` = where it is).
+
+    ``views``: test-time views whose logits the record keeps (for TTA in 05).
+    """
+    t0 = time.perf_counter()
+    prep = prepare_step(step, policy, profile, seed, split_seed, results_dir, source, labels, backbone, input_size,
+                        epochs, class_weight, limit_per_class, device, progress)
+    spec, pol, resolved, out_dir = prep.spec, prep.policy, prep.resolved, prep.out_dir
+    train_part, val, expanded = prep.train_part, prep.val, prep.expanded
+    record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
+    fit = train.fit(expanded, val, resolved["config"], seed=seed, views=views, checkpoint_dir=prep.checkpoint_dir,
                     progress=progress)
     record = {
         "schema": results.SCHEMA_VERSION, "step": step, "title": spec.get("title", step), "policy": pol.name,
@@ -286,14 +331,18 @@ class Settings:
         split_seed = self.split_seeds[0] if split_seed is None else split_seed
         return load_split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
 
-    def run(self, step: str, **overrides) -> list[dict]:
-        """Run ``step`` once per split and seed; returns the records."""
+    def step_calls(self, step: str, **overrides) -> list[tuple[str, dict]]:
+        """The ``run_step`` calls of ``step``, one per split and seed: ``(step, keyword arguments)``."""
         kw = {"profile": self.profile, "results_dir": self.results_dir,
               "source": self.source, "labels": self.labels, "backbone": self.backbone,
               "input_size": self.input_size, "epochs": self.epochs, "limit_per_class": self.limit_per_class,
               "progress": self.progress}
         kw.update(overrides)
-        return [run_step(step, seed=s, split_seed=j, **kw) for j in self.split_seeds for s in self.seeds]
+        return [(step, {**kw, "seed": s, "split_seed": j}) for j in self.split_seeds for s in self.seeds]
+
+    def run(self, step: str, **overrides) -> list[dict]:
+        """Run ``step`` once per split and seed; returns the records."""
+        return [run_step(name, **kw) for name, kw in self.step_calls(step, **overrides)]
 
     def run_controls(self) -> list[dict]:
         """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""

@@ -1,10 +1,12 @@
 """The main job: run notebooks 01-05 headlessly with papermill into a new run folder.
 
-    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [-p NAME=VALUE ...]
+    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [--train-ahead] [-p NAME=VALUE ...]
 
 Each run gets ``<out>/<timestamp>/`` with the executed notebooks, run records, figures,
 ``summary.md`` / ``summary.json`` and ``run.json`` (timings, peak memory). An earlier run is
 never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad arguments.
+``--train-ahead`` first fine-tunes what notebooks 01-04 will train, all at once
+(:func:`fsfsl_utils.experiment.train_ahead`); the notebooks then resume from the checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from .experiment import project_root
 from .results import atomic_write_json, ensure_writable_dir
 
 NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
+# the study steps each training notebook runs (settings.run); 04 also runs the controls when CONTROLS
+NOTEBOOK_TRAININGS = {"01_baseline": ("01_baseline",), "02_flip": ("02_flip",),
+                      "03_full_augment": ("03_full_augment",), "04_balanced_augment": ("04_balanced_augment",)}
+SETTINGS_PARAMETERS = {"PROFILE": "profile", "BACKBONE": "backbone", "INPUT_SIZE": "input_size", "EPOCHS": "epochs",
+                       "SEEDS": "seeds", "SEED": "seed", "SPLIT_SEED": "split_seed", "SPLITS": "splits",
+                       "LIMIT_PER_CLASS": "limit_per_class", "DATA": "data", "PROGRESS": "progress"}
 
 
 def notebook_dir() -> Path:
@@ -102,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
     parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
     parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
+    parser.add_argument("--train-ahead", action="store_true",
+                        help="paper profile: fine-tune every training of 01-04 at once first (one CUDA stream "
+                             "each, each result as if alone); the notebooks then resume from the checkpoints")
     args = parser.parse_args(argv)
     try:
         steps = plan(args)
@@ -110,11 +121,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return execute(steps, run_dir)
+    return execute(steps, run_dir, train_first=args.train_ahead)
 
 
-def execute(steps: list[tuple[str, dict]], run_dir: Path) -> int:
-    """Run the planned notebooks in order; stop at the first failure."""
+def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[str, dict]]:
+    """The ``run_step`` calls the planned training notebooks will make (see :data:`NOTEBOOK_TRAININGS`)."""
+    from . import experiment
+
+    calls = []
+    for name, params in steps:
+        if name not in NOTEBOOK_TRAININGS:
+            continue
+        declared = notebook_parameters(name)
+        values = {key: params[key] if key in params else ast.literal_eval(info["default"])
+                  for key, info in declared.items()}
+        settings = experiment.Settings.from_parameters(
+            **{arg: values[key] for key, arg in SETTINGS_PARAMETERS.items()}, results_dir=str(run_dir))
+        names = list(NOTEBOOK_TRAININGS[name])
+        if values.get("CONTROLS"):
+            names += list(experiment.CONTROL_STEPS)
+        for step in names:
+            calls += settings.step_calls(step)
+    return calls
+
+
+def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False) -> int:
+    """Run the planned notebooks in order (``train_first``: their fine-tunings at once, before);
+    stop at the first failure."""
     import papermill
 
     os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
@@ -125,6 +158,15 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path) -> int:
     print(f"run folder: {run_dir}")
     timings, status = {}, "ok"
     t_all = time.perf_counter()
+    if train_first:
+        from . import experiment
+
+        t0 = time.perf_counter()
+        done = experiment.train_ahead(training_calls(steps, run_dir),
+                                      progress=any(p.get("PROGRESS") for _, p in steps))
+        timings["train_ahead"] = time.perf_counter() - t0
+        print(f"trained ahead: {done} fine-tunings at once in {timings['train_ahead']:.0f} s"
+              + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
     for i, (name, params) in enumerate(steps, 1):
         params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
         target = run_dir / "notebooks" / f"{name}.ipynb"

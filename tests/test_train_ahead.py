@@ -1,0 +1,69 @@
+"""Training ahead (``run --train-ahead``): the notebooks' fine-tunings done at once, first; the
+notebooks then resume from the finished checkpoints and record the same results."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from fsfsl_utils import experiment, run
+
+TINY_PAPER = {"profile": "paper", "backbone": "efficientnet_lite0", "input_size": 32, "epochs": 1,
+              "limit_per_class": 8, "seeds": 1, "progress": False}
+
+
+def test_the_trainings_of_each_notebook_are_known():
+    """run.NOTEBOOK_TRAININGS must name what each notebook's code runs, or training ahead would
+    train the wrong steps (and the notebooks would train theirs again)."""
+    for name in run.NOTEBOOKS:
+        source = "".join("".join(c["source"]) for c in json.loads((run.notebook_dir() / f"{name}.ipynb").read_text())
+                         ["cells"] if c["cell_type"] == "code")
+        assert tuple(re.findall(r'settings\.run\("([^"]+)"\)', source)) == run.NOTEBOOK_TRAININGS.get(name, ())
+        assert ("run_controls()" in source) == (name == "04_balanced_augment")
+        assert ("CONTROLS" in run.notebook_parameters(name)) == (name == "04_balanced_augment")
+
+
+def test_training_calls_follow_the_notebook_parameters(tmp_path):
+    steps = [("01_baseline", {"PROFILE": "paper", "SEEDS": 2, "EPOCHS": 1}),
+             ("04_balanced_augment", {"PROFILE": "paper", "EPOCHS": 1}),
+             ("05_analysis", {"PROFILE": "paper"})]
+    calls = run.training_calls(steps, tmp_path)
+    assert [(step, kw["seed"]) for step, kw in calls] == [
+        ("01_baseline", 0), ("01_baseline", 1), ("04_balanced_augment", 0),
+        *[(control, 0) for control in experiment.CONTROL_STEPS]]  # CONTROLS defaults to True in 04
+    assert all(kw["results_dir"] == tmp_path and kw["epochs"] == 1 for _, kw in calls)
+    no_controls = run.training_calls([("04_balanced_augment", {"PROFILE": "paper", "CONTROLS": False})], tmp_path)
+    assert [step for step, _ in no_controls] == ["04_balanced_augment"]
+
+
+def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path):
+    """Two paper-profile steps trained ahead at once, then run as a notebook runs them: the records
+    say they resumed, and hold the same predictions as steps trained the usual way."""
+    ahead = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "ahead"))
+    usual = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "usual"))
+    calls = ahead.step_calls("01_baseline") + ahead.step_calls("04_class_weighted")
+    assert experiment.train_ahead(calls) == 2
+    assert (tmp_path / "ahead" / "checkpoints" / "01_baseline-seed0" / "last.pt").exists()
+    for step in ("01_baseline", "04_class_weighted"):
+        resumed = ahead.run(step, analyse=False, views=())[0]
+        plain = usual.run(step, analyse=False, views=())[0]
+        assert any("resumed from" in n and "at epoch 1" in n for n in resumed["notes"])
+        assert not any("resumed from" in n for n in plain["notes"])
+        np.testing.assert_array_equal(resumed["predictions"]["logits"], plain["predictions"]["logits"])
+        assert resumed["history"] == plain["history"] and resumed["metrics"] == plain["metrics"]
+    cpu = experiment.Settings.from_parameters(profile="smoke", progress=False, results_dir=str(tmp_path / "smoke"))
+    assert experiment.train_ahead(cpu.step_calls("01_baseline")) == 0  # only the paper profile checkpoints
+
+
+def test_main_job_trains_ahead(tmp_path, capsys):
+    code = run.main(["--profile", "paper", "--backbone", "efficientnet_lite0", "--epochs", "1", "--input-size", "32",
+                     "--notebooks", "01_baseline", "--train-ahead", "--out", str(tmp_path),
+                     "-p", "LIMIT_PER_CLASS=8", "-p", "SWEEP_IMAGES=0"])
+    assert code == 0
+    assert "trained ahead: 1 fine-tunings at once" in capsys.readouterr().out
+    folder = next(tmp_path.iterdir())
+    record = json.loads((folder / "records" / "01_baseline-seed0.json").read_text())
+    assert any("resumed from" in n for n in record["notes"])
+    assert "train_ahead" in json.loads((folder / "run.json").read_text())["seconds"]
