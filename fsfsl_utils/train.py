@@ -2,7 +2,8 @@
 
 ``fit(train, val, config, seed)`` returns the validation logits (plus logits of test-time
 views, for TTA) and what was done. The config is a flat dict (see ``DEFAULTS``), as in
-nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
+nanoGPT; :mod:`fsfsl_utils.profiles` fills it. ``fit_many(jobs)`` runs several fine-tunings at
+once (one CUDA stream each), each with the result it would have alone.
 
 ``finetune`` follows pytorch/examples imagenet/main.py: Adam, lr 1e-3, batch 16, lr / 10 every
 30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
