@@ -133,6 +133,7 @@ def train_ahead(calls: Sequence[tuple[str, dict]], progress: bool | None = None)
     checkpoint folders; the ``run_step`` calls then resume from the finished checkpoints and only
     predict and record. Only checkpointed (paper-profile) trainings are done ahead; returns how many.
     """
+    calls = [(step, kw) for step, kw in calls if profiles.resolve(kw.get("profile", "auto"))["profile"] == "paper"]
     prepared = [prepare_step(step, **{k: v for k, v in kwargs.items() if k not in ("analyse", "views")})
                 for step, kwargs in calls]
     jobs = [{"train": p.expanded, "val": p.val, "config": p.resolved["config"], "seed": p.seed, "views": (),
