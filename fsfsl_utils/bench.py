@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -578,21 +579,40 @@ def main(argv: list[str] | None = None) -> int:
         if "study" in chosen and args.data == "elpv":
             for r in bench_study(args.study_per_class, args.backbone, args.size, work, peak):
                 report(r)
+        errors: list[str] = []
+        result["errors"] = errors
+
+        def attempt(name: str, fn: Callable[[], object]) -> object:
+            """Workloads on a device each get their try: one that breaks must not cost the others
+            (a GPU run has one try). A failed check (AssertionError) still stops the run."""
+            try:
+                return fn()
+            except AssertionError:
+                raise
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"{name}: {type(err).__name__}: {err}")
+                print(f"workload {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+                atomic_write_json(args.out, result)
+                return None
+
         if "finetune" in chosen:
             ft_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
             ft_epochs = 3 if dev.type == "cuda" and not args.quick else 1
-            bench_finetune(ds, args.backbone, ft_size, work, peak_dev, str(dev), epochs=ft_epochs, report=report)
+            attempt("finetune", lambda: bench_finetune(ds, args.backbone, ft_size, work, peak_dev, str(dev),
+                                                       epochs=ft_epochs, report=report))
         variant = None
         if "step" in chosen:
             step_size = 224 if dev.type == "cuda" and not args.quick else args.finetune_size
             failures: list[str] = []
-            _, variant = bench_step(str(dev), args.backbone, step_size, peak_dev, steps=10 if args.quick else 100,
-                                    report=report, failures=failures)
+            measured = attempt("step", lambda: bench_step(str(dev), args.backbone, step_size, peak_dev,
+                                                          steps=10 if args.quick else 100, report=report,
+                                                          failures=failures))
+            variant = measured[1] if measured else None
             result["fastest_step_variant"], result["step_failures"] = variant, failures
             atomic_write_json(args.out, result)
         if "paper" in chosen:
-            bench_paper(str(dev), args.paper_epochs, args.quick, peak_dev, report=report, variant=variant,
-                        work=work)
+            attempt("paper", lambda: bench_paper(str(dev), args.paper_epochs, args.quick, peak_dev, report=report,
+                                                 variant=variant, work=work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if old_cache is None:
@@ -601,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["FSFSL_CACHE"] = old_cache
     atomic_write_json(args.out, result)
     print(f"matmul: {peak / 1e9:.1f} GFLOP/s fp32 (CPU), {peak_dev / 1e9:.1f} GFLOP/s on {dev}; written {args.out}")
+    if result.get("errors"):
+        print("failed workloads:\n  " + "\n  ".join(result["errors"]), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -115,3 +115,15 @@ def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
     names = [r["workload"] for r in result["rows"]]
     assert any(n.startswith("fine-tune") for n in names) and any(n.startswith("step ") for n in names)
     assert sum(n.startswith("paper 0") for n in names) == 4 and "no CUDA" in (tmp_path / "gpu.log").read_text()
+
+
+def test_a_failing_workload_does_not_cost_the_others(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(bench, "bench_finetune", broken)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--workloads", "finetune,step", "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    assert result["errors"] == ["finetune: RuntimeError: CUDA error: an illegal memory access"]
+    assert any(r["workload"].startswith("step ") for r in result["rows"])
