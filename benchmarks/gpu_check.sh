@@ -27,8 +27,8 @@ fi
   | tee -a "$OUT/gpu.log"
 # Workload 3 (fine-tune throughput: pytorch/examples loop vs kit eager vs kit CUDA graph); the
 # training-step variants (default, fused Adam, fused Adam + torch.compile; with set-up time; the
-# short last batch eager vs captured on the default; four trainings' steps at once on four CUDA
-# streams; the fastest variant by estimated paper time is used next); the paper profile's four
+# short last batch eager vs captured on the default; the fastest variant by estimated paper time
+# is used next); the paper profile's four
 # trainings (study counts, 50 epochs, a checkpoint every epoch, EfficientNet-Lite0: ResNet50
 # weights cannot travel), one after another and then at once (train.fit_many); a ResNet50 timing
 # estimate (random weights). Expected wall time 7-9 minutes (torch.compile adds its

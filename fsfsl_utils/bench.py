@@ -16,8 +16,7 @@ Workloads (every claim is a ratio against a baseline measured in the same run):
    transforms per epoch in DataLoader workers, fp32), same model and batch.
 4. ``step``: the recipe's training step (batch 16) in each variant of :func:`step_variants`
    (bf16, fused Adam, ``torch.compile``), with its set-up time, and on the default variant the
-   epoch's short last batch, eager and captured; then four trainings' steps at once, one CUDA
-   stream each (a probe of the lever left). The fastest variant by estimated paper time is used by
+   epoch's short last batch, eager and captured. The fastest variant by estimated paper time is used by
 5. ``paper``: the paper profile's four trainings (study counts, 50 epochs; the GPU headline), one
    after another and then at once (:func:`fsfsl_utils.train.fit_many`).
 
@@ -113,17 +112,17 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
     rows, total_s, total_n = [], 0.0, 0
     flops = 3 * model_flops(cfg["backbone"], cfg["input_size"])
     fallbacks: list[str] = []
+    sets = {step: synthetic_dataset(per_class, seed=1) for step, per_class in counts.items()}  # made once
 
     def train_once(tr: data.Dataset, ckpt: Path | None, cfg: dict) -> tuple[float, train.FitResult]:
         return timed(lambda: train.fit(tr, val, cfg, views=(), progress=False, checkpoint_dir=ckpt))
 
-    for step, per_class in counts.items():
-        tr = synthetic_dataset(per_class, seed=1)
+    for step, tr in sets.items():
         ckpt = work / "checkpoints" / step if work else None
         try:
             seconds, fit = train_once(tr, ckpt, cfg)
         except Exception as err:  # noqa: BLE001 - a measured lever that breaks: the kit's defaults instead
-            if {**base, **(variant or {})} == base:
+            if cfg == base:
                 raise
             fallbacks.append(f"{step}: variant {variant} failed ({type(err).__name__}: {err}); "
                              "this and the later trainings use the default config")
@@ -145,9 +144,8 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
                     flops, peak, {"target_s": 180, "notes": fallbacks}))
     report(rows[-1])
     # the same four at once (train.fit_many: turns step by step, one CUDA stream each), against the above
-    jobs = [{"train": synthetic_dataset(per_class, seed=1), "val": val, "config": cfg, "views": (),
-             "checkpoint_dir": work / "checkpoints-at-once" / step if work else None}
-            for step, per_class in counts.items()]
+    jobs = [{"train": tr, "val": val, "config": cfg, "views": (),
+             "checkpoint_dir": work / "checkpoints-at-once" / step if work else None} for step, tr in sets.items()]
     try:
         seconds, fits = timed(lambda: train.fit_many(jobs, progress=False))
     except Exception as err:  # noqa: BLE001 - an opt-in path being measured; the rows above stand
@@ -162,7 +160,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
         report(rows[-1])
     if models.pick_device(device).type == "cuda" and not quick and resnet_epochs:
         r50 = {**cfg, "backbone": "resnet50", "weights": None, "epochs": resnet_epochs}
-        tr = synthetic_dataset(counts["03_full_augment"], seed=1)
+        tr = sets["03_full_augment"]
         seconds, fit = timed(lambda: train.fit(tr, val, r50, views=(), progress=False))
         # scaled by training images (each epoch's validation scaled with it: a rough estimate)
         estimate = fit.timings["train"] * total_n / (len(tr) * resnet_epochs)
@@ -176,7 +174,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
 
 
 STEP_KEYS = ("channels_last", "amp", "fused_adam", "compile")  # training parameters the step variants set
-LAST_BATCH = 8  # the short last batch of an epoch of 01 (1,112 images) and 03 at batch 16
+LAST_BATCH = 8  # the short last batch of an epoch of 01 at batch 16 (1,112 images = 69 x 16 + 8)
 
 
 def step_variants(cuda: bool) -> list[dict]:
@@ -236,64 +234,7 @@ def bench_step(device: str, backbone: str, size: int, peak: float, batch_size: i
         usable = not any("failed" in note for note in timing["notes"])  # a fallback is not the variant
         if usable and cost < best_cost:
             best, best_cost = variant, cost
-    if best:
-        name = f"step: 4 trainings {'at once, a CUDA stream each' if cuda else 'in turn'} ({dev.type})"
-        try:
-            probe = time_interleaved(dev, backbone, size, batch_size, steps, best)
-        except Exception as err:  # noqa: BLE001 - a probe, not a result the run depends on
-            if failures is not None:
-                failures.append(f"{name}: failed ({type(err).__name__}: {err})")
-        else:
-            rows.append(row(name, probe["ms_per_round"] * steps / 1000, float("nan"), 4 * batch_size * steps,
-                            3 * model_flops(backbone, size), peak, {**probe, "variant": best}))
-            report(rows[-1])
     return rows, best
-
-
-def time_interleaved(dev: torch.device, backbone: str, size: int, batch_size: int, steps: int, variant: dict,
-                     trainings: int = 4) -> dict:
-    """What running independent trainings at once would give (the lever left for the paper profile):
-    ``trainings`` models, each with its own training step, replayed in turn, each on its own CUDA
-    stream (one after another on a CPU). Returns seconds per round (one step of each) and the
-    speed-up over one training's step time measured in the same call."""
-    cuda = dev.type == "cuda"
-    fmt = train.memory_format(variant["channels_last"])
-    use_amp = variant["amp"] and cuda
-    gen = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(batch_size, 3, size, size, device=dev, generator=gen).contiguous(memory_format=fmt)
-    y = torch.randint(0, 2, (batch_size,), device=dev, generator=gen)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    runs = []
-    for _ in range(trainings):
-        model = models.build_classifier(backbone, 2).to(dev).to(memory_format=fmt)
-        opt = train.make_optimizer(model, 1e-3, 0.0, graphed=cuda, fused=variant["fused_adam"])
-        step = train.TrainStep(model, opt, None, use_amp, batch_size, graphed=cuda)
-        for _ in range(train.TrainStep.WARMUP + 2):
-            step(x, y)
-        runs.append((step, torch.cuda.Stream(dev) if cuda else None))
-    sync()
-
-    def timed_rounds(active: list) -> float:
-        main = torch.cuda.current_stream(dev) if cuda else None
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            for step, stream in active:
-                if stream is None:
-                    step(x, y)
-                    continue
-                stream.wait_stream(main)  # the shared input batch is ready
-                with torch.cuda.stream(stream):
-                    step(x, y)
-        for _, stream in active:
-            if stream is not None:
-                main.wait_stream(stream)
-        sync()
-        return (time.perf_counter() - t0) / steps
-
-    one = timed_rounds(runs[:1])
-    together = timed_rounds(runs)
-    return {"trainings": trainings, "ms_per_step_one": round(1000 * one, 3), "ms_per_round": round(1000 * together, 3),
-            "speedup_over_one_after_another": round(trainings * one / together, 2)}
 
 
 def _time_step(dev: torch.device, backbone: str, size: int, batch_size: int, steps: int, variant: dict,
@@ -482,7 +423,7 @@ def bench_finetune(ds: data.Dataset, backbone: str, size: int, work: Path, peak:
     variants = {"kit": cfg}
     if cuda:
         variants = {"kit, eager steps": {**cfg, "cuda_graphs": False}, "kit, CUDA graph": cfg}
-        small = data.Dataset(ds.images[:8 * batch_size], ds.meta.iloc[:8 * batch_size], ds.class_names)
+        small = ds.subset(np.arange(8 * batch_size))
         for variant in variants.values():  # warm-up, not timed
             train.fit(small, half, {**variant, "epochs": 1}, views=(), progress=False)
         examples_loop(subset=4 * batch_size, n_epochs=1)

@@ -79,12 +79,17 @@ def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
         ds = _BASE[base_key]
         if limit_per_class:
             rng = np.random.default_rng(split_seed)
-            keep = np.concatenate([np.sort(rng.permutation(np.flatnonzero(ds.labels == c))[:limit_per_class])
+            keep = np.concatenate([rng.permutation(np.flatnonzero(ds.labels == c))[:limit_per_class]
                                    for c in range(len(ds.class_names))])
             ds = ds.subset(np.sort(keep))
         _SPLIT.clear()
         _SPLIT[key] = data.split(ds, seed=split_seed)
     return _SPLIT[key]
+
+
+def checkpointed(profile: str) -> bool:
+    """Whether a (resolved) profile's trainings write checkpoints: the paper profile's fine-tunings do."""
+    return profile == "paper"
 
 
 @dataclass
@@ -122,8 +127,8 @@ def prepare_step(step: str, policy: str | None = None, profile: str = "auto", se
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
     expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
-    tag = f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
-    ckpt = out_dir / "checkpoints" / tag if resolved["profile"] == "paper" else None
+    ckpt = out_dir / "checkpoints" / results.run_tag(step, seed, split_seed) if checkpointed(resolved["profile"]) \
+        else None
     return PreparedStep(step, spec, pol, resolved, out_dir, train_part, val, expanded, seed, split_seed, ckpt)
 
 
@@ -133,11 +138,11 @@ def train_ahead(calls: Sequence[tuple[str, dict]], progress: bool | None = None)
     checkpoint folders; the ``run_step`` calls then resume from the finished checkpoints and only
     predict and record. Only checkpointed (paper-profile) trainings are done ahead; returns how many.
     """
-    calls = [(step, kw) for step, kw in calls if profiles.resolve(kw.get("profile", "auto"))["profile"] == "paper"]
+    calls = [(step, kw) for step, kw in calls if checkpointed(profiles.resolve(kw.get("profile", "auto"))["profile"])]
     prepared = [prepare_step(step, **{k: v for k, v in kwargs.items() if k not in ("analyse", "views")})
                 for step, kwargs in calls]
     jobs = [{"train": p.expanded, "val": p.val, "config": p.resolved["config"], "seed": p.seed, "views": (),
-             "checkpoint_dir": p.checkpoint_dir} for p in prepared if p.checkpoint_dir is not None]
+             "checkpoint_dir": p.checkpoint_dir} for p in prepared]
     train.fit_many(jobs, progress=progress)
     return len(jobs)
 

@@ -67,10 +67,15 @@ def validate_record(record: dict) -> None:
         raise RecordError(f"run record {record.get('step', '?')}: " + "; ".join(problems))
 
 
+def run_tag(step: str, seed: int, split_seed: int = 0) -> str:
+    """The name of one training in file names: ``<step>-seed<k>``, ``<step>-split<j>-seed<k>`` when j > 0."""
+    return f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
+
+
 def record_path(results_dir: str | os.PathLike, step: str, seed: int, split_seed: int = 0) -> Path:
     """A fresh path for this step, seed (and split seed when not 0): never one that exists."""
     folder = Path(results_dir) / "records"
-    stem = f"{step}-seed{seed}" if split_seed == 0 else f"{step}-split{split_seed}-seed{seed}"
+    stem = run_tag(step, seed, split_seed)
     path = folder / f"{stem}.json"
     version = 2
     while path.exists():

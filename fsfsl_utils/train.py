@@ -113,15 +113,21 @@ def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
 
     ``on_epoch_end(epoch, row)`` (finetune) is called once an epoch's validation is done, which
     runs alongside the next epoch's training (see :class:`Validation`)."""
+    cfg = _checked(train, val, config, views)
+    if cfg["mode"] == "probe":
+        return _fit_probe(train, val, cfg, seed, views, progress)
+    return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
+
+
+def _checked(train: Dataset, val: Dataset, config: dict | None, views: Sequence[str]) -> dict:
+    """The filled-in config of a fit, after checking its arguments (ValueError names the problem)."""
     cfg = check_config(config or {})
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"training needs images in both parts, got {len(train)} train and {len(val)} validation")
     for v in views:
         if v not in TTA_VIEWS:
             raise ValueError(f"unknown test-time view {v!r}; valid: {', '.join(TTA_VIEWS)}")
-    if cfg["mode"] == "probe":
-        return _fit_probe(train, val, cfg, seed, views, progress)
-    return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
+    return cfg
 
 
 def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResult]:
@@ -140,15 +146,16 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
         unknown = set(job) - {"train", "val", "config", "seed", "views", "checkpoint_dir", "progress"}
         if unknown:
             raise ValueError(f"job {i}: unknown fit argument(s) {sorted(unknown)}")
-        cfg = check_config(job.get("config") or {})
+        views = job.get("views", ("vflip", "blur"))
+        try:
+            cfg = _checked(job["train"], job["val"], job.get("config"), views)
+        except ValueError as err:
+            raise ValueError(f"job {i}: {err}") from None
         if cfg["mode"] == "probe":
             results[i] = fit(**job)
             continue
-        train_ds, val_ds = job["train"], job["val"]
-        if len(train_ds) == 0 or len(val_ds) == 0:
-            raise ValueError(f"job {i}: training needs images in both parts")
-        runner = _finetune(train_ds, val_ds, cfg, job.get("seed", 0), job.get("views", ("vflip", "blur")),
-                           job.get("checkpoint_dir"), job["progress"], None)
+        runner = _finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
+                           job["progress"], None)
         dev = models.pick_device(cfg["device"])
         turns.append((i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, _OwnRandomness(dev)))
     saved = _OwnRandomness.save_defaults()
@@ -337,15 +344,17 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
         validation.start(model)
 
+    best_logits = None  # the best epoch's validation logits (None: the best epoch came from a checkpoint)
+
     def settle() -> None:
         """Finish the pending validation: its row's accuracy, the best epoch, the callback."""
-        nonlocal best_acc, best_state
+        nonlocal best_acc, best_state, best_logits
         acc = validation.finish()
         if acc is None:
             return
         history[-1]["val_accuracy"] = acc
         if acc > best_acc:
-            best_acc = acc
+            best_acc, best_logits = acc, validation.logits
             best_state = cpu_copy(validation.model.state_dict())
             if ckpt:
                 writer.save(best_state, ckpt / "best.pt")
@@ -389,7 +398,7 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     final = copy.deepcopy(model)
     if best_state is not None:
         model.load_state_dict(best_state)
-    val_logits = predict(model, x_val, cfg, use_amp, inputs=val_inputs)
+    val_logits = best_logits if best_logits is not None else predict(model, x_val, cfg, use_amp, inputs=val_inputs)
     view_logits = {v: predict(model, torch.from_numpy(view_images(val, v)).to(dev), cfg, use_amp)
                    for v in views}
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
@@ -625,6 +634,7 @@ class Validation:
         self.x_val, self.y_val, self.cfg, self.use_amp, self.inputs = x_val, y_val, cfg, use_amp, inputs
         self.stream = torch.cuda.Stream(x_val.device) if x_val.is_cuda else None
         self.pending: torch.Tensor | None = None
+        self.logits: np.ndarray | None = None  # of the last finished validation (float64, as predict gives)
 
     def start(self, model: nn.Module) -> None:
         if self.pending is not None:
@@ -644,8 +654,8 @@ class Validation:
             return None
         if self.stream is not None:
             torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
-        logits, self.pending = self.pending.cpu().numpy(), None
-        return float((logits.argmax(1) == self.y_val).mean())
+        self.logits, self.pending = self.pending.cpu().numpy().astype(np.float64), None
+        return float((self.logits.argmax(1) == self.y_val).mean())
 
 
 def _check_loss(loss: torch.Tensor, epoch: int) -> None:

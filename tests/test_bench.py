@@ -27,9 +27,6 @@ def test_quick_benchmark_runs_every_workload(tmp_path, capsys):
     first_step = next(r for r in result["rows"] if r["workload"].startswith("step "))
     assert first_step["setup_s"] > 0 and len(first_step["last_batch_eager_ms"]) == 3  # the last-batch probe
     assert first_step["last_batch_size"] == bench.LAST_BATCH and first_step["last_batch_graph_ms"] > 0
-    together = next(r for r in result["rows"] if r["workload"].startswith("step: 4 trainings"))
-    assert together["variant"] == fastest and together["ms_per_round"] > 0
-    assert together["speedup_over_one_after_another"] > 0
     feats = result["rows"][0]
     assert feats["max_abs_feature_diff"] <= 1e-4          # kit == naive features (asserted inside too)
     assert feats["best_batch"] in (8, 16, 32) and 0 < feats["peak_fraction"] < 1

@@ -76,6 +76,9 @@ def test_finetune_resume_matches_uninterrupted(tiny, tmp_path):
     for (k, a), b in zip(full.final_model.state_dict().items(), resumed.final_model.state_dict().values()):
         assert torch.equal(a, b), k
     np.testing.assert_array_equal(full.val_logits, resumed.val_logits)
+    # the best epoch's validation logits are kept, not recomputed: they are those of the returned model
+    np.testing.assert_array_equal(full.val_logits, train.predict(full.model, torch.from_numpy(va.images),
+                                                                 train.check_config(TINY)))
     assert [h["val_accuracy"] for h in full.history] == [h["val_accuracy"] for h in resumed.history]
 
 
