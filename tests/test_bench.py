@@ -108,9 +108,10 @@ def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    result = json.loads((tmp_path / "gpu.json").read_text())
-    names = [r["workload"] for r in result["rows"]]
-    assert any(n.startswith("fine-tune") for n in names) and any(n.startswith("step ") for n in names)
+    names = [r["workload"] for r in json.loads((tmp_path / "gpu.json").read_text())["rows"]]
+    assert any(n.startswith("step ") for n in names) and not any(n.startswith("fine-tune") for n in names)
+    finetune = [r["workload"] for r in json.loads((tmp_path / "gpu-finetune.json").read_text())["rows"]]
+    assert finetune and all(n.startswith("fine-tune") for n in finetune)
     assert sum(n.startswith("paper 0") for n in names) == 4 and "no CUDA" in (tmp_path / "gpu.log").read_text()
 
 
