@@ -67,18 +67,19 @@ def test_step_variants_start_from_the_kit_defaults():
 def test_a_failing_step_variant_is_reported_and_skipped(monkeypatch, tmp_path):
     real = bench._time_step
 
-    def fused_breaks(dev, backbone, size, batch_size, steps, variant, last_batch=0):
-        if variant["fused_adam"]:
-            raise RuntimeError("no fused kernel for this device")
+    def unfused_breaks(dev, backbone, size, batch_size, steps, variant, last_batch=0):
+        if not variant["fused_adam"]:
+            raise RuntimeError("no foreach kernel for this device")
         return real(dev, backbone, size, batch_size, steps, variant, last_batch)
 
-    monkeypatch.setattr(bench, "_time_step", fused_breaks)
+    monkeypatch.setattr(bench, "_time_step", unfused_breaks)
     out = tmp_path / "b.json"
     assert bench.main(["--quick", "--workloads", "step", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [r["variant"]["fused_adam"] for r in result["rows"] if r["workload"].startswith("step ")] == [False]
-    assert result["fastest_step_variant"]["fused_adam"] is False
-    assert "fused Adam" in result["step_failures"][0] and "RuntimeError: no fused kernel" in result["step_failures"][0]
+    assert [r["variant"]["fused_adam"] for r in result["rows"] if r["workload"].startswith("step ")] == [True]
+    assert result["fastest_step_variant"]["fused_adam"] is True
+    failure = result["step_failures"][0]
+    assert "step channels_last, fp32, foreach Adam (" in failure and "RuntimeError: no foreach kernel" in failure
 
 
 def test_paper_falls_back_to_the_defaults_when_the_chosen_variant_breaks(monkeypatch, tmp_path):
