@@ -1,12 +1,14 @@
 """The main job: run notebooks 01-05 headlessly with papermill into a new run folder.
 
-    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [--train-ahead] [-p NAME=VALUE ...]
+    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [--[no-]train-ahead] [-p NAME=VALUE ...]
 
 Each run gets ``<out>/<timestamp>/`` with the executed notebooks, run records, figures,
 ``summary.md`` / ``summary.json`` and ``run.json`` (timings, peak memory). An earlier run is
 never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad arguments.
 ``--train-ahead`` first fine-tunes what notebooks 01-04 will train, all at once
 (:func:`fsfsl_utils.experiment.train_ahead`); the notebooks then resume from the checkpoints.
+It is the default for the paper profile on CUDA (measured on an H200: the four fine-tunings in
+134 s instead of 195 s one after another); ``--no-train-ahead`` turns it off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import models, profiles
+import torch
+
+from . import experiment, models, profiles
 from .experiment import project_root
 from .results import atomic_write_json, ensure_writable_dir
 
@@ -110,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
     parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
     parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
-    parser.add_argument("--train-ahead", action="store_true",
+    parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
                         help="paper profile: fine-tune every training of 01-04 at once first (one CUDA stream "
-                             "each, each result as if alone); the notebooks then resume from the checkpoints")
+                             "each, each result as if alone); the notebooks then resume from the checkpoints "
+                             "(default: on for the paper profile on CUDA)")
     args = parser.parse_args(argv)
     try:
         steps = plan(args)
@@ -121,13 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return execute(steps, run_dir, train_first=args.train_ahead)
+    train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
+    return execute(steps, run_dir, train_first=train_first)
+
+
+def train_ahead_by_default(profile: str) -> bool:
+    """Whether the main job trains ahead unless told: when the profile's fine-tunings checkpoint (paper)
+    and CUDA is there (one stream each; on a CPU the trainings would only take turns)."""
+    return torch.cuda.is_available() and experiment.checkpointed(profiles.resolve(profile)["profile"])
 
 
 def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[str, dict]]:
     """The ``run_step`` calls the planned training notebooks will make (see :data:`NOTEBOOK_TRAININGS`)."""
-    from . import experiment
-
     calls = []
     for name, params in steps:
         if name not in NOTEBOOK_TRAININGS:
@@ -159,8 +169,6 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     timings, status = {}, "ok"
     t_all = time.perf_counter()
     if train_first:
-        from . import experiment
-
         t0 = time.perf_counter()
         done = experiment.train_ahead(training_calls(steps, run_dir),
                                       progress=any(p.get("PROGRESS") for _, p in steps))

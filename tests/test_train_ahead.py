@@ -67,3 +67,16 @@ def test_main_job_trains_ahead(tmp_path, capsys):
     record = json.loads((folder / "records" / "01_baseline-seed0.json").read_text())
     assert any("resumed from" in n for n in record["notes"])
     assert "train_ahead" in json.loads((folder / "run.json").read_text())["seconds"]
+
+
+def test_the_main_job_trains_ahead_by_default_only_for_the_paper_profile_on_cuda(monkeypatch, tmp_path):
+    assert not run.train_ahead_by_default("paper")  # no CUDA here: the trainings would only take turns
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: True)
+    assert run.train_ahead_by_default("paper") and run.train_ahead_by_default("auto")  # auto -> paper on CUDA
+    assert not run.train_ahead_by_default("cpu") and not run.train_ahead_by_default("smoke")
+    seen = {}
+    monkeypatch.setattr(run, "execute", lambda steps, run_dir, train_first: seen.setdefault("first", train_first))
+    for flag, expected in (([], True), (["--no-train-ahead"], False)):
+        seen.clear()
+        run.main(["--profile", "paper", "--notebooks", "01_baseline", "--out", str(tmp_path), *flag])
+        assert seen["first"] is expected
