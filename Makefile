@@ -48,7 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m fsfsl_utils.bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check fsfsl_utils tests notebooks
+	$(BIN)/ruff check fsfsl_utils tests notebooks benchmarks
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -113,6 +113,8 @@ def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
     assert any(n.startswith("step ") for n in names) and not any(n.startswith("fine-tune") for n in names)
     finetune = [r["workload"] for r in json.loads((tmp_path / "gpu-finetune.json").read_text())["rows"]]
     assert finetune and all(n.startswith("fine-tune") for n in finetune)
+    ahead = json.loads((tmp_path / "ahead.json").read_text())  # the main job's train-ahead path
+    assert ahead["trained_ahead"] == 4 and all(ahead["resumed"]) and ahead["01_ahead_equals_alone"]
     assert sum(n.startswith("paper 0") for n in names) == 4 and "no CUDA" in (tmp_path / "gpu.log").read_text()
 
 

@@ -46,9 +46,9 @@ def test_gitattributes_runs_nbstripout():
     assert "*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text()
 
 
-def test_package_tests_and_notebooks_are_ruff_clean():
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "fsfsl_utils", "tests", "notebooks"], cwd=ROOT,
-                          capture_output=True, text=True)
+def test_package_tests_notebooks_and_benchmarks_are_ruff_clean():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "fsfsl_utils", "tests", "notebooks", "benchmarks"],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
