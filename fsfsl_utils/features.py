@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from . import models
 from .progress import progress_bar
+from .results import atomic_write
 
 PREPROCESS_VERSION = 2  # 2: PIL-exact resize (models.resize_like_pil)
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # CPU: batch 8 beat 32 on the 2-core dev box
@@ -102,12 +102,8 @@ def _read_entry(path: Path, dim: int) -> np.ndarray | None:
 
 
 def _write_entry(path: Path, vec: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             np.save(fh, np.asarray(vec, np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)

@@ -13,19 +13,15 @@ from sklearn.metrics import roc_curve
 
 from . import augment, metrics, report
 from .data import Dataset
+from .results import atomic_write
 
 CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 
 
 def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> Path:
     """Write ``<results_dir>/figures/<name>.png`` (atomically) and return the path."""
-    folder = Path(results_dir) / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    tmp = folder / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(results_dir) / "figures" / f"{name}.png",
+                        lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
 def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from scipy import stats
 
 from . import metrics
 from .experiment import STEPS, STUDY_RESULTS, STUDY_STEPS
-from .results import atomic_write_json
+from .results import atomic_write, atomic_write_json
 
 ALPHA = 0.05
 STUDY_COMPARISONS = (("02_flip", "01_baseline"), ("03_full_augment", "01_baseline"),
@@ -301,10 +301,7 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
         lines += [f"## {title}", "", _markdown(frame), ""]
     lines += ["## Conclusions", ""] + [f"- {c}" for c in conclusions(records)] + [""]
     text = "\n".join(lines)
-    path = results_dir / "summary.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
     tables = {k: _records(v) for k, v in sections.items()}
     atomic_write_json(results_dir / "summary.json", tables | {"conclusions": conclusions(records)})
     return path

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,38 @@ class RecordError(ValueError):
     """A run record does not follow the schema."""
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+_UMASK = os.umask(0o022)  # read once (os.umask sets it too, so it is put back at once)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a fresh temp file beside ``path`` (its name ends in ``.tmp``: a writer that
+    infers the format from the name must be told it), then rename it to ``path``: readers never
+    see half a file, two writers never share a temp file, a failed write leaves the old file as it
+    was and no temp file. The file gets the permissions ``open()`` would give (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # ".<name>.<random>.tmp": hidden, and no glob of the real files' suffix ("*.json") can match it
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False, default=_jsonable)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (:func:`atomic_write`)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, allow_nan=False, default=_jsonable)
+
+    return atomic_write(path, write)
 
 
 def validate_record(record: dict) -> None:

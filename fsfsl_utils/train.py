@@ -36,6 +36,7 @@ from torch import nn
 from . import augment, features, models
 from .data import Dataset
 from .progress import progress_bar
+from .results import atomic_write
 
 MODES = ("probe", "finetune")
 DEFAULTS: dict = {
@@ -708,7 +709,4 @@ class CheckpointWriter:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

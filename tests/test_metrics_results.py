@@ -113,6 +113,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_umask(tmp_path, monkeypatch):
+    target = results.atomic_write_json(tmp_path / "r.json", {"v": 1})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~results._UMASK  # as open() would make it, not 0600
+
+    def write_then_fail(tmp):
+        tmp.write_text("half")
+        assert sorted(p.name for p in tmp_path.glob("*.json")) == ["r.json"]  # readers never see the temp
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        results.atomic_write(target, write_then_fail)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and json.loads(target.read_text()) == {"v": 1}
+    monkeypatch.setattr(results, "_UMASK", 0o027)
+    assert results.atomic_write(tmp_path / "s.md", lambda tmp: tmp.write_text("x")).stat().st_mode & 0o777 == 0o640
+
+
 def crafted_record(step, seed, logits, labels, split_seed=0):
     return {"step": step, "seed": seed, "split_seed": split_seed, "class_names": ["normal", "defective"],
             "train_counts": {"normal": 1, "defective": 1},
