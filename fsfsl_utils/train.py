@@ -68,7 +68,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    final_model: nn.Module | None = None  # finetune: the weights after the last epoch (``model`` = best epoch)
 
 
 def check_config(config: dict) -> dict:
@@ -398,7 +397,6 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     notes += step.notes
     if step.counts["graph"]:
         notes.append(f"training steps: {step.counts['graph']} CUDA graph replays, {step.counts['eager']} eager")
-    final = copy.deepcopy(model)
     if best_state is not None:
         model.load_state_dict(best_state)
     val_logits = best_logits if best_logits is not None else predict(model, x_val, cfg, use_amp, inputs=val_inputs)
@@ -407,7 +405,7 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
                  "as pytorch/examples imagenet keeps model_best")
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
-                     {"train": train_seconds}, notes, final_model=final)
+                     {"train": train_seconds}, notes)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bool,
@@ -597,7 +595,6 @@ def _preprocess_all(images: torch.Tensor, cfg: dict, batch_size: int = 256) -> t
     out = torch.cat([models.preprocess(images[s:s + batch_size], cfg["input_size"], cfg["crop_fraction"])
                      for s in range(0, len(images), batch_size)])
     return out.contiguous(memory_format=memory_format(cfg["channels_last"]))
-
 
 
 def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,

@@ -73,8 +73,9 @@ def test_finetune_resume_matches_uninterrupted(tiny, tmp_path):
                         on_epoch_end=lambda epoch, row: seen.append((epoch, row["val_accuracy"])))
     assert seen == [(h["epoch"], h["val_accuracy"]) for h in full.history]
     assert any("resumed" in n for n in resumed.notes)
-    for (k, a), b in zip(full.final_model.state_dict().items(), resumed.final_model.state_dict().values()):
-        assert torch.equal(a, b), k
+    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=False)["model"] for run in "ab"}
+    for k, a in last["a"].items():  # the weights after the last epoch
+        assert torch.equal(a, last["b"][k]), k
     np.testing.assert_array_equal(full.val_logits, resumed.val_logits)
     # the best epoch's validation logits are kept, not recomputed: they are those of the returned model
     np.testing.assert_array_equal(full.val_logits, train.predict(full.model, torch.from_numpy(va.images),
@@ -333,9 +334,11 @@ def test_fit_many_gives_each_training_what_fit_gives_alone(tiny, tmp_path):
         assert res.history == alone.history and set(res.view_logits) == set(alone.view_logits)
         for v in res.view_logits:
             np.testing.assert_array_equal(res.view_logits[v], alone.view_logits[v])
-        if res.final_model is not None:
-            for (k, a), b in zip(alone.final_model.state_dict().items(), res.final_model.state_dict().values()):
-                assert torch.equal(a, b), k
-    assert torch.load(tmp_path / "together" / "last.pt", weights_only=False)["epoch"] == 3
+        for (k, a), b in zip(alone.model.state_dict().items(), res.model.state_dict().values()):
+            assert torch.equal(a, b), k  # the kept (best-epoch) weights
+    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=False) for run in ("together", "alone")}
+    assert last["together"]["epoch"] == 3
+    for k, a in last["alone"]["model"].items():  # the weights after the last epoch
+        assert torch.equal(a, last["together"]["model"][k]), k
     with pytest.raises(ValueError, match="job 0: unknown fit argument"):
         train.fit_many([{"train": tr, "val": va, "epochs": 3}])
