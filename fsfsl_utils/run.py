@@ -168,13 +168,20 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     print(f"run folder: {run_dir}")
     timings, status = {}, "ok"
     t_all = time.perf_counter()
+    notes = []
     if train_first:
         t0 = time.perf_counter()
-        done = experiment.train_ahead(training_calls(steps, run_dir),
-                                      progress=any(p.get("PROGRESS") for _, p in steps))
+        try:
+            done = experiment.train_ahead(training_calls(steps, run_dir),
+                                          progress=any(p.get("PROGRESS") for _, p in steps))
+        except Exception as err:  # noqa: BLE001 - the notebooks can still train their own (or resume)
+            notes.append(f"training ahead failed ({type(err).__name__}: {err}); each notebook trained its own, "
+                         "resuming from any checkpoint written before the failure")
+            print(f"      {notes[-1]}", file=sys.stderr, flush=True)
+        else:
+            print(f"trained ahead: {done} fine-tunings at once in {time.perf_counter() - t0:.0f} s"
+                  + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
         timings["train_ahead"] = time.perf_counter() - t0
-        print(f"trained ahead: {done} fine-tunings at once in {timings['train_ahead']:.0f} s"
-              + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
     for i, (name, params) in enumerate(steps, 1):
         params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
         target = run_dir / "notebooks" / f"{name}.ipynb"
@@ -195,7 +202,8 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     info = {"status": status, "seconds": timings, "total_seconds": time.perf_counter() - t_all,
             "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
-            "parameters": {n: p for n, p in steps}, "finished": dt.datetime.now().isoformat(timespec="seconds")}
+            "parameters": {n: p for n, p in steps}, "notes": notes,
+            "finished": dt.datetime.now().isoformat(timespec="seconds")}
     atomic_write_json(run_dir / "run.json", info)
     print(f"total {info['total_seconds']:.0f} s, peak kernel memory {info['peak_rss_mib_of_kernels']} MiB")
     summary = run_dir / "summary.md"

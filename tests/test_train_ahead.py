@@ -57,16 +57,30 @@ def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path):
     assert experiment.train_ahead(cpu.step_calls("01_baseline")) == 0  # only the paper profile checkpoints
 
 
+TINY_MAIN_JOB = ["--profile", "paper", "--backbone", "efficientnet_lite0", "--epochs", "1", "--input-size", "32",
+                 "--notebooks", "01_baseline", "--train-ahead", "-p", "LIMIT_PER_CLASS=8", "-p", "SWEEP_IMAGES=0"]
+
+
 def test_main_job_trains_ahead(tmp_path, capsys):
-    code = run.main(["--profile", "paper", "--backbone", "efficientnet_lite0", "--epochs", "1", "--input-size", "32",
-                     "--notebooks", "01_baseline", "--train-ahead", "--out", str(tmp_path),
-                     "-p", "LIMIT_PER_CLASS=8", "-p", "SWEEP_IMAGES=0"])
-    assert code == 0
+    assert run.main([*TINY_MAIN_JOB, "--out", str(tmp_path)]) == 0
     assert "trained ahead: 1 fine-tunings at once" in capsys.readouterr().out
     folder = next(tmp_path.iterdir())
     record = json.loads((folder / "records" / "01_baseline-seed0.json").read_text())
     assert any("resumed from" in n for n in record["notes"])
     assert "train_ahead" in json.loads((folder / "run.json").read_text())["seconds"]
+
+
+def test_a_failed_train_ahead_leaves_the_training_to_the_notebooks(tmp_path, monkeypatch):
+    def broken(calls, progress=None):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(run.experiment, "train_ahead", broken)
+    assert run.main([*TINY_MAIN_JOB, "--out", str(tmp_path)]) == 0
+    folder = next(tmp_path.iterdir())
+    record = json.loads((folder / "records" / "01_baseline-seed0.json").read_text())
+    assert not any("resumed from" in n for n in record["notes"])  # the notebook trained it
+    info = json.loads((folder / "run.json").read_text())
+    assert info["status"] == "ok" and "training ahead failed (RuntimeError: CUDA error" in info["notes"][0]
 
 
 def test_the_main_job_trains_ahead_by_default_only_for_the_paper_profile_on_cuda(monkeypatch, tmp_path):
