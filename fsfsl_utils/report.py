@@ -75,6 +75,11 @@ def scores(record: dict, view: str | None = None) -> dict[str, float]:
     return out
 
 
+def on_elpv(record: dict) -> bool:
+    """Whether the study's published numbers apply: the record was trained on ELPV (the default source)."""
+    return record.get("source", "elpv") == "elpv"
+
+
 def target_class(record: dict) -> str:
     """The class whose recall matters most: ``defective`` on ELPV, else the smallest training class."""
     return _class_by_role(record, "defective", min)
@@ -140,7 +145,7 @@ def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
     """The kit's numbers beside the study's published ones, in percent."""
     tab = step_table(records)
     ref, tgt = reference_class(records[0]), target_class(records[0])
-    elpv = records[0].get("source", "elpv") == "elpv"
+    elpv = on_elpv(records[0])
     rows = []
     for step in tab.index:
         study = STUDY_RESULTS.get(step, {}) if elpv else {}
@@ -214,7 +219,7 @@ def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
     recs = by_step(records)[step]
     views = [v for v in ("vflip", "blur") if all(v in r.get("view_logits", {}) for r in recs)]
     ref, tgt = reference_class(recs[0]), target_class(recs[0])
-    elpv = recs[0].get("source", "elpv") == "elpv"
+    elpv = on_elpv(recs[0])
     rows = []
     for view in (None, *views):
         per_seed = [scores(r, view) for r in recs]
@@ -261,7 +266,7 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     if "01_baseline" in tab.index:
         b = tab.loc["01_baseline"]
         ref, tgt = reference_class(records[0]), target_class(records[0])
-        elpv = records[0].get("source", "elpv") == "elpv"
+        elpv = on_elpv(records[0])
         study = lambda text: f" (study {text})" if elpv else ""  # noqa: E731
         out.append(f"Baseline: accuracy {100 * b['accuracy']:.1f}%{study('86.06%')}, {tgt} recall "
                    f"{100 * b['recall_target']:.1f}%{study('62.9%')}, {ref} recall "
@@ -277,7 +282,7 @@ def conclusions(records: Sequence[dict]) -> list[str]:
         note = claims.get((row["A"], row["B"]))
         if note:
             out.append(f"{row['A']} vs {row['B']} ({note}): {row['verdict']}.")
-    if "04_balanced_augment" in tab.index and "01_baseline" in tab.index and records[0].get("source") == "elpv":
+    if "04_balanced_augment" in tab.index and "01_baseline" in tab.index and on_elpv(records[0]):
         t = tests[(tests["A"] == "04_balanced_augment") & (tests["B"] == "01_baseline")]
         if len(t):
             confirmed = "higher" in t.iloc[0]["verdict"].split(";")[1]
