@@ -15,8 +15,9 @@ Workloads (every claim is a ratio against a baseline measured in the same run):
    autocast and channels_last on CUDA) vs a pytorch/examples imagenet-style loop (PIL decode and
    transforms per epoch in DataLoader workers, fp32), same model and batch.
 4. ``step``: the recipe's training step (batch 16) in each variant of :func:`step_variants`
-   (the default, Adam not fused, and on CUDA ``torch.compile``), with its set-up time, and on the default variant the
-   epoch's short last batch, eager and captured. The fastest variant by estimated paper time is used by
+   (the default, Adam not fused, and on CUDA ``torch.compile``), with its set-up time, and on the
+   default variant the epoch's short last batch, eager and captured. Workload ``paper`` then uses
+   the variant with the lowest estimated paper time.
 5. ``paper``: the paper profile's four trainings (study counts, 50 epochs; the GPU headline), one
    after another and then at once (:func:`fsfsl_utils.train.fit_many`).
 

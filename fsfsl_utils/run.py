@@ -31,9 +31,6 @@ from .experiment import project_root
 from .results import atomic_write_json, ensure_writable_dir
 
 NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
-# the study steps each training notebook runs (settings.run); 04 also runs the controls when CONTROLS
-NOTEBOOK_TRAININGS = {"01_baseline": ("01_baseline",), "02_flip": ("02_flip",),
-                      "03_full_augment": ("03_full_augment",), "04_balanced_augment": ("04_balanced_augment",)}
 SETTINGS_PARAMETERS = {"PROFILE": "profile", "BACKBONE": "backbone", "INPUT_SIZE": "input_size", "EPOCHS": "epochs",
                        "SEEDS": "seeds", "SEED": "seed", "SPLIT_SEED": "split_seed", "SPLITS": "splits",
                        "LIMIT_PER_CLASS": "limit_per_class", "DATA": "data", "PROGRESS": "progress"}
@@ -138,17 +135,18 @@ def train_ahead_by_default(profile: str) -> bool:
 
 
 def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[str, dict]]:
-    """The ``run_step`` calls the planned training notebooks will make (see :data:`NOTEBOOK_TRAININGS`)."""
+    """The ``run_step`` calls the planned training notebooks will make: each of 01-04 runs the study
+    step it is named after (``settings.run``), and 04 also the control arms when ``CONTROLS``."""
     calls = []
     for name, params in steps:
-        if name not in NOTEBOOK_TRAININGS:
+        if name not in experiment.STUDY_STEPS:
             continue
         declared = notebook_parameters(name)
         values = {key: params[key] if key in params else ast.literal_eval(info["default"])
                   for key, info in declared.items()}
         settings = experiment.Settings.from_parameters(
             **{arg: values[key] for key, arg in SETTINGS_PARAMETERS.items()}, results_dir=str(run_dir))
-        names = list(NOTEBOOK_TRAININGS[name])
+        names = [name]
         if values.get("CONTROLS"):
             names += list(experiment.CONTROL_STEPS)
         for step in names:
