@@ -22,7 +22,7 @@ from . import models
 from .progress import progress_bar
 from .results import atomic_write
 
-PREPROCESS_VERSION = 2  # 2: PIL-exact resize (models.resize_like_pil)
+PREPROCESS_VERSION = 3  # 3: models.preprocess, the one input path of training and prediction
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # CPU: batch 8 beat 32 on the 2-core dev box
 _BACKBONES: dict[tuple[str, str | None, str], torch.nn.Module] = {}
 
@@ -38,7 +38,8 @@ def image_keys(images: np.ndarray) -> list[str]:
 
 
 def cache_dir_for(backbone: str, size: int, crop_fraction: float, weights_path: str | None) -> Path:
-    tag = f"{backbone}-{size}px-crop{crop_fraction:.4f}-{models.weights_id(weights_path)}-v{PREPROCESS_VERSION}"
+    norm = models.get_spec(backbone).normalisation
+    tag = f"{backbone}-{size}px-crop{crop_fraction:.4f}-{norm}-{models.weights_id(weights_path)}-v{PREPROCESS_VERSION}"
     return cache_root() / tag
 
 
@@ -82,8 +83,8 @@ def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int 
     with torch.inference_mode():
         for s in bar:
             idx = todo[s:s + bs]
-            small = models.resize_like_pil(images[idx], size, crop_fraction)
-            feats = net(models.normalize(torch.from_numpy(small).to(dev))).float().cpu().numpy()
+            x = models.preprocess(torch.from_numpy(images[idx]).to(dev), backbone, size, crop_fraction)
+            feats = net(x).float().cpu().numpy()
             out[idx] = feats
             if use_cache:
                 for i, vec in zip(idx, feats):

@@ -9,7 +9,13 @@ Backbones (pooled features -> a new linear head for N classes):
 
 Images enter as uint8 (gray ``B x H x W`` or RGB ``B x H x W x 3``); :func:`preprocess` does the
 rest on whatever device they are on: gray replicated to 3 channels, an optional center crop,
-resize (bilinear, antialiased), ImageNet normalisation, channels_last.
+resize (bilinear, antialiased), the backbone's own normalisation, channels_last. Every path
+(training views, validation, features, test-time views, sweeps, widgets) makes its model inputs
+with :func:`preprocess` (or :func:`apply_crops` for the recipe's random crops), so they cannot drift.
+
+Each backbone normalises as its weights were trained: torchvision's ResNets with ImageNet's
+mean / std; the EfficientNet-Lite weights (converted from TensorFlow) with ``(x - 127) / 128`` on
+0-255 input.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (127 / 255,) * 3  # (x - 127) / 128 on 0-255, written on the 0-1 scale
+TF_LITE_STD = (128 / 255,) * 3
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -41,6 +48,15 @@ class BackboneSpec:
     build: Callable[[str | None], nn.Module]
     flops_224: float  # multiply-adds x 2 per image at 224 px (for the benchmark's peak fraction)
     weight_files: tuple[str, ...] = ()
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation on the 0-1 scale, per channel
+    std: tuple[float, float, float] = IMAGENET_STD
+    min_input_size: int = 32  # smallest input the network's downsampling accepts
+
+    @property
+    def normalisation(self) -> str:
+        """A short name of the normalisation (part of the feature cache key)."""
+        return "imagenet" if (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD) else \
+            "mean" + "-".join(f"{m:.4f}" for m in self.mean) + "-std" + "-".join(f"{v:.4f}" for v in self.std)
 
 
 class Classifier(nn.Module):
@@ -104,7 +120,7 @@ def _build_resnet(depth: int) -> Callable[[str | None], nn.Module]:
 
 
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
-    BackboneSpec("efficientnet_lite0", 1280, _build_lite0, 0.8e9),
+    BackboneSpec("efficientnet_lite0", 1280, _build_lite0, 0.8e9, mean=TF_LITE_MEAN, std=TF_LITE_STD),
     BackboneSpec("resnet50", 2048, _build_resnet(50), 8.2e9, ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")),
     BackboneSpec("resnet18", 512, _build_resnet(18), 3.6e9, ("resnet18-f37072fd.pth",)),
 )}
@@ -179,66 +195,67 @@ def build_classifier(name: str, num_classes: int, weights: str | os.PathLike | N
     return Classifier(build_backbone(name, weights), spec.feature_dim, num_classes)
 
 
-def preprocess(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> torch.Tensor:
-    """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` -> normalised float ``B x 3 x size x size``.
+def preprocess(images: torch.Tensor, backbone: str, size: int, crop_fraction: float = 1.0) -> torch.Tensor:
+    """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` -> ``backbone``'s float input ``B x 3 x size x size``.
 
-    ``crop_fraction < 1`` takes a center crop of that fraction first (224/256 mirrors
-    torchvision's Resize(256) + CenterCrop(224)). Runs on the tensor's device.
+    The one way from images to model inputs. ``crop_fraction < 1`` takes a center crop of that
+    fraction first (224/256 mirrors torchvision's Resize(256) + CenterCrop(224)); the resize is
+    bilinear and antialiased like PIL's. Runs on the tensor's device; channels_last.
     """
+    spec = get_spec(backbone)
     x = _unit(images)
     if crop_fraction < 1.0:
         h, w = x.shape[-2:]
         ch, cw = round(h * crop_fraction), round(w * crop_fraction)
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top:top + ch, left:left + cw]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return _imagenet_normalise(_as_rgb(x))
-
-
-def resize_like_pil(images: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
-    """uint8 images resized exactly as torchvision's ``Resize`` does on PIL images (bilinear, PIL's
-    antialiasing), after an optional center crop. Used by the feature path, so the kit's features
-    equal those of the classic ImageFolder + PIL pipeline."""
-    out = np.empty((len(images), size, size) + images.shape[3:], np.uint8)
-    for i, im in enumerate(images):
-        pil = Image.fromarray(im)
-        if crop_fraction < 1.0:
-            w, h = pil.size
-            cw, ch = round(w * crop_fraction), round(h * crop_fraction)
-            left, top = (w - cw) // 2, (h - ch) // 2
-            pil = pil.crop((left, top, left + cw, top + ch))
-        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR))
-    return out
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``B x H x W`` (gray) or ``B x H x W x 3`` at the final size -> normalised float, 3 channels,
-    channels_last. Same arithmetic as ToTensor() + Normalize(ImageNet)."""
-    return _imagenet_normalise(_as_rgb(_unit(images)))
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return _normalise(_as_rgb(x), spec)
 
 
 def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
-               scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+               hflip: bool = True, attempts: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` RandomResizedCrop boxes (``x0, y0, x1, y1``, float, CPU) and horizontal flips (bool, CPU).
 
-    Drawn from ``generator`` on the CPU so runs are reproducible on any device; a training epoch
-    draws all of its boxes at once. Boxes whose sampled aspect does not fit are clipped to the
-    image (torchvision retries instead).
+    torchvision's ``RandomResizedCrop.get_params``, vectorised: up to ``attempts`` draws of area
+    and aspect ratio per image (integer sides, the first draw that fits the image wins), else the
+    central crop of the largest box whose aspect ratio lies in ``ratio``; integer offsets. Drawn
+    from ``generator`` on the CPU, so runs are reproducible on any device; a training epoch draws
+    all of its boxes at once.
     """
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator) * height * width
-    log_ratio = torch.empty(n).uniform_(float(np.log(3 / 4)), float(np.log(4 / 3)), generator=generator)
-    ratio = torch.exp(log_ratio)
-    cw = torch.sqrt(area * ratio).clamp(1, width)
-    ch = torch.sqrt(area / ratio).clamp(1, height)
-    x0 = torch.rand(n, generator=generator) * (width - cw)
-    y0 = torch.rand(n, generator=generator) * (height - ch)
+    area = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * (height * width)
+    log_ratio = torch.empty(n, attempts).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])),
+                                                  generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(area * aspect).round()
+    h = torch.sqrt(area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1)  # the first draw that fits (0 when none does)
+    rows = torch.arange(n)
+    found = fits.any(1)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fallback_w, fallback_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fallback_w, fallback_h = round(height * ratio[1]), height
+    else:
+        fallback_w, fallback_h = width, height
+    cw = torch.where(found, w[rows, first], torch.tensor(float(fallback_w)))
+    ch = torch.where(found, h[rows, first], torch.tensor(float(fallback_h)))
+    x0 = torch.floor(torch.rand(n, generator=generator) * (width - cw + 1))
+    y0 = torch.floor(torch.rand(n, generator=generator) * (height - ch + 1))
+    x0 = torch.where(found, x0, torch.tensor(float((width - fallback_w) // 2)))
+    y0 = torch.where(found, y0, torch.tensor(float((height - fallback_h) // 2)))
     flips = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
     return torch.stack([x0, y0, x0 + cw, y0 + ch], 1), flips
 
 
-def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int,
+                backbone: str) -> torch.Tensor:
     """Crop ``boxes`` out of uint8 ``images`` (one box per image), resize to ``size`` (bilinear,
-    roi_align), flip where ``flips``, normalise. Runs on the images' device."""
+    roi_align), flip where ``flips``, normalise for ``backbone``. Runs on the images' device."""
     from torchvision.ops import roi_align
 
     x = _unit(images)
@@ -248,7 +265,7 @@ def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     out = roi_align(x.contiguous(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
                     aligned=True)
     flips = flips.to(x.device, non_blocking=True).view(b, 1, 1, 1)
-    return _imagenet_normalise(_as_rgb(torch.where(flips, out.flip(-1), out)))
+    return _normalise(_as_rgb(torch.where(flips, out.flip(-1), out)), get_spec(backbone))
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
@@ -263,14 +280,9 @@ def _as_rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-_NORM_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
-    if x.device not in _NORM_CONSTANTS:  # made once per device: no host-to-device copy per batch
-        _NORM_CONSTANTS[x.device] = (torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1),
-                                     torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1))
-    mean, std = _NORM_CONSTANTS[x.device]
+def _normalise(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 

@@ -217,16 +217,18 @@ def weak_spots(result: dict, features: Sequence[str] = ("brightness", "clarity")
 
 def sweep(model_or_predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: Sequence[int],
           op: str = "brightness", levels: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.4),
-          class_names: Sequence[str] | None = None) -> dict:
+          class_names: Sequence[str] | None = None, backbone: str = "efficientnet_lite0", input_size: int = 224,
+          crop_fraction: float = 1.0) -> dict:
     """Apply ``op`` at graded strengths to the same images, re-predict, and tabulate recall per class.
 
     ``model_or_predict_fn`` maps a uint8 image array to logits (``N x K``); a torch module is
-    wrapped with the kit's 224-px preprocessing. ``op``: an operation of
+    wrapped with the kit's one preprocessing for ``backbone``, ``input_size`` and ``crop_fraction``
+    (pass the values it was trained with). ``op``: an operation of
     :mod:`fsfsl_utils.augment` (brightness factor, clarity = sharpness factor, blur sigma, ...).
     Level 1.0 of brightness/clarity is the unchanged image.
     """
     augment.check_operation(op)
-    predict = _as_predict_fn(model_or_predict_fn)
+    predict = _as_predict_fn(model_or_predict_fn, backbone, input_size, crop_fraction)
     labels = np.asarray(labels)
     rows = []
     for level in levels:
@@ -312,16 +314,17 @@ def _read_image(path: str) -> np.ndarray:
         raise FileNotFoundError(f"cannot read image {path!r} named in name_list: {err}") from err
 
 
-def _as_predict_fn(model: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+def _as_predict_fn(model: Callable[[np.ndarray], np.ndarray], backbone: str, input_size: int,
+                   crop_fraction: float) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
-    from . import models
+    from . import train
 
     if isinstance(model, torch.nn.Module):
+        cfg = {"backbone": backbone, "input_size": input_size, "crop_fraction": crop_fraction}
+
         def predict(images: np.ndarray) -> np.ndarray:
             dev = next(model.parameters()).device
-            with torch.inference_mode():
-                x = models.preprocess(torch.from_numpy(images).to(dev), 224)
-                return model.eval()(x).float().cpu().numpy()
+            return train.predict(model, torch.from_numpy(images).to(dev), cfg)
         return predict
     return model
