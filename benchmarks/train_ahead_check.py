@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         def settings(results: str) -> experiment.Settings:
             return experiment.Settings.from_parameters(
                 profile="paper", backbone="efficientnet_lite0", epochs=epochs, input_size=size, data=str(folder),
-                results_dir=str(work / results), progress=False)
+                seeds=1, results_dir=str(work / results), progress=False)
 
         calls = [call for step in STEPS for call in settings("ahead").step_calls(step)]
         calls = [(step, {**kw, "device": args.device}) for step, kw in calls]

@@ -65,7 +65,7 @@ def resolve_results_dir(path: str | os.PathLike | None = None) -> Path:
 
 def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
                limit_per_class: int | None = None, image_size: int = 300) -> tuple[data.Dataset, data.Dataset]:
-    """(train, val) for ELPV (the study's split) or an ImageFolder path.
+    """(train, val) for ELPV (the study's split), a pack file or an ImageFolder path.
 
     The images are decoded once per process; the most recent split is kept too.
     ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs).
@@ -73,7 +73,7 @@ def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
     base_key = (source, labels, image_size)
     if base_key not in _BASE:
         _BASE.clear()
-        _BASE[base_key] = data.load_elpv(labels) if source == "elpv" else data.load_imagefolder(source, image_size)
+        _BASE[base_key] = data.load_source(source, labels, image_size)
     key = (*base_key, split_seed, limit_per_class)
     if key not in _SPLIT:
         ds = _BASE[base_key]
@@ -167,7 +167,8 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
                     progress=progress)
     record = {
         "schema": results.SCHEMA_VERSION, "step": step, "title": spec.get("title", step), "policy": pol.name,
-        "seed": seed, "split_seed": split_seed, "source": source, "labels": labels,
+        "seed": seed, "split_seed": split_seed, "source": str(source), "labels": labels,
+        "data_origin": data.source_origin(source),
         "created": dt.datetime.now().isoformat(timespec="microseconds"),
         "profile": resolved["profile"], "profile_requested": profile, "mode": fit.mode,
         "backbone": resolved["config"]["backbone"], "device": fit.device,
@@ -178,6 +179,8 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         "class_names": list(val.class_names), "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
+        "metrics_last_epoch": None if fit.last_logits is None else
+        metrics.evaluate(val.labels, fit.last_logits, val.class_names),
         "predictions": {"names": val.names, "labels": val.labels.tolist(),
                         "logits": np.round(fit.val_logits, 6).tolist()},
         "view_logits": {v: np.round(x, 6).tolist() for v, x in fit.view_logits.items()},
@@ -238,8 +241,10 @@ def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
 
 def validation_split(record: dict) -> data.Dataset:
     """The validation images a record was evaluated on (reloaded from its source and split seed)."""
-    _, val = load_split(record.get("source", "elpv"), record.get("labels", "study"), record["split_seed"],
-                        record.get("limit_per_class"))
+    source = record.get("source", "elpv")
+    if data.is_pack(source) and not Path(source).is_file() and record.get("data_origin") == "elpv":
+        source = "elpv"  # a pack of ELPV made elsewhere (e.g. on a GPU server): the same images, bit for bit
+    _, val = load_split(source, record.get("labels", "study"), record["split_seed"], record.get("limit_per_class"))
     if val.names != record["predictions"]["names"]:
         raise ValueError(f"the validation images of {record.get('_path', record['step'])} cannot be rebuilt "
                          "from its source and split seed")
@@ -315,8 +320,10 @@ class Settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_label_policy(labels)
-        if data != "elpv" and not Path(data).expanduser().is_dir():
-            raise FileNotFoundError(f"DATA must be 'elpv' or an ImageFolder folder; {data!r} is not a folder")
+        if data != "elpv" and not Path(data).expanduser().is_dir() \
+                and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
+            raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
+                                    f"{data!r} is neither")
         set_progress(progress)
         settings = cls(profile=profile, backbone=backbone or None, input_size=input_size or None,
                        epochs=epochs or None, split_seeds=list(range(split_seed, split_seed + splits)),

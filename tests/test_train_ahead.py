@@ -29,14 +29,15 @@ def test_the_trainings_of_each_notebook_are_known():
 
 def test_training_calls_follow_the_notebook_parameters(tmp_path):
     steps = [("01_baseline", {"PROFILE": "paper", "SEEDS": 2, "EPOCHS": 1}),
-             ("04_balanced_augment", {"PROFILE": "paper", "EPOCHS": 1}),
+             ("04_balanced_augment", {"PROFILE": "paper", "SEEDS": 1, "EPOCHS": 1}),
              ("05_analysis", {"PROFILE": "paper"})]
     calls = run.training_calls(steps, tmp_path)
     assert [(step, kw["seed"]) for step, kw in calls] == [
         ("01_baseline", 0), ("01_baseline", 1), ("04_balanced_augment", 0),
         *[(control, 0) for control in experiment.CONTROL_STEPS]]  # CONTROLS defaults to True in 04
     assert all(kw["results_dir"] == tmp_path and kw["epochs"] == 1 for _, kw in calls)
-    no_controls = run.training_calls([("04_balanced_augment", {"PROFILE": "paper", "CONTROLS": False})], tmp_path)
+    no_controls = run.training_calls([("04_balanced_augment", {"PROFILE": "paper", "SEEDS": 1, "CONTROLS": False})],
+                                     tmp_path)
     assert [step for step, _ in no_controls] == ["04_balanced_augment"]
 
 
@@ -59,7 +60,8 @@ def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path):
     assert experiment.train_ahead(cpu.step_calls("01_baseline")) == 0  # only the paper profile checkpoints
 
 
-TINY_MAIN_JOB = ["--profile", "paper", "--backbone", "efficientnet_lite0", "--epochs", "1", "--input-size", "32",
+TINY_MAIN_JOB = ["--profile", "paper", "--seeds", "1", "--backbone", "efficientnet_lite0", "--epochs", "1",
+                 "--input-size", "32",
                  "--notebooks", "01_baseline", "--train-ahead", "-p", "LIMIT_PER_CLASS=8", "-p", "SWEEP_IMAGES=0"]
 
 
