@@ -6,10 +6,19 @@ which operations each class gets, one copy per listed operation. :func:`expand` 
 the originals plus the copies; every copy's metadata row names its source image, the
 operation and the parameter, so the expanded set can be browsed and audited.
 
-The study's sets: ``flip`` doubles (1508 / 716; the study: about 2200 images); ``full`` gives every
-image a flip, a brightness and a clarity copy (3016 / 1432; the study reached 2210 / 1174, i.e.
-2.93x / 3.28x per image, from a subset of its copies whose sampling it did not publish);
-``balanced`` gives exactly the study's 1508 / 1432.
+The study's sets: ``flip`` doubles (1508 / 716; the study: about 2200 images); ``full`` draws a
+seeded random subset of every image's flip, brightness and clarity copies so that each class grows
+by the study's factor (754 -> 2210 normal, 358 -> 1174 defective: 2.93x / 3.28x; which copies the
+study kept was not published); ``full_x4`` keeps all three copies (3016 / 1432); ``balanced``
+gives exactly the study's 1508 / 1432.
+
+Strengths: each brightness or clarity copy moves its image about one sensitivity bin (quintile) of
+that feature, the step the study's analysis reads. On the study's training part the medians of
+adjacent brightness quintiles differ by a factor of 1.07-1.25 (geometric mean 1.13) and of
+clarity (Laplacian variance) quintiles by 1.69-2.07 (1.86). Hence brightness factors 0.87-0.93 or
+1.08-1.13 (brighter clips more than 2% of a cell's pixels to 255: about 2.5% at 1.15 and 3.7% at
+1.2 on samples of 150-200 training cells) and sharpness factors 0-0.3 (clarity x0.49-0.65) or 1.5-1.9 (x1.5-2.0).
+``tests/test_augment.py`` checks both properties on the training part.
 
 Parameters are drawn per (seed, source image, operation, copy number), so the same image
 gets the same brightness copy in every policy that asks for one (and the feature cache
@@ -60,10 +69,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("copy", lambda x, p: x.clone(), doc="identical copy (oversampling control)"),
     Operation("hflip", lambda x, p: TF.horizontal_flip(x), doc="mirror left-right"),
     Operation("vflip", lambda x, p: TF.vertical_flip(x), doc="mirror top-bottom"),
-    Operation("brightness", lambda x, p: TF.adjust_brightness(x, p), ((0.6, 0.85), (1.15, 1.4)),
-              "multiply gray levels by a factor (darker 0.6-0.85 or brighter 1.15-1.4)"),
-    Operation("clarity", lambda x, p: TF.adjust_sharpness(x, p), ((0.0, 0.5), (2.0, 3.0)),
-              "sharpness factor: < 1 blurs (3x3 smoothing blend), > 1 sharpens"),
+    Operation("brightness", lambda x, p: TF.adjust_brightness(x, p), ((0.87, 0.93), (1.08, 1.13)),
+              "multiply gray levels by a factor (darker 0.87-0.93 or brighter 1.08-1.13: about one brightness bin)"),
+    Operation("clarity", lambda x, p: TF.adjust_sharpness(x, p), ((0.0, 0.3), (1.5, 1.9)),
+              "sharpness factor: < 1 blurs (3x3 smoothing blend), > 1 sharpens (about one clarity bin)"),
     Operation("blur", _blur, ((0.5, 1.5),), "Gaussian blur, 5x5 kernel, sigma 0.5-1.5"),
     Operation("boxblur", _box_blur, doc="3x3 box blur (the study's blur test-time view)"),
     Operation("sharpen", lambda x, p: TF.adjust_sharpness(x, p), ((2.0, 3.0),), "sharpness factor 2-3"),
@@ -84,6 +93,18 @@ class Policy:
     name: str
     rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     doc: str = ""
+    growth: Mapping[str, float] = field(default_factory=dict)  # key as in rules: images per original, at most
+
+    def growth_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> float | None:
+        """How many times its original count a class grows to (None: one copy per listed operation)."""
+        if class_name in self.growth:
+            return self.growth[class_name]
+        if class_counts and ("@majority" in self.growth or "@minority" in self.growth):
+            largest = max(class_counts, key=class_counts.get)
+            group = "@majority" if class_name == largest else "@minority"
+            if group in self.growth:
+                return self.growth[group]
+        return self.growth.get("*")
 
     def ops_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> tuple[str, ...]:
         """The operations for one class (``class_counts`` decides majority / minority)."""
@@ -107,13 +128,23 @@ class Policy:
 
     def counts(self, class_counts: Mapping[str, int]) -> dict[str, int]:
         """Images per class after expansion, from the counts before it."""
-        return {c: n * (1 + len(self.ops_for(c, class_counts))) for c, n in class_counts.items()}
+        return {c: n + self.copies(c, n, class_counts) for c, n in class_counts.items()}
+
+    def copies(self, class_name: str, n: int, class_counts: Mapping[str, int] | None = None) -> int:
+        """How many copies a class of ``n`` images gets."""
+        available = n * len(self.ops_for(class_name, class_counts))
+        growth = self.growth_for(class_name, class_counts)
+        return available if growth is None else min(available, round(n * growth) - n)
 
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("none", {}, "no expansion (the study's baseline)"),
     Policy("flip", {"*": ("hflip",)}, "every image plus its mirror: x2"),
     Policy("full", {"*": ("hflip", "brightness", "clarity")},
+           "a seeded random subset of the flip, brightness and clarity copies of every class, grown by the "
+           "study's factors (normal 754 -> 2210, defective 358 -> 1174)",
+           growth={"@majority": 2210 / 754, "@minority": 1174 / 358}),
+    Policy("full_x4", {"*": ("hflip", "brightness", "clarity")},
            "flip, brightness and clarity copies for every class: x4"),
     Policy("balanced", {"@majority": ("hflip",), "@minority": ("hflip", "brightness", "clarity")},
            "largest class x2, the others x4: on ELPV normal 1508 / defective 1432, the study's counts"),
@@ -164,6 +195,14 @@ def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool |
     counts = train.counts()
     plan = [(i, op, k) for i, label in enumerate(train.labels)
             for k, op in enumerate(policy.ops_for(train.class_names[label], counts))]
+    if policy.growth:  # keep a seeded random subset of each class's copies, in plan order
+        rng = np.random.default_rng([seed, zlib.crc32(policy.name.encode())])
+        labels = train.labels
+        keep = []
+        for c, name in enumerate(train.class_names):
+            own = [j for j, (i, _, _) in enumerate(plan) if labels[i] == c]
+            keep += rng.permutation(own)[:policy.copies(name, counts[name], counts)].tolist()
+        plan = [plan[j] for j in sorted(keep)]
     if not plan:
         return train.subset(np.arange(len(train)))
     n = len(train)

@@ -12,8 +12,40 @@ def test_study_policy_counts(study):
     train, _ = study
     assert augment.expand(train, "balanced", progress=False).counts() == {"normal": 1508, "defective": 1432}
     assert augment.expand(train, "flip", progress=False).counts() == {"normal": 1508, "defective": 716}
-    assert augment.expand(train, "full", progress=False).counts() == {"normal": 3016, "defective": 1432}
+    assert augment.expand(train, "full_x4", progress=False).counts() == {"normal": 3016, "defective": 1432}
+    full = augment.expand(train, "full", seed=0, progress=False)
+    assert full.counts() == {"normal": 2210, "defective": 1174}   # the study's step 3
+    assert augment.get_policy("full").counts(train.counts()) == full.counts()
     assert augment.get_policy("balanced").counts(train.counts()) == {"normal": 1508, "defective": 1432}
+    # a random subset of the copies, recorded in the manifest, different for another seed
+    copies = augment.manifest(full).query("op != 'original'")
+    assert set(copies["op"]) == {"hflip", "brightness", "clarity"} and len(copies) == 2210 + 1174 - 1112
+    other = augment.manifest(augment.expand(train, "full", seed=1, progress=False)).query("op != 'original'")
+    assert set(copies["name"]) != set(other["name"])
+
+
+def test_brightness_and_clarity_copies_move_about_one_bin_and_barely_clip(study):
+    """Each copy moves its feature by 0.5-1.5 sensitivity bins (the median ratio of adjacent
+    quintile medians of the training part), and brightened copies clip at most 2% of pixels."""
+    from fsfsl_utils import sensitivity
+
+    train, _ = study
+    rng = np.random.default_rng(0)
+    sample = train.images[rng.choice(len(train), 150, replace=False)]
+    for op in ("brightness", "clarity"):
+        fn = getattr(sensitivity, op)
+        values = np.array([fn(im) for im in train.images])
+        edges = np.quantile(values, np.linspace(0, 1, 6))
+        medians = [np.median(values[(values >= lo) & (values <= hi)]) for lo, hi in zip(edges[:-1], edges[1:])]
+        step = np.exp(np.mean(np.log(np.array(medians[1:]) / medians[:-1])))   # one bin, as a factor
+        before = np.array([fn(im) for im in sample])
+        for lo, hi in augment.OPERATIONS[op].ranges:
+            for param in (lo, hi):
+                out = np.stack([augment.apply_operation(im, op, param) for im in sample])
+                moved = abs(np.log(np.median(np.array([fn(im) for im in out]) / before))) / np.log(step)
+                assert 0.5 <= moved <= 1.5, (op, param, moved)
+                if op == "brightness":
+                    assert (out == 255).mean() - (sample == 255).mean() <= 0.02, (param, (out == 255).mean())
 
 
 def test_duplicate_control_repeats_each_defective_image_four_times(small):

@@ -20,7 +20,7 @@ from fsfsl_utils import experiment, results, run
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
-SMOKE_COUNTS = {"01_baseline": [8, 8], "02_flip": [16, 16], "03_full_augment": [32, 32],
+SMOKE_COUNTS = {"01_baseline": [8, 8], "02_flip": [16, 16], "03_full_augment": [23, 26],
                 "04_balanced_augment": [16, 32], "04_balanced_duplicate": [16, 32], "04_class_weighted": [8, 8]}
 COMMON = {"PROFILE", "BACKBONE", "INPUT_SIZE", "EPOCHS", "SEEDS", "SEED", "SPLIT_SEED", "SPLITS", "LIMIT_PER_CLASS",
           "DATA", "RESULTS_DIR", "PROGRESS"}
