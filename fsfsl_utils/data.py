@@ -4,19 +4,29 @@ A Dataset holds every image in memory as one uint8 array (``N x H x W`` for gray
 ``N x H x W x 3`` for RGB) next to a metadata table with one row per image. Nothing is
 re-decoded from PNG after loading.
 
+A *pack* is one portable, lossless file of a Dataset (a zip of lossless WebP images, a metadata
+table and checksums) for moving a data set to a machine without the ``elpv-dataset`` package or
+network access, e.g. an air-gapped GPU server. Loading needs only numpy, pandas and Pillow and
+gives the same arrays bit for bit; a damaged pack is refused whole, naming the file.
+
 Command line::
 
     python -m fsfsl_utils.data export OUT [--seed 0] [--labels study] [--force]
+    python -m fsfsl_utils.data pack OUT [--labels study] [--source elpv|FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +276,112 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
     return out
 
 
+PACK_FORMAT = "fsfsl-pack/1"
+PACK_SUFFIX = ".fsfslpack"
+
+
+def write_pack(ds: Dataset, out: str | os.PathLike, origin: str = "", labels: str = "",
+               progress: bool | None = None) -> Path:
+    """Write ``ds`` as one pack file (zip: ``pack.json`` with the metadata and checksums, one lossless
+    WebP per image). Written to a temporary file and renamed, so a pack on disk is always whole.
+    ``origin``/``labels`` say where the images came from (e.g. ``elpv`` / ``study``)."""
+    from .progress import progress_bar
+    from .results import atomic_write
+
+    out = Path(out)
+    if out.suffix != PACK_SUFFIX:
+        raise ValueError(f"a pack file name ends in {PACK_SUFFIX}, got {out}")
+    files = [f"images/{i:06d}.webp" for i in range(len(ds))]
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # WebP is compressed already
+            for i in progress_bar(range(len(ds)), desc="pack", enable=progress):
+                buf = io.BytesIO()
+                Image.fromarray(ds.images[i]).save(buf, "WEBP", lossless=True, quality=50, method=2)
+                zf.writestr(files[i], buf.getvalue())
+            header = {"format": PACK_FORMAT, "origin": origin, "labels": labels,
+                      "class_names": list(ds.class_names), "shape": list(ds.images.shape),
+                      "images_sha256": _digest(ds.images), "files": files,
+                      "meta": json.loads(ds.meta.to_json(orient="columns"))}
+            zf.writestr("pack.json", json.dumps(header))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, write)
+    return out
+
+
+def read_pack_header(path: str | os.PathLike) -> dict:
+    """The metadata of a pack (format, origin, labels, classes, shape, checksum) without its images."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            header = json.loads(zf.read("pack.json"))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise DataError(f"{path} is not a readable fsfsl pack ({type(err).__name__}: {err}); "
+                        f"make one with: python -m fsfsl_utils.data pack {path}") from err
+    if header.get("format") != PACK_FORMAT:
+        raise DataError(f"{path} has pack format {header.get('format')!r}; this kit reads {PACK_FORMAT!r}")
+    return header
+
+
+def load_pack(path: str | os.PathLike) -> Dataset:
+    """A Dataset from a pack file, checked: every member's CRC and the images' SHA-256 must match,
+    else DataError names the file (nothing is returned half)."""
+    path = Path(path)
+    header = read_pack_header(path)
+    shape = tuple(header["shape"])
+    images = np.empty(shape, np.uint8)
+    mode = "L" if len(shape) == 3 else "RGB"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for i, name in enumerate(header["files"]):
+                with Image.open(io.BytesIO(zf.read(name))) as im:
+                    images[i] = np.asarray(im.convert(mode))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, UnidentifiedImageError) as err:
+        raise DataError(f"pack {path} is damaged ({type(err).__name__}: {err}); make it again") from err
+    if _digest(images) != header["images_sha256"]:
+        raise DataError(f"pack {path} is damaged: its images do not match their SHA-256 checksum; make it again")
+    meta = pd.DataFrame(header["meta"])
+    meta.index = meta.index.astype(int)
+    meta = meta.sort_index()
+    meta["label"] = meta["label"].astype(np.int64)
+    meta["probability"] = meta["probability"].astype(float)
+    for col in ("name", "source", "split", "cell_type", "op", "param"):
+        meta[col] = meta[col].fillna("").astype(str)
+    return Dataset(images, meta[list(META_COLUMNS)], list(header["class_names"]))
+
+
+def load_source(source: str | os.PathLike, labels: str = "study", image_size: int = 300) -> Dataset:
+    """A data source by name: ``"elpv"`` (the package, under ``labels``), a pack file, or an ImageFolder
+    folder (images resized to ``image_size``). A pack made under another label policy is refused."""
+    if str(source) == "elpv":
+        return load_elpv(labels)
+    if is_pack(source):
+        header = read_pack_header(source)
+        if header.get("labels") and header["labels"] != labels:
+            raise DataError(f"pack {source} holds {header['labels']!r} labels, but labels={labels!r} was asked for")
+        return load_pack(source)
+    return load_imagefolder(source, image_size)
+
+
+def source_origin(source: str | os.PathLike) -> str:
+    """Where a source's images come from: ``"elpv"`` for ELPV and for a pack made from it, else the source."""
+    if is_pack(source) and Path(source).is_file():
+        return read_pack_header(source).get("origin") or str(source)
+    return str(source)
+
+
+def is_pack(source: str | os.PathLike) -> bool:
+    """Whether a data source names a pack file (by its suffix)."""
+    return str(source).endswith(PACK_SUFFIX)
+
+
+def _digest(images: np.ndarray) -> str:
+    h = hashlib.sha256(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()
+
+
 def check_label_policy(labels: str) -> None:
     if labels not in LABEL_POLICIES:
         raise ValueError(f"unknown label policy {labels!r}; valid: {', '.join(LABEL_POLICIES)}")
@@ -308,7 +424,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     exp.add_argument("--labels", default="study", choices=LABEL_POLICIES, help="label policy (default study)")
     exp.add_argument("--force", action="store_true", help="replace a non-empty target folder")
+    pack = sub.add_parser("pack", help="write a data set as one portable, lossless pack file (.fsfslpack)")
+    pack.add_argument("out", help=f"the pack file to write (ends in {PACK_SUFFIX})")
+    pack.add_argument("--labels", default="study", choices=LABEL_POLICIES, help="ELPV label policy (default study)")
+    pack.add_argument("--source", default="elpv", help="'elpv' (default) or an ImageFolder folder")
     args = parser.parse_args(argv)
+    if args.command == "pack":
+        try:
+            if args.source == "elpv":
+                ds = load_elpv(args.labels)
+            else:
+                ds = load_imagefolder(args.source)
+            path = write_pack(ds, args.out, origin=args.source, labels=args.labels if args.source == "elpv" else "")
+        except (DataError, FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(ds)} images ({ds.counts()}) to {path}: {path.stat().st_size / 2**20:.1f} MiB")
+        return 0
     try:
         path = export(args.out, seed=args.seed, labels=args.labels, force=args.force)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:

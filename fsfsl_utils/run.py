@@ -87,7 +87,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
     given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone or "",
-             "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0, "DATA": args.data,
+             "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0,
+             "DATA": args.data if args.data == "elpv" else str(Path(args.data).resolve()),  # not the kernel's folder
              "PROGRESS": bool(args.progress), "WIDGETS": False}
     extra = parse_params(args.param or [])
     declared = {n: notebook_parameters(n) for n in names}
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", default="", help="override the profile's backbone")
     parser.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (fine-tune)")
     parser.add_argument("--input-size", type=int, default=0, help="override the profile's input size")
-    parser.add_argument("--data", default="elpv", help="'elpv' or an ImageFolder folder")
+    parser.add_argument("--data", default="elpv",
+                        help="'elpv', a .fsfslpack file (python -m fsfsl_utils.data pack) or an ImageFolder folder")
     parser.add_argument("--out", default=str(project_root() / "runs"), help="parent of the run folder")
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
     parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")

@@ -143,3 +143,36 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         data.export(tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_pack_is_lossless_portable_and_refuses_damage(tmp_path):
+    """A pack loads bit for bit as the data it was made from, through the same API, and a truncated
+    or altered pack is refused whole with an error naming the file."""
+    from fsfsl_utils import experiment
+
+    ds = data.load_elpv("study", limit_per_class=12, seed=2)
+    path = data.write_pack(ds, tmp_path / "sub.fsfslpack", origin="elpv", labels="study", progress=False)
+    back = data.load_pack(path)
+    assert np.array_equal(back.images, ds.images) and back.images.dtype == np.uint8
+    pd.testing.assert_frame_equal(back.meta, ds.meta)
+    assert back.class_names == ds.class_names
+    assert data.source_origin(path) == "elpv"
+    train, val = experiment.load_split(str(path), "study", split_seed=0)
+    assert len(train) + len(val) == len(ds)
+    with pytest.raises(data.DataError, match="holds 'study' labels"):
+        data.load_source(path, "four_level")
+    raw = path.read_bytes()
+    (tmp_path / "cut.fsfslpack").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(data.DataError, match="cut.fsfslpack"):
+        data.load_pack(tmp_path / "cut.fsfslpack")
+    altered = bytearray(raw)
+    first = raw.index(b"RIFF")           # the first WebP image: flip one byte in its data
+    altered[first + 200] ^= 0xFF
+    (tmp_path / "bad.fsfslpack").write_bytes(bytes(altered))
+    with pytest.raises(data.DataError, match="bad.fsfslpack.*damaged"):
+        data.load_pack(tmp_path / "bad.fsfslpack")
+
+
+def test_pack_command_line(tmp_path, capsys):
+    assert data.main(["pack", str(tmp_path / "x.zip")]) == 2
+    assert ".fsfslpack" in capsys.readouterr().err
