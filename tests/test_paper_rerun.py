@@ -1,0 +1,30 @@
+"""benchmarks/paper_rerun.py runs once per lent GPU with no second try: its CPU dry run keeps it from rotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+from fsfsl_utils import data, experiment
+
+
+def test_paper_rerun_dry_run_on_cpu(tmp_path):
+    pack = data.write_pack(data.load_elpv("study", limit_per_class=16, seed=0), tmp_path / "tiny.fsfslpack",
+                           origin="elpv", labels="study", progress=False)
+    root = experiment.project_root()
+    env = {**os.environ, "FSFSL_PROGRESS": "0", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "paper_rerun.py"), "--data", str(pack),
+                           "--out", str(tmp_path / "out"), "--profile", "smoke", "--device", "cpu", "--seeds", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with tarfile.open(tmp_path / "out" / "paper-run.tar.gz") as tar:
+        names = tar.getnames()
+        run = json.load(tar.extractfile("run.json"))
+    records = [n for n in names if n.startswith("records/") and n.endswith(".json")]
+    assert len(records) == 6 + 6          # seed 0 of six arms, then seed 1 of the two primary and four other arms
+    assert not any("checkpoints" in n for n in names)
+    assert [g["group"] for g in run["groups"]] == [1, 2, 3] and run["data"]["origin"] == "elpv"
+    assert all(0 <= a <= 1 for g in run["groups"] for a in g["accuracy"].values())
