@@ -159,11 +159,12 @@ def mcnemar(labels: np.ndarray, logits_a: np.ndarray, logits_b: np.ndarray) -> d
 def recall_at_fixed_recall(labels: np.ndarray, logits: np.ndarray, fixed_recall: float,
                            fixed_class: int = 0, target_class: int = 1) -> dict:
     """Read the validation ROC curve: best recall of ``target_class`` while ``fixed_class`` keeps at
-    least ``fixed_recall``. A curve reading, not a tuned threshold."""
+    least ``fixed_recall``, over every threshold (tied scores included). The threshold is chosen on
+    the same validation images it is scored on, so the reading is optimistic."""
     labels = np.asarray(labels)
     logits = np.asarray(logits, float)
     score = logits[:, target_class] - logits[:, fixed_class]
-    fpr, tpr, thr = skm.roc_curve(labels == target_class, score)
+    fpr, tpr, thr = skm.roc_curve(labels == target_class, score, drop_intermediate=False)
     # among scored images: fixed-class recall = 1 - fpr, target recall = tpr (binary case)
     ok = (1 - fpr) >= fixed_recall - 1e-12
     i = int(np.flatnonzero(ok)[-1]) if ok.any() else 0

@@ -186,3 +186,24 @@ def test_threshold_choice_hand_worked():
         1 / 3)
     with pytest.raises(ValueError, match="threshold must be a probability"):
         metrics.evaluate(labels, logits, ["n", "d"], threshold=1.5)
+
+
+def test_recall_at_fixed_recall_matches_brute_force_on_tied_scores():
+    """Every threshold is read (roc_curve's drop_intermediate=False): on 300 random cases with many
+    tied scores (as bf16 logits give), the reading equals a brute-force search over thresholds."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(8, 40))
+        labels = rng.integers(0, 2, n)
+        if labels.min() == labels.max():
+            continue
+        score = rng.integers(0, 6, n).astype(float)           # few distinct values: ties
+        logits = np.stack([np.zeros(n), score], 1)
+        fixed = float(rng.choice([0.5, 0.8, 0.9, 0.95]))
+        got = metrics.recall_at_fixed_recall(labels, logits, fixed)["target_recall"]
+        best = 0.0
+        for t in np.concatenate([np.unique(score), [np.inf]]):
+            pred = score >= t
+            if np.mean(~pred[labels == 0]) >= fixed - 1e-12:
+                best = max(best, float(np.mean(pred[labels == 1])))
+        assert got == pytest.approx(best), (labels, score, fixed)
