@@ -193,13 +193,13 @@ def test_recall_at_fixed_recall_matches_brute_force_on_tied_scores():
     tied scores (as bf16 logits give), the reading equals a brute-force search over thresholds."""
     rng = np.random.default_rng(0)
     for _ in range(300):
-        n = int(rng.integers(8, 40))
+        n = int(rng.integers(8, 60))
         labels = rng.integers(0, 2, n)
         if labels.min() == labels.max():
             continue
-        score = rng.integers(0, 6, n).astype(float)           # few distinct values: ties
+        score = np.round(rng.normal(labels, 1.0) * 2) / 2    # scores on a coarse grid: ties
         logits = np.stack([np.zeros(n), score], 1)
-        fixed = float(rng.choice([0.5, 0.8, 0.9, 0.95]))
+        fixed = float(rng.uniform(0.5, 1.0))
         got = metrics.recall_at_fixed_recall(labels, logits, fixed)["target_recall"]
         best = 0.0
         for t in np.concatenate([np.unique(score), [np.inf]]):
