@@ -113,7 +113,7 @@ def prepare_step(step: str, policy: str | None = None, profile: str = "auto", se
                  results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
                  backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
                  class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
-                 progress: bool | None = None) -> PreparedStep:
+                 progress: bool | None = None, head_c: float | None = None) -> PreparedStep:
     """Resolve a step's profile, load and split the data, expand the training part by the step's
     policy, and name its checkpoint folder (the paper profile checkpoints; a rerun resumes)."""
     spec = STEPS.get(step, {})
@@ -123,7 +123,7 @@ def prepare_step(step: str, policy: str | None = None, profile: str = "auto", se
     pol = augment.get_policy(policy)
     resolved = profiles.resolve(profile, backbone=backbone, input_size=input_size, epochs=epochs,
                                 class_weight=class_weight or spec.get("class_weight"), device=device,
-                                limit_per_class=limit_per_class)
+                                limit_per_class=limit_per_class, head_cs=None if head_c is None else (head_c,))
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
     expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
@@ -152,14 +152,15 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
              backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
              class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
              progress: bool | None = None, analyse: bool = True,
-             views: Sequence[str] = ("vflip", "blur")) -> dict:
+             views: Sequence[str] = ("vflip", "blur"), head_c: float | None = None) -> dict:
     """Run one study step and write its record; returns the record (``_path`` = where it is).
 
-    ``views``: test-time views whose logits the record keeps (for TTA in 05).
+    ``views``: test-time views whose logits the record keeps (for TTA in 05). ``head_c`` (probe):
+    use this regularisation strength instead of choosing one by cross-validation.
     """
     t0 = time.perf_counter()
     prep = prepare_step(step, policy, profile, seed, split_seed, results_dir, source, labels, backbone, input_size,
-                        epochs, class_weight, limit_per_class, device, progress)
+                        epochs, class_weight, limit_per_class, device, progress, head_c)
     spec, pol, resolved, out_dir = prep.spec, prep.policy, prep.resolved, prep.out_dir
     train_part, val, expanded = prep.train_part, prep.val, prep.expanded
     record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
@@ -354,8 +355,19 @@ class Settings:
         return [(step, {**kw, "seed": s, "split_seed": j}) for j in self.split_seeds for s in self.seeds]
 
     def run(self, step: str, **overrides) -> list[dict]:
-        """Run ``step`` once per split and seed; returns the records."""
-        return [run_step(name, **kw) for name, kw in self.step_calls(step, **overrides)]
+        """Run ``step`` once per split and seed; returns the records.
+
+        Probe: the head's regularisation strength is chosen by cross-validation on the first seed's
+        training part of each split and reused for that split's other seeds (their notes say so):
+        the choice costs seconds, the fit with a given strength a fraction of that."""
+        records, chosen = [], {}
+        for name, kw in self.step_calls(step, **overrides):
+            c = chosen.get(kw["split_seed"])
+            record = run_step(name, **kw, **({"head_c": c} if c is not None else {}))
+            if record["mode"] == "probe" and c is None:
+                chosen[kw["split_seed"]] = record["history"][0]["C"]
+            records.append(record)
+        return records
 
     def run_controls(self) -> list[dict]:
         """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""

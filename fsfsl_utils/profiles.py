@@ -19,7 +19,7 @@ from . import models
 
 PROFILES: dict[str, dict] = {
     "cpu": {"mode": "probe", "backbone": "efficientnet_lite0", "input_size": 224, "crop_fraction": 1.0,
-            "head_epochs": 60, "limit_per_class": None, "seeds": 5},
+            "limit_per_class": None, "seeds": 5},
     "paper": {"mode": "finetune", "backbone": "resnet50", "input_size": 224, "crop_fraction": 224 / 256,
               "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 1e-4, "train_aug": "paper",
               "amp": False, "limit_per_class": None, "seeds": 5},

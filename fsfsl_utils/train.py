@@ -45,9 +45,9 @@ DEFAULTS: dict = {
     # finetune (the study's recipe)
     "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
     "amp": True, "cuda_graphs": True, "channels_last": True, "fused_adam": True, "compile": False,
-    # probe head
-    "head_epochs": 60, "head_lr": 1e-3, "head_batch_size": 128, "head_weight_decay": 1e-4,
-    "feature_batch_size": None,
+    # probe head: L2 logistic regression fitted to convergence, C by grouped cross-validation
+    "head_cs": (1e-3, 3e-3, 1e-2, 3e-2, 0.1), "head_folds": 3, "head_max_iter": 2000,
+    "head_tol": 1e-6, "feature_batch_size": None,
     # both
     "class_weight": "none",
 }
@@ -80,14 +80,16 @@ def check_config(config: dict) -> dict:
     if cfg["mode"] not in MODES:
         raise ValueError(f"unknown training mode {cfg['mode']!r}; valid: {', '.join(MODES)}")
     spec = models.get_spec(cfg["backbone"])
-    checks = {"lr": (0, 10), "head_lr": (0, 10), "epochs": (1, 10_000), "head_epochs": (1, 100_000),
-              "batch_size": (1, 65_536), "head_batch_size": (1, 1_000_000), "input_size": (16, 2048),
-              "lr_step": (1, 100_000)}
+    checks = {"lr": (0, 10), "epochs": (1, 10_000), "head_folds": (2, 100), "head_max_iter": (10, 1_000_000),
+              "head_tol": (0, 1), "batch_size": (1, 65_536), "input_size": (16, 2048), "lr_step": (1, 100_000)}
     for key, (lo, hi) in checks.items():
         value = cfg[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi \
                 or (key == "lr" and value <= 0) or (key == "head_lr" and value <= 0):
             raise ValueError(f"{key} must be a number in {'(' if 'lr' in key else '['}{lo}, {hi}], got {value!r}")
+    cs = cfg["head_cs"]
+    if not isinstance(cs, (list, tuple)) or not cs or not all(isinstance(c, (int, float)) and c > 0 for c in cs):
+        raise ValueError(f"head_cs must be a non-empty list of positive regularisation strengths, got {cs!r}")
     if cfg["input_size"] < spec.min_input_size:
         raise ValueError(f"input_size {cfg['input_size']} is too small for {cfg['backbone']}: it needs at least "
                          f"{spec.min_input_size} px")
@@ -267,7 +269,8 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequen
     x_train, x_val = feat(train), feat(val)
     x_views = {v: feat(val, v) for v in views}
     t1 = time.perf_counter()
-    head, history = train_head(x_train, train.labels, len(train.class_names), cfg, seed, progress)
+    head, history = train_head(x_train, train.labels, len(train.class_names), cfg, seed, progress,
+                               groups=train.meta["source"].to_numpy())
     with torch.no_grad():
         logits = lambda x: head(torch.from_numpy(x)).numpy().astype(np.float64)  # noqa: E731
         val_logits = logits(x_val)
@@ -276,31 +279,54 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequen
                      {"features": t1 - t0, "train": time.perf_counter() - t1})
 
 
-def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: int,
-               progress: bool | None = None) -> tuple[ProbeHead, list[dict]]:
-    """Seeded mini-batch Adam on standardised features, cross-entropy (optionally class-weighted)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: int = 0,
+               progress: bool | None = None, groups: np.ndarray | None = None) -> tuple[ProbeHead, list[dict]]:
+    """L2-regularised logistic regression on standardised features, fitted to convergence (L-BFGS,
+    scikit-learn), optionally class-weighted. The regularisation strength is chosen among
+    ``head_cs`` by cross-validated log loss on the training features alone, in folds grouped by
+    ``groups`` (each image's source, so an image and its augmented copies never straddle folds).
+    The fit is deterministic: ``seed`` only matters through the data it was given.
+    Returns the head (an nn.Module, for one prediction path) and one history row with the choice."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    del seed, progress  # a convex fit to convergence: no random start, no epochs to show
     mean, std = x.mean(0), x.std(0)
     std = np.maximum(std, 0.1 * float(std.mean()) + 1e-6)  # near-constant features must not explode
+    z = ((x - mean) / std).astype(np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    weight = "balanced" if cfg["class_weight"] == "balanced" else None
+    class_weights(y, n_classes)  # every class present, else a clear error
+    folds = min(cfg["head_folds"], int(np.bincount(y).min()), len(np.unique(groups)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if folds >= 2 and len(cfg["head_cs"]) > 1:
+            cv = list(StratifiedGroupKFold(n_splits=folds).split(z, y, groups))
+            search = LogisticRegressionCV(Cs=list(cfg["head_cs"]), cv=cv, scoring="neg_log_loss",
+                                          class_weight=weight, max_iter=cfg["head_max_iter"], tol=cfg["head_tol"])
+            search.fit(z, y)
+            c = float(np.atleast_1d(search.C_)[0])
+            scores = np.mean(next(iter(search.scores_.values())), axis=0)
+            cv_loss = {f"{cc:g}": float(-sc) for cc, sc in zip(search.Cs_, scores)}
+        else:  # one value given (e.g. chosen on another seed's training part): no search
+            c, cv_loss = float(cfg["head_cs"][0]), {}
+        model = LogisticRegression(C=c, class_weight=weight, max_iter=cfg["head_max_iter"], tol=cfg["head_tol"])
+        model.fit(z, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     head = ProbeHead(mean, std, n_classes)
-    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y, dtype=np.int64))
-    weight = torch.tensor(class_weights(y, n_classes), dtype=torch.float32) \
-        if cfg["class_weight"] == "balanced" else None
-    opt = torch.optim.Adam(head.parameters(), lr=cfg["head_lr"], weight_decay=cfg["head_weight_decay"])
-    bs, history = cfg["head_batch_size"], []
-    for epoch in progress_bar(range(cfg["head_epochs"]), desc="head", enable=progress):
-        perm = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for s in range(0, len(xt), bs):
-            idx = perm[s:s + bs]
-            loss = F.cross_entropy(head(xt[idx]), yt[idx], weight=weight)
-            _check_loss(loss, epoch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history.append({"epoch": epoch + 1, "train_loss": total / len(xt)})
+    coef, bias = np.asarray(model.coef_, np.float32), np.asarray(model.intercept_, np.float32)
+    if n_classes == 2:  # scikit-learn keeps one row for two classes: logits (-z/2, z/2) have the same softmax
+        coef, bias = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.from_numpy(coef))
+        head.linear.bias.copy_(torch.from_numpy(bias))
+    history = [{"C": c, "C_from": "cross-validation on this training part" if cv_loss else "given in head_cs",
+                "folds": folds, "cv_log_loss": cv_loss, "iterations": int(np.max(model.n_iter_)),
+                "converged": converged}]
     return head.eval(), history
 
 
@@ -664,11 +690,6 @@ class Validation:
             torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
         self.logits, self.pending = self.pending.cpu().numpy().astype(np.float64), None
         return float((self.logits.argmax(1) == self.y_val).mean())
-
-
-def _check_loss(loss: torch.Tensor, epoch: int) -> None:
-    if not torch.isfinite(loss):
-        raise _loss_error(float(loss.detach()), epoch)
 
 
 def _loss_error(value: float, epoch: int) -> TrainingError:
