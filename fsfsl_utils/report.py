@@ -1,7 +1,9 @@
 """Report: everything 05 computes from run records (never retrains).
 
-Tables per step (mean and 95% interval over seeds) beside the study's published numbers,
-paired tests between steps, test-time augmentation, fixed-operating-point readings, a
+Tables per step beside the study's published numbers (mean over seeds, with the spread over seeds
+and the validation-sampling interval side by side), paired effects between arms with verdicts on
+the study's published effects (:mod:`fsfsl_utils.stats`: one primary comparison, Holm over the
+rest), test-time augmentation on the study's balanced model, operating-point readings, a
 plain-language conclusion generated from the numbers, and ``summary.md``.
 """
 
@@ -17,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from . import metrics
+from . import stats as kit_stats
 from .experiment import STEPS, STUDY_RESULTS, STUDY_STEPS
 from .results import atomic_write, atomic_write_json
 
@@ -26,6 +29,11 @@ STUDY_COMPARISONS = (("02_flip", "01_baseline"), ("03_full_augment", "01_baselin
 CONTROL_COMPARISONS = (("04_balanced_augment", "04_balanced_duplicate"),
                        ("04_balanced_augment", "04_class_weighted"),
                        ("04_balanced_duplicate", "04_class_weighted"))
+PRIMARY = ("04_balanced_augment", "01_baseline", "recall")  # the study's headline: balanced augmentation, defects
+TTA_STEP = "04_balanced_augment"  # the study's follow-up applied TTA to its balanced model
+INTERVALS_NOTE = ("Intervals: 'seeds' = 95% t-interval of the mean over seeds (training randomness alone; zero width "
+                  "when the seeds give the same model, as the probe does on un-augmented data); 'images' = 95% Wilson "
+                  "interval for that proportion on this many validation images (the finite validation set alone).")
 
 
 def by_step(records: Sequence[dict]) -> dict[str, list[dict]]:
@@ -76,8 +84,9 @@ def scores(record: dict, view: str | None = None) -> dict[str, float]:
 
 
 def on_elpv(record: dict) -> bool:
-    """Whether the study's published numbers apply: the record was trained on ELPV (the default source)."""
-    return record.get("source", "elpv") == "elpv"
+    """Whether the study's published numbers apply: the record was trained on ELPV (the default source,
+    or a pack made from it: ``data_origin``)."""
+    return record.get("data_origin", record.get("source", "elpv")) == "elpv"
 
 
 def target_class(record: dict) -> str:
@@ -116,17 +125,33 @@ def step_table(records: Sequence[dict], view: str | None = None) -> pd.DataFrame
         per_seed = [scores(r, view) for r in recs]
         row = {"step": step, "title": recs[0].get("title", step), "seeds": len(recs),
                "train": " / ".join(str(v) for v in recs[0]["train_counts"].values())}
+        support = _supports(recs[0])
         for key in per_seed[0]:
             mean, lo, hi = mean_interval([s[key] for s in per_seed])
             row[key] = mean
             row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+            n = support.get(key)
+            ci = metrics.wilson_interval(round(mean * n), n) if n and mean == mean else None
+            row[f"{key}_img_lo"], row[f"{key}_img_hi"] = ci if ci else (None, None)
         rows.append(row)
     return pd.DataFrame(rows).set_index("step")
 
 
+def _supports(record: dict) -> dict[str, int]:
+    """Validation images behind each proportion of :func:`scores` (for the image interval)."""
+    labels = np.asarray(record["predictions"]["labels"])
+    out = {"accuracy": len(labels)}
+    for c, name in enumerate(record["class_names"]):
+        out[f"recall_{name}"] = int((labels == c).sum())
+    out["recall_target"] = out[f"recall_{target_class(record)}"]
+    out["recall_reference"] = out[f"recall_{reference_class(record)}"]
+    return out
+
+
 def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per arm: mean and 95% interval over seeds (and splits) of each score, in percent (AUROC x 100).
-    Default keys: accuracy, balanced accuracy, the recall of every class, AUROC."""
+    """Per arm: mean over seeds (and splits) of each score in percent (AUROC x 100), with the 95%
+    interval over seeds and, for proportions, the 95% interval from the validation images
+    (:data:`INTERVALS_NOTE`). Default keys: accuracy, balanced accuracy, every class's recall, AUROC."""
     keys = keys or ["accuracy", "balanced_accuracy"] + [f"recall_{c}" for c in records[0]["class_names"]] + ["auroc"]
     tab = step_table(records)
     rows = {}
@@ -136,7 +161,10 @@ def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.
             if k not in r:
                 continue
             lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
-            row[k] = f"{100 * r[k]:.1f}" + ("" if lo is None or pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
+            ilo, ihi = r.get(f"{k}_img_lo"), r.get(f"{k}_img_hi")
+            parts = [] if lo is None or pd.isna(lo) else [f"seeds {100 * lo:.1f}-{100 * hi:.1f}"]
+            parts += [] if ilo is None or pd.isna(ilo) else [f"images {100 * ilo:.1f}-{100 * ihi:.1f}"]
+            row[k] = f"{100 * r[k]:.1f}" + (f" ({'; '.join(parts)})" if parts else "")
         rows[step] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step")
 
@@ -161,57 +189,90 @@ def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("step").round(2)
 
 
-def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS) -> pd.DataFrame:
-    """Per pair (A vs B): exact McNemar per seed on the same validation images, on all images and on the
-    defective images alone, the paired differences across seeds, and a plain-language verdict."""
+def study_effect(a: str, b: str, key: str) -> float | None:
+    """The study's published difference A - B (fraction) of ``accuracy`` or ``recall`` (defective), if any."""
+    name = {"accuracy": "accuracy", "recall": "recall_defective"}[key]
+    va, vb = STUDY_RESULTS.get(a, {}).get(name), STUDY_RESULTS.get(b, {}).get(name)
+    return None if va is None or vb is None else va - vb
+
+
+def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | None:
+    """Effect A - B on ``accuracy`` (all validation images) or ``recall`` (target-class images), paired by
+    split, seed and image (:func:`fsfsl_utils.stats.paired_effect`); several splits: the
+    Nadeau-Bengio corrected t over the splits' mean differences. None when no pair exists."""
     groups = by_step(records)
-    rows = []
+    if a not in groups or b not in groups:
+        return None
+    other = {(r["split_seed"], r["seed"]): r for r in groups[b]}
+    by_split: dict[int, list[tuple[dict, dict]]] = defaultdict(list)
+    for ra in groups[a]:
+        if (k := (ra["split_seed"], ra["seed"])) in other:
+            by_split[ra["split_seed"]].append((ra, other[k]))
+    if not by_split:
+        return None
+    effects = []
+    for pairs in by_split.values():
+        ca, cb = [], []
+        for ra, rb in pairs:
+            if ra["predictions"]["names"] != rb["predictions"]["names"]:
+                raise ValueError(f"{a} and {b} were evaluated on different validation images: not a paired comparison")
+            labels, la = record_arrays(ra)
+            _, lb = record_arrays(rb)
+            keep = labels == ra["class_names"].index(target_class(ra)) if key == "recall" else slice(None)
+            ca.append(la.argmax(1)[keep] == labels[keep])
+            cb.append(lb.argmax(1)[keep] == labels[keep])
+        effects.append(kit_stats.paired_effect(np.array(ca), np.array(cb)))
+    if len(effects) == 1:
+        return {**effects[0], "splits": 1}
+    first = next(iter(by_split.values()))[0][0]
+    n_train = sum((first.get("train_counts_before_expansion") or first["train_counts"]).values())
+    out = kit_stats.corrected_resampled_t([e["estimate"] for e in effects], n_train, effects[0]["images"])
+    return {**out, "seeds": sum(e["seeds"] for e in effects), "images": effects[0]["images"]}
+
+
+def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS) -> pd.DataFrame:
+    """Per pair (A vs B): the effect on accuracy and on the target class's recall, each with its 95%
+    interval (seeds and images), the study's published effect, and the verdict of
+    :data:`fsfsl_utils.stats.VERDICT_RULE`. The primary comparison (:data:`PRIMARY`) is tested alone;
+    every other test's p-value is Holm-adjusted over the table."""
+    rows, tests = [], []
     for a, b in pairs:
-        if a not in groups or b not in groups:
-            continue
-        rb = {(r["split_seed"], r["seed"]): r for r in groups[b]}
-        matched = [(ra, rb[k]) for ra in groups[a] if (k := (ra["split_seed"], ra["seed"])) in rb]
-        if not matched:
-            continue
-        acc_p, def_p, d_acc, d_def = [], [], [], []
-        for ra, rb_ in matched:
-            la, lga = record_arrays(ra)
-            lb, lgb = record_arrays(rb_)
-            if ra["predictions"]["names"] != rb_["predictions"]["names"]:
-                raise ValueError(f"{a} and {b} were evaluated on different validation images: not a paired test")
-            acc_p.append(metrics.mcnemar(la, lga, lgb)["p_value"])
-            d = la == ra["class_names"].index(target_class(ra))
-            def_p.append(metrics.mcnemar(la[d], lga[d], lgb[d])["p_value"])
-            sa, sb = scores(ra), scores(rb_)
-            d_acc.append(sa["accuracy"] - sb["accuracy"])
-            d_def.append(sa["recall_target"] - sb["recall_target"])
-        tgt = target_class(groups[a][0])
-        rows.append({"A": a, "B": b, "pairs": len(matched),
-                     "d accuracy (pts)": 100 * float(np.mean(d_acc)),
-                     "d accuracy 95% CI over seeds": _ci_text(d_acc),
-                     "McNemar p (accuracy)": _p_summary(acc_p),
-                     f"d recall {tgt} (pts)": 100 * float(np.nanmean(d_def)),
-                     f"d recall {tgt} 95% CI over seeds": _ci_text(d_def),
-                     f"McNemar p ({tgt})": _p_summary(def_p),
-                     "verdict": verdict(a, b, d_acc, acc_p, d_def, def_p, f"{tgt} recall")})
-    return pd.DataFrame(rows)
-
-
-def verdict(a: str, b: str, d_acc: Sequence[float], p_acc: Sequence[float], d_def: Sequence[float],
-            p_def: Sequence[float], target: str = "defect recall") -> str:
-    """Plain words. A difference counts as shown when McNemar p < 0.05 in at least half of the seeds and
-    the per-seed differences all point the same way; otherwise 'no evidence of a difference'."""
-    parts = []
-    for what, d, p in (("accuracy", d_acc, p_acc), (target.replace("defective recall", "defect recall"), d_def, p_def)):
-        d = np.asarray(d, float)
-        significant = np.mean(np.asarray(p) < ALPHA) >= 0.5
-        consistent = (d > 0).all() or (d < 0).all()
-        if significant and consistent:
-            parts.append(f"{what}: {a} is {'higher' if d.mean() > 0 else 'lower'} than {b} "
-                         f"by {100 * abs(d.mean()):.1f} points")
+        row: dict = {"A": a, "B": b}
+        for key in ("accuracy", "recall"):
+            effect = paired_effects(records, a, b, key)
+            if effect is None:
+                break
+            row.update({"runs": effect["seeds"], f"{key} effect": effect,
+                        f"{key} study": study_effect(a, b, key) if on_elpv(records[0]) else None})
+            tests.append((len(rows), key, (a, b, key) == PRIMARY, effect["p_value"]))
         else:
-            parts.append(f"{what}: no evidence of a difference ({100 * d.mean():+.1f} points)")
-    return "; ".join(parts)
+            rows.append(row)
+    secondary = [t for t in tests if not t[2]]
+    adjusted = dict(zip([(i, k) for i, k, _, _ in secondary], kit_stats.holm([p for *_, p in secondary])))
+    tgt = target_class(records[0]) if records else "target"
+    out = []
+    for i, row in enumerate(rows):
+        line = {"A": row["A"], "B": row["B"],
+                "role": "primary" if (row["A"], row["B"], "recall") == PRIMARY else "secondary", "runs": row["runs"]}
+        for key, label in (("accuracy", "accuracy"), ("recall", f"{tgt} recall")):
+            e, study = row[f"{key} effect"], row[f"{key} study"]
+            primary = (row["A"], row["B"], key) == PRIMARY
+            p = e["p_value"] if primary else float(adjusted[(i, key)])
+            line[f"{label} effect (pts)"] = round(100 * e["estimate"], 1)
+            line[f"{label} 95% interval"] = f"[{100 * e['low']:+.1f}, {100 * e['high']:+.1f}]"
+            line[f"{label} study (pts)"] = None if study is None else round(100 * study, 1)
+            line[f"{label} p"] = float(f"{p:.2g}")
+            shown = p < ALPHA
+            line[f"{label} verdict"] = kit_stats.verdict(e, study) if study is not None else \
+                ("difference shown" if shown else "no difference shown")
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def verdict_rule() -> str:
+    """The decision rule, printed beside every table that uses it."""
+    return kit_stats.VERDICT_RULE + f" Primary comparison: {PRIMARY[0]} vs {PRIMARY[1]}, defect recall (its p as " \
+        "is); every other p in a table is Holm-adjusted over that table."
 
 
 def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
@@ -230,6 +291,27 @@ def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
                      "study accuracy %": _pct(study.get("accuracy")),
                      f"study recall {tgt} %": _pct(study.get("recall_defective"))})
     return pd.DataFrame(rows).set_index("view").round(2)
+
+
+def tta_all(records: Sequence[dict]) -> pd.DataFrame:
+    """Every arm with and without each test-time view (mean over seeds, percent): the secondary TTA table."""
+    rows = []
+    for step, recs in by_step(records).items():
+        views = [v for v in ("vflip", "blur") if all(v in r.get("view_logits", {}) for r in recs)]
+        tgt = target_class(recs[0])
+        row = {"step": step, "runs": len(recs)}
+        for view in (None, *views):
+            per_seed = [scores(r, view) for r in recs]
+            name = view or "none"
+            row[f"accuracy {name}"] = round(100 * float(np.mean([s["accuracy"] for s in per_seed])), 1)
+            row[f"{tgt} recall {name}"] = round(100 * float(np.mean([s["recall_target"] for s in per_seed])), 1)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("step")
+
+
+def tta_step(records: Sequence[dict]) -> str:
+    """The step TTA is read on: the study's balanced model when it ran, else the most accurate step."""
+    return TTA_STEP if TTA_STEP in by_step(records) else best_step(records)
 
 
 def best_step(records: Sequence[dict], candidates: Sequence[str] = STUDY_STEPS) -> str:
@@ -255,39 +337,52 @@ def operating_points(records: Sequence[dict], normal_recalls: Sequence[float] = 
 
 
 def conclusions(records: Sequence[dict]) -> list[str]:
-    """Sentences generated from the numbers: what the kit confirms of the study, and what it does not."""
+    """Sentences generated from the numbers, the primary comparison first: which study claims hold."""
     tab = step_table(records)
     tests = paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
-    out = []
     seeds = int(tab["seeds"].max())
-    profile = {r["profile"] for r in records}
-    out.append(f"Runs: {len(records)} records, {seeds} seed(s) per step, profile {', '.join(sorted(profile))}, "
+    profile = ", ".join(sorted({r["profile"] for r in records}))
+    ref, tgt = reference_class(records[0]), target_class(records[0])
+    elpv = on_elpv(records[0])
+    out = []
+    rec_col = f"{tgt} recall"
+    primary = tests[tests["role"] == "primary"]
+    if len(primary):
+        row = primary.iloc[0]
+        study = f" The study reported {row[rec_col + ' study (pts)']:+.1f} points." if elpv else ""
+        out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall {row[rec_col + ' effect (pts)']:+.1f} points "
+                   f"{row[rec_col + ' 95% interval']} over {int(row['runs'])} paired run(s).{study} Verdict: "
+                   f"{row[rec_col + ' verdict']}.")
+    out.append(f"Runs: {len(records)} records, up to {seeds} seed(s) per step, profile {profile}, "
                f"backbone {', '.join(sorted({r['backbone'] for r in records}))}.")
     if "01_baseline" in tab.index:
         b = tab.loc["01_baseline"]
-        ref, tgt = reference_class(records[0]), target_class(records[0])
-        elpv = on_elpv(records[0])
         study = lambda text: f" (study {text})" if elpv else ""  # noqa: E731
         out.append(f"Baseline: accuracy {100 * b['accuracy']:.1f}%{study('86.06%')}, {tgt} recall "
                    f"{100 * b['recall_target']:.1f}%{study('62.9%')}, {ref} recall "
                    f"{100 * b['recall_reference']:.1f}%{study('97.3%')}.")
-    claims = {("03_full_augment", "01_baseline"): "the study saw no gain from augmenting every class",
-              ("04_balanced_augment", "01_baseline"): "the study reported +8.4 points of defect recall from "
-                                                      "augmenting only the defective class",
-              ("04_balanced_augment", "04_balanced_duplicate"): "new images or just the new class ratio? plain "
+    claims = {("03_full_augment", "01_baseline"): "augmenting every class (the study: no gain)",
+              ("04_balanced_augment", "03_full_augment"): "augmenting only the defective class vs every class",
+              ("04_balanced_augment", "01_baseline"): "augmenting only the defective class (the study's headline)",
+              ("04_balanced_augment", "04_balanced_duplicate"): "new images, or just the new class ratio? plain "
                                                                 "copies give the same ratio",
               ("04_balanced_augment", "04_class_weighted"): "a class-weighted loss changes the ratio with no new "
                                                             "images"}
     for _, row in tests.iterrows():
         note = claims.get((row["A"], row["B"]))
         if note:
-            out.append(f"{row['A']} vs {row['B']} ({note}): {row['verdict']}.")
-    if "04_balanced_augment" in tab.index and "01_baseline" in tab.index and on_elpv(records[0]):
-        t = tests[(tests["A"] == "04_balanced_augment") & (tests["B"] == "01_baseline")]
-        if len(t):
-            confirmed = "higher" in t.iloc[0]["verdict"].split(";")[1]
-            out.append("Study claim 'balanced augmentation raises defect recall': "
-                       + ("confirmed by the kit." if confirmed else "not confirmed by the kit on these runs."))
+            out.append(f"{row['A']} vs {row['B']} ({note}): accuracy {row['accuracy effect (pts)']:+.1f} "
+                       f"{row['accuracy 95% interval']} ({row['accuracy verdict']}); {tgt} recall "
+                       f"{row[rec_col + ' effect (pts)']:+.1f} {row[rec_col + ' 95% interval']} "
+                       f"({row[rec_col + ' verdict']}).")
+    step = tta_step(records)
+    if step in tab.index and any(r.get("view_logits") for r in by_step(records)[step]):
+        tta = tta_table(records, step)
+        parts = [f"{v} {tta.loc[v, 'accuracy %']:.1f}%" for v in tta.index if v != "none"]
+        if parts:
+            study = " (study: vflip 87.74%, blur 88.12% vs 89.13% without)" if elpv and step == TTA_STEP else ""
+            out.append(f"Test-time augmentation on {step}: {', '.join(parts)} vs {tta.loc['none', 'accuracy %']:.1f}% "
+                       f"without{study}.")
     return out
 
 
@@ -296,19 +391,23 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
     """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically."""
     results_dir = Path(results_dir)
     sections = {"Kit vs study": study_comparison(records),
-                "Every arm: mean [95% interval over seeds], percent": arm_table(records),
-                "Paired tests (study's comparisons and controls)":
+                "Every arm: mean over seeds, percent (intervals: seeds; images)": arm_table(records),
+                "Paired effects (study's comparisons and controls)":
                     paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
-                "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)": operating_points(records)}
+                "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
+                    operating_points(records)}
     sections.update(extra or {})
-    lines = ["# fsfsl run summary", "", f"Results folder: `{results_dir}`", ""]
+    notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
+             "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule()}
+    lines = ["# fsfsl run summary", "", f"Results folder: `{results_dir}`", "", "## Conclusions", ""]
+    lines += [f"- {c}" for c in conclusions(records)] + [""]
     for title, frame in sections.items():
-        lines += [f"## {title}", "", _markdown(frame), ""]
-    lines += ["## Conclusions", ""] + [f"- {c}" for c in conclusions(records)] + [""]
+        lines += [f"## {title}", ""] + ([notes[title], ""] if title in notes else []) + [_markdown(frame), ""]
     text = "\n".join(lines)
     path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
     tables = {k: _records(v) for k, v in sections.items()}
-    atomic_write_json(results_dir / "summary.json", tables | {"conclusions": conclusions(records)})
+    atomic_write_json(results_dir / "summary.json", tables | {"conclusions": conclusions(records),
+                                                          "decision_rule": verdict_rule(), "intervals": INTERVALS_NOTE})
     return path
 
 

@@ -151,12 +151,37 @@ def test_significance_summary_no_evidence_vs_clear_difference():
         recs.append(crafted_record("04_class_weighted", seed, noisy, labels))
     tests = report.paired_tests(recs, report.CONTROL_COMPARISONS).set_index("B")
     same = tests.loc["04_balanced_duplicate"]
-    assert same["verdict"].count("no evidence of a difference") == 2
+    assert same["accuracy verdict"] == same["defective recall verdict"] == "no difference shown"
     diff = tests.loc["04_class_weighted"].iloc[0]
-    assert "is higher than 04_class_weighted by 60.0 points" in diff["verdict"]
-    assert "is higher than 04_class_weighted by 30.0 points" in diff["verdict"]   # accuracy: 60 of 200
+    assert diff["defective recall effect (pts)"] == 60.0 and diff["accuracy effect (pts)"] == 30.0  # 60 of 200
+    assert diff["defective recall verdict"] == "difference shown" and diff["role"] == "secondary"
     table = report.arm_table(recs)
-    assert table.loc["04_class_weighted", "recall_defective"].startswith("40.0")
+    assert table.loc["04_class_weighted", "recall_defective"].startswith("40.0 (seeds 40.0-40.0; images 30.9-49.8")
+
+
+def test_primary_comparison_is_judged_against_the_study():
+    """04 vs 01 on defect recall is the primary comparison (no Holm); its verdict compares the interval
+    with the study's +8.4 points: an effect of about +8 with a tight interval is 'consistent'."""
+    from fsfsl_utils import report
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 300 + [1] * 300)
+    base = np.stack([1 - labels, labels], 1).astype(float)
+    recs = []
+    for seed in range(4):
+        b = base.copy()
+        b[300:510] = [[1.0, 0.0]]                 # baseline misses 210 of 300 defects
+        a = b.copy()
+        a[300 + 25 + seed:300 + 25 + seed + 25] = [[0.0, 1.0]]   # the balanced arm finds 25 more (+8.3 points)
+        recs += [crafted_record("01_baseline", seed, b + rng.normal(0, 1e-3, b.shape), labels),
+                 crafted_record("04_balanced_augment", seed, a + rng.normal(0, 1e-3, a.shape), labels)]
+    row = report.paired_tests(recs, [("04_balanced_augment", "01_baseline")]).iloc[0]
+    assert row["role"] == "primary" and row["defective recall study (pts)"] == 8.4
+    assert row["defective recall effect (pts)"] == pytest.approx(8.3, abs=0.05)
+    assert row["defective recall verdict"] == "consistent with the study"
+    assert row["accuracy effect (pts)"] == pytest.approx(4.2, abs=0.05)   # 25 of 600 images
+    assert row["accuracy verdict"] == "consistent with the study"          # the study's +3.07 lies inside
+    assert "Primary comparison: 04_balanced_augment vs 01_baseline" in report.verdict_rule()
 
 
 def test_paired_tests_pair_within_splits():
@@ -167,7 +192,7 @@ def test_paired_tests_pair_within_splits():
     recs = [crafted_record("02_flip", 0, a, labels, split_seed=s) for s in (0, 1)]
     recs += [crafted_record("01_baseline", 0, a, labels, split_seed=1)]
     tests = report.paired_tests(recs, [("02_flip", "01_baseline")])
-    assert int(tests.iloc[0]["pairs"]) == 1     # only split 1 has both arms
+    assert int(tests.iloc[0]["runs"]) == 1     # only split 1 has both arms
 
 
 def test_threshold_choice_hand_worked():

@@ -168,3 +168,22 @@ def test_precomputed_feature_values_are_used():
     with pytest.raises(ValueError, match="one value per image"):
         sens.analyse(pred_list=np.eye(2)[[0] * 10], label_list=[0] * 10, name_list=names, features=["brightness"],
                      feature_values={"brightness": np.arange(3.0)})
+
+
+@pytest.mark.parametrize("profile, size", [("cpu", 96), ("smoke", 80), ("paper", 48)])
+def test_sweep_at_no_change_reproduces_the_record(profile, size, tmp_path, cache_dir):
+    """One prediction path: the model a step trained, asked again through the sweep's predictor at
+    brightness x1.0, gives the record's own logits (probe and fine-tune, a non-default input size,
+    the fine-tune profile's center crop included)."""
+    from fsfsl_utils import experiment
+
+    record = experiment.run_step("01_baseline", profile=profile, input_size=size, limit_per_class=12, epochs=1,
+                                 backbone="efficientnet_lite0", results_dir=tmp_path, progress=False, analyse=False,
+                                 views=())
+    assert record["config"]["input_size"] == size
+    val = experiment.validation_split(record)
+    logits = np.asarray(record["predictions"]["logits"])
+    np.testing.assert_allclose(experiment.predictor(record)(val.images), logits, atol=2e-4)
+    sweep = experiment.sweeps(record, val, n_images=len(val), levels={"brightness": (1.0,)})["brightness"]
+    labels = np.asarray(record["predictions"]["labels"])
+    assert sweep["rows"][0]["accuracy"] == pytest.approx((logits.argmax(1) == labels).mean())
