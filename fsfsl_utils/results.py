@@ -40,7 +40,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     infers the format from the name must be told it), then rename it to ``path``: readers never
     see half a file, two writers never share a temp file, a failed write leaves the old file as it
     was and no temp file. The file gets the permissions ``open()`` would give (0666 less the umask)."""
-    path = Path(path)
+    return _publish(Path(path), write, None)
+
+
+def atomic_write_new(path: str | os.PathLike, write: Callable[[Path], object],
+                     next_free: Callable[[Path], Path]) -> Path:
+    """Like :func:`atomic_write`, but never replaces a file: the finished temp file is hard-linked to
+    ``path``, an atomic claim that fails if any writer got there first; then ``next_free(path)`` is
+    tried, and so on. Returns the path written. Two processes saving at once keep both files."""
+    return _publish(Path(path), write, next_free)
+
+
+def _publish(path: Path, write: Callable[[Path], object], next_free: Callable[[Path], Path] | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # ".<name>.<random>.tmp": hidden, and no glob of the real files' suffix ("*.json") can match it
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -49,20 +60,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
+        if next_free is None:
+            os.replace(tmp, path)
+            return path
+        while True:
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                path = next_free(path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically (:func:`atomic_write`)."""
+    return atomic_write(path, _json_writer(obj))
+
+
+def _json_writer(obj: Any) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=1, allow_nan=False, default=_jsonable)
-
-    return atomic_write(path, write)
+    return write
 
 
 def validate_record(record: dict) -> None:
@@ -119,12 +139,12 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "results folder") -
 def save_record(record: dict, results_dir: str | os.PathLike, path: Path | None = None) -> Path:
     """Validate and write a record atomically under ``results_dir/records``; returns its path.
 
-    ``path`` (from :func:`record_path`) is used unless a file appeared there meanwhile."""
+    ``path`` (from :func:`record_path`) is used unless a file is there by then: the name is claimed
+    atomically (:func:`atomic_write_new`), so concurrent saves never overwrite one another."""
     validate_record(record)
     results_dir = ensure_writable_dir(results_dir)
-    if path is None or Path(path).exists():
-        path = record_path(results_dir, record["step"], record["seed"], record["split_seed"])
-    return atomic_write_json(path, record)
+    fresh = lambda _taken: record_path(results_dir, record["step"], record["seed"], record["split_seed"])  # noqa: E731
+    return atomic_write_new(path if path is not None else fresh(None), _json_writer(record), fresh)
 
 
 def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,

@@ -355,8 +355,12 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     run_config = {**cfg, "seed": seed, "n_train": len(train), "n_val": len(val)}
     notes = []
-    if ckpt and (ckpt / "last.pt").exists():
-        state = torch.load(ckpt / "last.pt", map_location=dev, weights_only=True)
+    state = load_checkpoint(ckpt / "last.pt", dev, notes) if ckpt and (ckpt / "last.pt").exists() else None
+    best_saved = load_checkpoint(ckpt / "best.pt", "cpu", notes) if state is not None else None
+    if state is not None and best_saved is None:
+        notes.append(f"warning: {ckpt / 'best.pt'} is missing or damaged: training {ckpt.name} again from epoch 0")
+        state = None
+    if state is not None:
         if state["config"] != run_config:
             diff = sorted(k for k in set(run_config) | set(state["config"])
                           if run_config.get(k) != state["config"].get(k))
@@ -368,7 +372,7 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
         for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
             group["lr"] = lr
         start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
-        best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
+        best_state = best_saved
         notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
     step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed, compiled=bool(cfg["compile"]))
     writer = CheckpointWriter()
@@ -439,6 +443,33 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
                  "so optimistic; the last epoch's metrics are recorded beside them")
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
                      {"train": train_seconds}, notes, last_logits)
+
+
+def load_checkpoint(path: Path, device: torch.device | str, notes: list[str]) -> dict | None:
+    """A checkpoint as tensors and plain data only (``weights_only=True``: loading runs no code).
+
+    A file that asks to build other objects (a crafted pickle) is refused with TrainingError; a
+    missing, empty, truncated or garbled one gives None and a warning in ``notes`` (the training
+    then starts again), the way the feature cache repairs itself."""
+    import pickle
+    import warnings
+
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err):  # torch names the global it blocked
+            raise TrainingError(f"checkpoint {path} asks to build Python objects, not just tensors and plain data: "
+                                "refused (loading it could run code). Delete it if you trust nothing in it, and "
+                                "the training starts again") from None
+        reason = f"{type(err).__name__}"
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError) as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'empty file'}"
+    message = f"warning: checkpoint {path} is damaged ({reason}): not used"
+    warnings.warn(message, stacklevel=2)
+    notes.append(message)
+    return None
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bool,

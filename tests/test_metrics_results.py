@@ -232,3 +232,28 @@ def test_recall_at_fixed_recall_matches_brute_force_on_tied_scores():
             if np.mean(~pred[labels == 0]) >= fixed - 1e-12:
                 best = max(best, float(np.mean(pred[labels == 1])))
         assert got == pytest.approx(best), (labels, score, fixed)
+
+
+def _save_many(folder: str, n: int) -> None:
+    record = {"schema": 1, "step": "01_baseline", "policy": "none", "seed": 0, "split_seed": 0, "created": "x",
+              "profile": "smoke", "mode": "probe", "backbone": "b", "device": "cpu", "config": {}, "versions": {},
+              "class_names": ["a", "b"], "train_counts": {}, "val_counts": {}, "wall_seconds": 0.0,
+              "metrics": {k: 0 for k in results.METRIC_KEYS}, "predictions": {"names": ["i"], "labels": [0],
+                                                                              "logits": [[0.0, 1.0]]}}
+    for _ in range(n):
+        results.save_record(record, folder)
+
+
+def test_concurrent_saves_never_overwrite(tmp_path):
+    """Two processes saving the same step and seed 200 times each into one folder keep 400 files."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), 200)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    files = list((tmp_path / "records").glob("*.json"))
+    assert len(files) == 400 and not list((tmp_path / "records").glob(".*.tmp"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -351,3 +353,45 @@ def test_fit_many_gives_each_training_what_fit_gives_alone(tiny, tmp_path):
         assert torch.equal(a, last["together"]["model"][k]), k
     with pytest.raises(ValueError, match="job 0: unknown fit argument"):
         train.fit_many([{"train": tr, "val": va, "epochs": 3}])
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a crafted checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tiny, tmp_path):
+    tr, va = tiny
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "config": _Payload(marker)}, ckpt / "last.pt")
+    torch.save({}, ckpt / "best.pt")
+    with pytest.raises(train.TrainingError, match=r"last.pt asks to build Python objects.*refused"):
+        train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=ckpt, progress=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "best missing"])
+def test_damaged_checkpoint_is_named_and_training_starts_again(tiny, tmp_path, damage):
+    tr, va = tiny
+    clean = train.fit(tr, va, TINY, seed=0, views=(), progress=False)
+    ckpt = tmp_path / "ck"
+    train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=ckpt, progress=False)
+    raw = (ckpt / "last.pt").read_bytes()
+    if damage == "best missing":
+        (ckpt / "best.pt").unlink()
+    else:
+        (ckpt / "last.pt").write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"x" * 100}[damage])
+    with pytest.warns(UserWarning, match="last.pt is damaged") if damage != "best missing" else \
+            contextlib.nullcontext():
+        again = train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=ckpt, progress=False)
+    assert any(str(ckpt) in n and ("damaged" in n or "missing" in n) for n in again.notes), again.notes
+    assert not any("resumed from" in n for n in again.notes)
+    np.testing.assert_array_equal(again.val_logits, clean.val_logits)   # retrained: the same run
