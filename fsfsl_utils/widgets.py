@@ -14,6 +14,7 @@ a live notebook, or a static figure in batch runs (papermill has no frontend to 
 
 from __future__ import annotations
 
+import html
 import io
 from collections.abc import Sequence
 
@@ -110,7 +111,7 @@ def _images_of(images: dict[str, np.ndarray] | Dataset) -> dict[str, np.ndarray]
 
 def _tile(image: np.ndarray, caption: str, width: int = 110) -> w.VBox:
     return w.VBox([w.Image(value=png(image), format="png", width=width),
-                   w.HTML(f"<div style='font-size:10px;line-height:1.1'>{caption}</div>")],
+                   w.HTML(f"<div style='font-size:10px;line-height:1.1'>{html.escape(caption)}</div>")],
                   layout=w.Layout(width=f"{width + 8}px"))
 
 
@@ -160,8 +161,9 @@ class SensitivityExplorer:
     def _refresh_gallery(self, change: dict | None = None) -> None:
         self.items = gallery_items(self.current, self.feature.value, self.bin.value, self.cls.value)
         wrong = sum(not d["correct"] for d in self.items)
-        self.caption.value = (f"<b>{self.cls.value}</b> images in the {self.feature.value} bin "
-                              f"<b>{self.bin.value}</b>: {len(self.items)} ({wrong} wrong); first {GALLERY_SIZE}:")
+        self.caption.value = (f"<b>{html.escape(str(self.cls.value))}</b> images in the "
+                              f"{html.escape(str(self.feature.value))} bin <b>{html.escape(str(self.bin.value))}</b>: "
+                              f"{len(self.items)} ({wrong} wrong); first {GALLERY_SIZE}:")
         self.gallery.children = [
             _tile(self.images[d["name"]], f"{'✗' if not d['correct'] else '✓'} {d['name']}<br>true {d['label']}, "
                   f"pred {d['predicted']} {d['score']:.2f}") for d in self.items[:GALLERY_SIZE]]
@@ -198,7 +200,7 @@ class AugmentationPreviewer:
         self.grid = w.VBox()
         self.table = w.HTML()
         self.counts = policy_counts(train.counts(), policies)
-        self.table.value = "<b>images per class after expansion</b>" + self.counts.to_html()
+        self.table.value = "<b>images per class after expansion</b>" + self.counts.to_html(escape=True)
         self.brightness.observe(self._refresh, names="value")
         self.clarity.observe(self._refresh, names="value")
         self.widget = w.VBox([w.HBox([self.brightness, self.clarity]), self.grid, self.table])
@@ -260,7 +262,7 @@ class RunComparison:
         _, lb = report.record_arrays(rb)
         self.test = metrics.mcnemar(labels, la, lb)
         self.diff = disagreements(ra, rb)
-        self.table_html.value = self.table.to_html()
+        self.table_html.value = self.table.to_html(escape=True)
         verdict = "a difference" if self.test["p_value"] < 0.05 else "no evidence of a difference"
         self.test_html.value = (f"exact McNemar: A only right on {self.test['a_only']}, B only on "
                                 f"{self.test['b_only']} images, p = {self.test['p_value']:.3g} ({verdict})")

@@ -76,3 +76,11 @@ def test_run_comparison(smoke_records):
     cmp.a.value = widgets.label(records[0])        # same record on both sides: nothing differs
     assert cmp.diff == {"a_only": [], "b_only": []} and cmp.test["p_value"] == 1.0
     assert "no evidence" in cmp.test_html.value
+
+
+def test_names_placed_in_html_are_escaped():
+    """A file named like markup shows as text: no tag reaches the widget's HTML."""
+    crafted = "<img src=x onerror=alert(1)>.png"
+    tile = widgets._tile(np.zeros((8, 8), np.uint8), crafted)
+    value = tile.children[1].value
+    assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;.png" in value
