@@ -249,9 +249,21 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"export target {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"export target {out} is not empty; choose an empty folder or pass --force")
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents \
+            or resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
+        raise DataError(f"export target {out} is the current folder, one of its parents, the home folder or the "
+                        "root: choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"export target {out} is not empty; choose an empty folder or pass --force")
+        if not (out / "manifest.csv").is_file():
+            raise DataError(f"export target {out} is not empty and holds no earlier export (no manifest.csv): "
+                            "--force replaces only an earlier export; choose another folder")
     train, val = datasets if datasets is not None else study_split(seed=seed, labels=labels)
+    for name in train.class_names:
+        if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+            raise DataError(f"class name {name!r} cannot be a folder name inside {out}: use a plain name")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -259,7 +271,7 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
         for part, ds in (("train", train), ("val", val)):
             for i, row in ds.meta.iterrows():
                 cname = ds.class_names[int(row["label"])]
-                stem = Path(row["name"]).stem.replace("/", "_")
+                stem = Path(str(row["name"]).replace("\\", "/")).stem.lstrip(".") or f"image{i}"
                 rel = Path(part) / cname / f"{stem}.png"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(ds.images[i]).save(tmp / rel, compress_level=1)  # lossless; fast

@@ -176,3 +176,24 @@ def test_pack_is_lossless_portable_and_refuses_damage(tmp_path):
 def test_pack_command_line(tmp_path, capsys):
     assert data.main(["pack", str(tmp_path / "x.zip")]) == 2
     assert ".fsfslpack" in capsys.readouterr().err
+
+
+def test_export_never_writes_outside_or_deletes_what_it_did_not_write(tmp_path, small, monkeypatch):
+    train, val = small
+    evil = [data.Dataset(ds.images, ds.meta, ["../../escaped", "defective"]) for ds in (train, val)]
+    with pytest.raises(data.DataError, match="class name '../../escaped'"):
+        data.export(tmp_path / "a" / "b", datasets=evil)
+    assert not (tmp_path / "escaped").exists()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("precious")
+    with pytest.raises(data.DataError, match="holds no earlier export"):
+        data.export(keep, datasets=small, force=True)
+    assert (keep / "thesis.txt").read_text() == "precious"
+    monkeypatch.chdir(keep)
+    with pytest.raises(data.DataError, match="current folder"):
+        data.export(".", datasets=small, force=True)
+    with pytest.raises(data.DataError, match="current folder"):
+        data.export("..", datasets=small, force=True)
+    out = data.export(tmp_path / "tree", datasets=small)
+    assert data.export(out, datasets=small, force=True) == out      # an earlier export may be replaced
