@@ -176,7 +176,8 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
     for split_name, folder in groups:
         for c, cname in enumerate(class_names):
             cdir = folder / cname
-            found = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if cdir.is_dir() else []
+            found = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.name.startswith(".")) if cdir.is_dir() else []  # skips macOS ._x.png
             if not found:
                 raise DataError(f"class folder {cdir} has no images ({', '.join(IMAGE_SUFFIXES)})")
             files += found
@@ -185,7 +186,7 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
     pil = [_open_image(f) for f in files]
     if mode == "auto":
         mode = "L" if all(im.mode in ("L", "1", "I", "I;16", "F") for im in pil) else "RGB"
-    images = np.stack([np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR)) for im in pil])
+    images = np.stack([np.asarray(to_8bit(im).convert(mode).resize((size, size), Image.BILINEAR)) for im in pil])
     names = [str(f.relative_to(root)).replace(os.sep, "/") for f in files]
     return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
 
@@ -425,7 +426,29 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def _read_gray(path: Path) -> np.ndarray:
-    return np.asarray(_open_image(path).convert("L"))
+    return np.asarray(to_8bit(_open_image(path)).convert("L"))
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """An 8-bit image from any Pillow mode, scaled instead of clipped (electroluminescence cameras often
+    write 12- or 16-bit files, which a plain ``convert("L")`` clips to almost all white).
+
+    Integer images with more than 8 bits (``I;16``, ``I``) are divided by the largest value of the
+    smallest bit depth that holds their maximum (10, 12, 14, 16 or 32 bits), so a 12-bit image in a
+    16-bit file keeps its full range and images of one camera keep their relative brightness.
+    Float images (``F``) with values in [0, 1] are multiplied by 255; other float ranges are
+    stretched from their minimum to their maximum. 8-bit modes pass unchanged."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    x = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        x = x * 255 if lo >= 0 and hi <= 1 else (x - lo) / ((hi - lo) or 1) * 255
+    else:
+        top = float(x.max(initial=0))
+        bits = next((b for b in (8, 10, 12, 14, 16, 32) if top < 2 ** b), 32)
+        x = np.clip(x, 0, None) / (2 ** bits - 1) * 255
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(x)), 0, 255).astype(np.uint8), "L")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -197,3 +197,20 @@ def test_export_never_writes_outside_or_deletes_what_it_did_not_write(tmp_path, 
         data.export("..", datasets=small, force=True)
     out = data.export(tmp_path / "tree", datasets=small)
     assert data.export(out, datasets=small, force=True) == out      # an earlier export may be replaced
+
+
+def test_high_bit_depth_and_float_images_are_scaled_not_clipped(tmp_path):
+    """16-bit PNG, 12-bit data in a 16-bit TIFF and a float TIFF load as full-range 8-bit ramps
+    (a plain convert("L") made them almost all white or all black); macOS ._ files are skipped."""
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
+    for cname, (array, suffix) in {"a16": ((ramp * 65535).astype(np.uint16), ".png"),
+                                   "b12": ((ramp * 4095).astype(np.uint16), ".tif"),
+                                   "cfloat": (ramp.astype(np.float32), ".tif")}.items():
+        (tmp_path / cname).mkdir()
+        Image.fromarray(array).save(tmp_path / cname / f"x{suffix}")
+        (tmp_path / cname / f"._x{suffix}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds = data.load_imagefolder(tmp_path, size=64)
+    assert len(ds) == 3 and ds.images.ndim == 3
+    for im, name in zip(ds.images, ds.names):
+        assert im[:, 0].max() <= 3 and im[:, -1].min() >= 250, name      # black to white, left to right
+        assert 0.45 < im.mean() / 255 < 0.55, name
