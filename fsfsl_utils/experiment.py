@@ -234,6 +234,14 @@ def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
     if "01_baseline" not in present:
         raise FileNotFoundError(f"no 01_baseline record in {folder}: run 01-04 with RESULTS_DIR={str(folder)!r} "
                                 "before 05")
+    data_of = lambda r: (r.get("data_origin", r.get("source", "elpv")), r.get("labels", "study"))  # noqa: E731
+    main = data_of(max((r for r in found if r["step"] == "01_baseline"), key=lambda r: r["created"]))
+    others = sorted({data_of(r) for r in found} - {main})
+    if others:
+        left = [r for r in found if data_of(r) != main]
+        print(f"note: {len(left)} record(s) in {folder} come from other data ({'; '.join(map(str, others))}) and are "
+              f"left out: this analysis covers {main[0]} ({main[1]} labels) only")
+        found = [r for r in found if data_of(r) == main]
     missing = [s for s in STUDY_STEPS if s not in present]
     if missing:
         print(f"note: steps without records in {folder}: {', '.join(missing)}")

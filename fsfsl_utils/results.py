@@ -151,15 +151,25 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
                  latest_only: bool = True) -> list[dict]:
     """Records under ``results_dir/records`` (newest per step and seed), each with its ``_path``.
 
-    Raises FileNotFoundError when there are none (for example 05 run before 01-04).
+    A file that is not valid JSON or not a run record is skipped with a warning naming it (the
+    other records still load). Raises FileNotFoundError when there are none (for example 05 run
+    before 01-04).
     """
+    import warnings
+
     folder = Path(results_dir) / "records"
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     records = []
     for f in files:
-        with open(f) as fh:
-            rec = json.load(fh)
-        validate_record(rec)
+        try:
+            with open(f) as fh:
+                rec = json.load(fh)
+            if not isinstance(rec, dict):
+                raise RecordError(f"a record is a JSON object, got {type(rec).__name__}")
+            validate_record(rec)
+        except (OSError, ValueError) as err:  # JSONDecodeError and RecordError are ValueErrors
+            warnings.warn(f"skipped {f}: not a readable run record ({type(err).__name__}: {err})", stacklevel=2)
+            continue
         rec["_path"] = str(f)
         records.append(rec)
     if steps is not None:

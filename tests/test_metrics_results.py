@@ -257,3 +257,24 @@ def test_concurrent_saves_never_overwrite(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     files = list((tmp_path / "records").glob("*.json"))
     assert len(files) == 400 and not list((tmp_path / "records").glob(".*.tmp"))
+
+
+def test_damaged_records_are_named_and_skipped(tmp_path):
+    _save_many(str(tmp_path), 1)
+    (tmp_path / "records" / "02_flip-seed0.json").write_text('{"step": "02_flip", "seed": ')
+    (tmp_path / "records" / "03_full_augment-seed0.json").write_text('{"step": "03_full_augment"}')
+    with pytest.warns(UserWarning, match=r"skipped .*02_flip-seed0.json: not a readable run record"):
+        found = results.load_records(tmp_path)
+    assert [r["step"] for r in found] == ["01_baseline"]
+
+
+def test_records_of_other_data_are_left_out_of_the_study_analysis(tmp_path, capsys):
+    from fsfsl_utils import experiment
+
+    _save_many(str(tmp_path), 1)                               # 01_baseline on ELPV
+    mine = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
+    mine.update(step="02_flip", source="/data/mine", data_origin="/data/mine")
+    results.save_record(mine, tmp_path)
+    found = experiment.load_records_for_analysis(tmp_path)
+    assert [r["step"] for r in found] == ["01_baseline"]
+    assert "come from other data" in capsys.readouterr().out
