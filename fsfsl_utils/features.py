@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +81,22 @@ def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int 
     starts = range(0, len(todo), bs)
     bar = progress_bar(starts, desc=f"features[{backbone}@{size}]", enable=progress,
                        total=len(starts), unit="batch")
+    writable = use_cache
     with torch.inference_mode():
         for s in bar:
             idx = todo[s:s + bs]
             x = models.preprocess(torch.from_numpy(images[idx]).to(dev), backbone, size, crop_fraction)
             feats = net(x).float().cpu().numpy()
             out[idx] = feats
-            if use_cache:
-                for i, vec in zip(idx, feats):
+            for i, vec in zip(idx, feats):
+                if not writable:
+                    break
+                try:
                     _write_entry(folder / keys[i][:2] / f"{keys[i]}.npy", vec)
+                except OSError as err:  # read-only, a file where a folder should be, an entry that is a folder
+                    writable = False
+                    warnings.warn(f"the feature cache {folder} cannot be written ({type(err).__name__}: {err}); "
+                                  "going on without it (set FSFSL_CACHE to a writable folder)", stacklevel=2)
     return out
 
 

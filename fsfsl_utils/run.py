@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "each, each result as if alone); the notebooks then resume from the checkpoints "
                              "(default: on for the paper profile on CUDA)")
     args = parser.parse_args(argv)
+    if os.environ.get("FSFSL_CACHE"):  # relative to where the job started, not to each kernel's folder
+        os.environ["FSFSL_CACHE"] = str(Path(os.environ["FSFSL_CACHE"]).expanduser().resolve())
     try:
         steps = plan(args)
         out = ensure_writable_dir(Path(args.out).expanduser().resolve(), "runs folder")

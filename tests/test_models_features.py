@@ -173,3 +173,21 @@ def test_random_resized_crop_areas_follow_torchvision():
                                                  for _ in range(n))], float)
     assert ks_2samp(ours, theirs).pvalue > 0.01
     assert abs(np.mean(ours > 0.75 * 300 * 300) - np.mean(theirs > 0.75 * 300 * 300)) < 0.02
+
+
+@pytest.mark.parametrize("damage", ["file in place of the folder", "entry is a folder"])
+def test_unwritable_feature_cache_warns_once_and_goes_on(small, tmp_path, monkeypatch, damage):
+    imgs = small[0].images[:4]
+    expected = features.extract(imgs, size=48, use_cache=False, progress=False)
+    monkeypatch.setenv("FSFSL_CACHE", str(tmp_path / "cache"))
+    folder = features.cache_dir_for("efficientnet_lite0", 48, 1.0, models.resolve_weights("efficientnet_lite0"))
+    if damage == "file in place of the folder":
+        folder.parent.mkdir(parents=True)
+        folder.write_text("not a folder")
+    else:
+        for key in features.image_keys(imgs):
+            (folder / key[:2] / f"{key}.npy").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="cannot be written") as caught:
+        got = features.extract(imgs, size=48, progress=False)
+    assert len([w for w in caught if "cannot be written" in str(w.message)]) == 1
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
