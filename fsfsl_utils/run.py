@@ -97,7 +97,40 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if stray:
         raise ValueError(f"unknown notebook parameter(s) {stray}; "
                          f"the notebooks declare: {', '.join(sorted(everywhere))}")
-    return [(n, {k: v for k, v in {**given, **extra}.items() if k in declared[n]}) for n in names]
+    merged = {**given, **extra}
+    for name, value in merged.items():
+        spec = next((d[name] for d in declared.values() if name in d), None)
+        if spec is not None:
+            check_parameter(name, value, spec["inferred_type_name"])
+    check_training_settings(merged)
+    return [(n, {k: v for k, v in merged.items() if k in declared[n]}) for n in names]
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "EPOCHS": (0, 10_000), "INPUT_SIZE": (0, 2048),
+          "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED), "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
+
+
+def check_parameter(name: str, value: object, type_name: str) -> None:
+    """A notebook parameter has the type its cell declares and lies in its range; ValueError names it."""
+    types = {"int": int, "str": str, "bool": bool, "float": (int, float)}
+    want = types.get(type_name)
+    if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+        raise ValueError(f"parameter {name} must be {type_name}, got {value!r}")
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        if not lo <= value <= hi:
+            raise ValueError(f"parameter {name} must lie in [{lo}, {hi}], got {value!r}")
+
+
+def check_training_settings(params: dict) -> None:
+    """The training config the notebooks will resolve, checked now (an input size too small for the
+    backbone fails here, not deep inside a kernel)."""
+    from . import train
+
+    resolved = profiles.resolve(str(params.get("PROFILE", "auto")), backbone=params.get("BACKBONE") or None,
+                                input_size=params.get("INPUT_SIZE") or None, epochs=params.get("EPOCHS") or None)
+    train.check_config(resolved["config"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

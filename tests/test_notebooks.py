@@ -167,3 +167,18 @@ def test_own_imagefolder_through_the_main_job(tmp_path):
     assert recs["04_balanced_augment"]["train_counts"] == {"crack": 28, "ok": 16}   # minority x4, majority x2
     assert recs["04_balanced_duplicate"]["train_counts"] == {"crack": 28, "ok": 16}
     assert (run_dir / "summary.md").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "SEEDS=abc"], "parameter SEEDS must be int, got 'abc'"),
+    (["--epochs", "-1"], "parameter EPOCHS must lie in"),
+    (["--input-size", "20"], "input_size 20 is too small for efficientnet_lite0"),
+    (["-p", "SEED=-1"], "parameter SEED must lie in"),
+    (["-p", f"SEED={2**70}"], "parameter SEED must lie in"),
+    (["-p", "LIMIT_PER_CLASS=-1"], "parameter LIMIT_PER_CLASS must lie in"),
+])
+def test_bad_arguments_stop_before_any_kernel(args, message, capsys, tmp_path):
+    """Exit status 2 with a message naming the parameter, and no run folder left behind."""
+    assert run.main(["--profile", "smoke", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
