@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,16 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
         raise DataError(f"{root} is empty: expected one folder per class, e.g. {root}/normal/*.png")
     if len(class_names) < 2:
         raise DataError(f"{root} has only one class folder ({class_names[0]!r}): need at least two classes")
+    for _, folder in groups:
+        real = {}
+        for cname in class_names:
+            cdir = folder / cname
+            if cdir.is_dir():
+                target = cdir.resolve()
+                if target in real:
+                    warnings.warn(f"class folders {folder / real[target]} and {cdir} are the same folder (a link): "
+                                  "its images count in both classes", stacklevel=2)
+                real[target] = cname
     files, labels, splits = [], [], []
     for split_name, folder in groups:
         for c, cname in enumerate(class_names):
@@ -267,6 +278,9 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
             raise DataError(f"class name {name!r} cannot be a folder name inside {out}: use a plain name")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: the export follows the umask like any new folder
     try:
         rows = []
         for part, ds in (("train", train), ("val", val)):

@@ -214,3 +214,22 @@ def test_high_bit_depth_and_float_images_are_scaled_not_clipped(tmp_path):
     for im, name in zip(ds.images, ds.names):
         assert im[:, 0].max() <= 3 and im[:, -1].min() >= 250, name      # black to white, left to right
         assert 0.45 < im.mean() / 255 < 0.55, name
+
+
+def test_symlinked_class_folder_warns_and_export_follows_the_umask(tmp_path, small):
+    for cname in ("a",):
+        (tmp_path / "tree" / cname).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "tree" / cname / "x.png")
+    (tmp_path / "tree" / "b").symlink_to(tmp_path / "tree" / "a")
+    with pytest.warns(UserWarning, match="are the same folder"):
+        data.load_imagefolder(tmp_path / "tree", size=8)
+    out = data.export(tmp_path / "exported", datasets=small)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
