@@ -194,7 +194,6 @@ def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[s
 def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False) -> int:
     """Run the planned notebooks in order (``train_first``: their fine-tunings at once, before);
     stop at the first failure."""
-    import papermill
 
     os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
@@ -202,7 +201,7 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     (run_dir / "notebooks").mkdir()
     print(f"run folder: {run_dir}")
-    timings, status = {}, "ok"
+    timings: dict[str, float] = {}
     t_all = time.perf_counter()
     notes = []
     if train_first:
@@ -218,6 +217,36 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
             print(f"trained ahead: {done} fine-tunings at once in {time.perf_counter() - t0:.0f} s"
                   + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
         timings["train_ahead"] = time.perf_counter() - t0
+    try:
+        status = _run_notebooks(steps, run_dir, timings)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    info = {"status": status, "seconds": timings, "total_seconds": time.perf_counter() - t_all,
+            "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
+            "parameters": {n: p for n, p in steps}, "notes": notes,
+            "finished": dt.datetime.now().isoformat(timespec="seconds")}
+    try:
+        atomic_write_json(run_dir / "run.json", info)
+    except OSError as err:
+        print(f"error: the run stopped ({status}) and {run_dir / 'run.json'} cannot be written: {err}", file=sys.stderr)
+        return 130 if status == "interrupted" else 1
+    if status == "interrupted":
+        print(f"interrupted: {run_dir} keeps what finished; run.json says so", file=sys.stderr)
+        return 130
+    print(f"total {info['total_seconds']:.0f} s, peak kernel memory {info['peak_rss_mib_of_kernels']} MiB")
+    summary = run_dir / "summary.md"
+    if status == "ok" and summary.exists():
+        text = summary.read_text()
+        print(text.split("## Every arm")[0].strip())  # the conclusions and the kit beside the study
+        print(f"\nfull summary: {summary}")
+    return 0 if status == "ok" else 1
+
+
+def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float]) -> str:
+    """Execute the notebooks in order, stopping at the first failure; returns the run's status."""
+    import papermill
+
     for i, (name, params) in enumerate(steps, 1):
         params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
         target = run_dir / "notebooks" / f"{name}.ipynb"
@@ -229,25 +258,16 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
                                        kernel_name="python3", cwd=str(run_dir), progress_bar=False)
         except papermill.PapermillExecutionError as err:
             timings[name] = time.perf_counter() - t0
-            status = f"failed in {name}: {err.ename}: {err.evalue}"
             print(f"      FAILED after {timings[name]:.0f} s: {err.ename}: {err.evalue}\n"
                   f"      executed notebook with the error: {target}", file=sys.stderr)
-            break
+            return f"failed in {name}: {err.ename}: {err.evalue}"
+        except OSError as err:  # e.g. the run folder became read-only
+            timings[name] = time.perf_counter() - t0
+            print(f"      FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            return f"failed in {name}: {type(err).__name__}: {err}"
         timings[name] = time.perf_counter() - t0
         print(f"      done in {timings[name]:.0f} s", flush=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    info = {"status": status, "seconds": timings, "total_seconds": time.perf_counter() - t_all,
-            "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
-            "parameters": {n: p for n, p in steps}, "notes": notes,
-            "finished": dt.datetime.now().isoformat(timespec="seconds")}
-    atomic_write_json(run_dir / "run.json", info)
-    print(f"total {info['total_seconds']:.0f} s, peak kernel memory {info['peak_rss_mib_of_kernels']} MiB")
-    summary = run_dir / "summary.md"
-    if status == "ok" and summary.exists():
-        text = summary.read_text()
-        print(text.split("## Paired tests")[0].strip())
-        print(f"\nfull summary: {summary}")
-    return 0 if status == "ok" else 1
+    return "ok"
 
 
 if __name__ == "__main__":

@@ -182,3 +182,26 @@ def test_bad_arguments_stop_before_any_kernel(args, message, capsys, tmp_path):
     assert run.main(["--profile", "smoke", "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_interrupted_and_unwritable_runs_end_in_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C ends the job with status 130, one line and a run.json marked interrupted; a run folder
+    that cannot be written ends with status 1 and one line naming the file."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupt)
+    assert run.main(["--profile", "smoke", "--out", str(tmp_path / "a"), "--notebooks", "01_baseline"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted:")
+    info = json.loads(next((tmp_path / "a").glob("*/run.json")).read_text())
+    assert info["status"] == "interrupted"
+
+    def read_only(path, obj):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(run, "atomic_write_json", read_only)
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)
+    assert run.main(["--profile", "smoke", "--out", str(tmp_path / "b"), "--notebooks", "01_baseline"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json cannot be written" in err[0]
