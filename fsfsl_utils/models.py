@@ -200,18 +200,22 @@ def preprocess(images: torch.Tensor, backbone: str, size: int, crop_fraction: fl
 
     The one way from images to model inputs. ``crop_fraction < 1`` takes a center crop of that
     fraction first (224/256 mirrors torchvision's Resize(256) + CenterCrop(224)); the resize is
-    bilinear and antialiased like PIL's. Runs on the tensor's device; channels_last.
+    bilinear and antialiased. On a CPU it runs on the uint8 pixels, as PIL's does (the same value
+    for 99.9% of pixels, the rest one gray level apart); elsewhere in float. Channels_last.
     """
     spec = get_spec(backbone)
-    x = _unit(images)
+    x = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     if crop_fraction < 1.0:
         h, w = x.shape[-2:]
         ch, cw = round(h * crop_fraction), round(w * crop_fraction)
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top:top + ch, left:left + cw]
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return _normalise(_as_rgb(x), spec)
+        if x.device.type == "cpu":
+            x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        else:
+            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return _normalise(_as_rgb(x.float().div_(255.0) if x.dtype == torch.uint8 else x.div(255.0)), spec)
 
 
 def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
