@@ -366,8 +366,8 @@ class Settings:
         """Run ``step`` once per split and seed; returns the records.
 
         Probe: the head's regularisation strength is chosen by cross-validation on the first seed's
-        training part of each split and reused for that split's other seeds (their notes say so):
-        the choice costs seconds, the fit with a given strength a fraction of that."""
+        training part of each split and reused for that split's other seeds (their history says
+        ``C_from: given in head_cs``): the choice costs seconds, a fit with a given strength under one."""
         records, chosen = [], {}
         for name, kw in self.step_calls(step, **overrides):
             c = chosen.get(kw["split_seed"])

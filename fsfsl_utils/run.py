@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import json
 import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -147,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
     parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
     parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
+                        help="continue an unfinished run (default: the newest under --out) with its own parameters")
     parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
                         help="paper profile: fine-tune every training of 01-04 at once first (one CUDA stream "
                              "each, each result as if alone); the notebooks then resume from the checkpoints "
@@ -155,14 +158,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("FSFSL_CACHE"):  # relative to where the job started, not to each kernel's folder
         os.environ["FSFSL_CACHE"] = str(Path(os.environ["FSFSL_CACHE"]).expanduser().resolve())
     try:
-        steps = plan(args)
         out = ensure_writable_dir(Path(args.out).expanduser().resolve(), "runs folder")
+        if args.resume:
+            run_dir, earlier = unfinished_run(out, args.resume)
+            return execute(list(earlier["parameters"].items()), run_dir, earlier.get("train_first", False), earlier)
+        steps = plan(args)
         run_dir = new_run_dir(out)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
     return execute(steps, run_dir, train_first=train_first)
+
+
+def unfinished_run(out: Path, which: str) -> tuple[Path, dict]:
+    """The run folder to resume and its run.json: ``which`` is a folder, or ``latest`` for the newest
+    run under ``out`` that did not finish. ValueError says why when there is none."""
+    if which != "latest":
+        candidates = [Path(which).expanduser().resolve()]
+    else:
+        candidates = sorted((d for d in out.iterdir() if (d / "run.json").is_file()), key=lambda d: d.name,
+                            reverse=True)
+    for run_dir in candidates:
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError) as err:
+            if which != "latest":
+                raise ValueError(f"cannot resume {run_dir}: its run.json is missing or unreadable ({err})") from None
+            continue
+        if info.get("status") != "ok":
+            return run_dir, info
+        if which != "latest":
+            raise ValueError(f"{run_dir} finished (status ok): nothing to resume")
+    raise ValueError(f"no unfinished run under {out} to resume")
 
 
 def train_ahead_by_default(profile: str) -> bool:
@@ -191,20 +219,42 @@ def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[s
     return calls
 
 
-def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False) -> int:
+def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False,
+            earlier: dict | None = None) -> int:
     """Run the planned notebooks in order (``train_first``: their fine-tunings at once, before);
-    stop at the first failure."""
+    stop at the first failure. ``run.json`` is written before the first notebook and after each one
+    (status ``running`` and the notebooks completed), so a killed job can be resumed: ``earlier``
+    (the run.json of that job) keeps its completed notebooks, and trainings resume from their
+    checkpoints."""
 
     os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
                                                                 os.environ.get("JUPYTER_PATH")]))
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    (run_dir / "notebooks").mkdir()
-    print(f"run folder: {run_dir}")
-    timings: dict[str, float] = {}
+    (run_dir / "notebooks").mkdir(exist_ok=earlier is not None)
+    print(f"run folder: {run_dir}" + (" (resumed)" if earlier else ""))
+    timings: dict[str, float] = dict(earlier.get("seconds", {})) if earlier else {}
+    completed: list[str] = list(earlier.get("completed", [])) if earlier else []
     t_all = time.perf_counter()
-    notes = []
-    if train_first:
+    notes = list(earlier.get("notes", [])) if earlier else []
+    if earlier:
+        notes.append(f"resumed at {dt.datetime.now().isoformat(timespec='seconds')}; kept: "
+                     f"{', '.join(completed) or 'nothing'}")
+
+    def progress_record(status: str) -> dict:
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return {"status": status, "completed": completed, "seconds": timings,
+                "total_seconds": time.perf_counter() - t_all + (earlier or {}).get("total_seconds", 0.0),
+                "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
+                "parameters": {n: p for n, p in steps}, "train_first": train_first, "notes": notes,
+                "finished" if status != "running" else "updated": dt.datetime.now().isoformat(timespec="seconds")}
+
+    try:
+        atomic_write_json(run_dir / "run.json", progress_record("running"))
+    except OSError as err:
+        print(f"error: {run_dir / 'run.json'} cannot be written: {err}", file=sys.stderr)
+        return 1
+    if train_first and len(completed) < sum(n in experiment.STUDY_STEPS for n, _ in steps):
         t0 = time.perf_counter()
         try:
             done = experiment.train_ahead(training_calls(steps, run_dir),
@@ -218,14 +268,11 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
                   + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
         timings["train_ahead"] = time.perf_counter() - t0
     try:
-        status = _run_notebooks(steps, run_dir, timings)
+        status = _run_notebooks(steps, run_dir, timings, completed,
+                                lambda: atomic_write_json(run_dir / "run.json", progress_record("running")))
     except KeyboardInterrupt:
         status = "interrupted"
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    info = {"status": status, "seconds": timings, "total_seconds": time.perf_counter() - t_all,
-            "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
-            "parameters": {n: p for n, p in steps}, "notes": notes,
-            "finished": dt.datetime.now().isoformat(timespec="seconds")}
+    info = progress_record(status)
     try:
         atomic_write_json(run_dir / "run.json", info)
     except OSError as err:
@@ -243,11 +290,16 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     return 0 if status == "ok" else 1
 
 
-def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float]) -> str:
-    """Execute the notebooks in order, stopping at the first failure; returns the run's status."""
+def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float], completed: list[str],
+                   after_each: Callable[[], object]) -> str:
+    """Execute the notebooks in order (those in ``completed`` are kept), stopping at the first failure;
+    returns the run's status. ``after_each`` runs after every finished notebook."""
     import papermill
 
     for i, (name, params) in enumerate(steps, 1):
+        if name in completed:
+            print(f"[{i}/{len(steps)}] {name}: kept from the earlier run", flush=True)
+            continue
         params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
         target = run_dir / "notebooks" / f"{name}.ipynb"
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "RESULTS_DIR")
@@ -266,6 +318,11 @@ def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[s
             print(f"      FAILED: {type(err).__name__}: {err}", file=sys.stderr)
             return f"failed in {name}: {type(err).__name__}: {err}"
         timings[name] = time.perf_counter() - t0
+        completed.append(name)
+        try:
+            after_each()
+        except OSError as err:  # the next notebook (or the final run.json) reports the folder's state
+            print(f"      warning: run.json not updated: {err}", file=sys.stderr)
         print(f"      done in {timings[name]:.0f} s", flush=True)
     return "ok"
 

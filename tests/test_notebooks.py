@@ -205,3 +205,39 @@ def test_interrupted_and_unwritable_runs_end_in_one_line(tmp_path, monkeypatch, 
     assert run.main(["--profile", "smoke", "--out", str(tmp_path / "b"), "--notebooks", "01_baseline"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.json cannot be written" in err[0]
+
+
+def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys):
+    """A job killed in its second notebook (run.json left 'running', as kill -9 leaves it) resumes with
+    --resume: the finished notebook is kept, the rest runs, and the records equal a step run alone."""
+    real = papermill.execute_notebook
+    calls = []
+
+    def killed_in_02(source, target, **kwargs):
+        calls.append(Path(source).stem)
+        if Path(source).stem == "02_flip" and calls.count("02_flip") == 1:
+            raise KeyboardInterrupt
+        return real(source, target, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", killed_in_02)
+    job = ["--profile", "smoke", "--out", str(tmp_path), "--notebooks", "01_baseline,02_flip",
+           "-p", "SWEEP_IMAGES=0", "-p", "LIMIT_PER_CLASS=6"]
+    assert run.main(job) == 130
+    folder = next(tmp_path.iterdir())
+    info = json.loads((folder / "run.json").read_text())
+    assert info["completed"] == ["01_baseline"]
+    info["status"] = "running"                                # what kill -9 leaves behind
+    (folder / "run.json").write_text(json.dumps(info))
+    first = (folder / "notebooks" / "01_baseline.ipynb").stat().st_mtime_ns
+    assert run.main(["--out", str(tmp_path), "--resume"]) == 0
+    assert calls == ["01_baseline", "02_flip", "02_flip"]
+    assert (folder / "notebooks" / "01_baseline.ipynb").stat().st_mtime_ns == first
+    info = json.loads((folder / "run.json").read_text())
+    assert info["status"] == "ok" and info["completed"] == ["01_baseline", "02_flip"]
+    assert any(n.startswith("resumed at") for n in info["notes"])
+    record = json.loads((folder / "records" / "02_flip-seed0.json").read_text())
+    alone = experiment.run_step("02_flip", profile="smoke", limit_per_class=6, results_dir=tmp_path / "alone",
+                                progress=False, analyse=False)
+    assert record["predictions"] == alone["predictions"] and record["metrics"] == alone["metrics"]
+    assert run.main(["--out", str(tmp_path), "--resume"]) == 2            # nothing left to resume
+    assert "no unfinished run" in capsys.readouterr().err
