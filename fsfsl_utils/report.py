@@ -346,7 +346,7 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     elpv = on_elpv(records[0])
     out = []
     rec_col = f"{tgt} recall"
-    primary = tests[tests["role"] == "primary"]
+    primary = tests[tests["role"] == "primary"] if len(tests) else tests
     if len(primary):
         row = primary.iloc[0]
         study = f" The study reported {row[rec_col + ' study (pts)']:+.1f} points." if elpv else ""

@@ -278,3 +278,14 @@ def test_records_of_other_data_are_left_out_of_the_study_analysis(tmp_path, caps
     found = experiment.load_records_for_analysis(tmp_path)
     assert [r["step"] for r in found] == ["01_baseline"]
     assert "come from other data" in capsys.readouterr().out
+
+
+def test_conclusions_of_a_baseline_alone():
+    from fsfsl_utils import report
+
+    labels = np.array([0, 1] * 20)
+    recs = [crafted_record("01_baseline", 0, np.stack([1 - labels, labels], 1).astype(float), labels)]
+    for r in recs:
+        r.update(profile="smoke", backbone="b")
+    lines = report.conclusions(recs)
+    assert lines[0].startswith("Runs: 1 records") and "Baseline: accuracy 100.0%" in lines[1]
