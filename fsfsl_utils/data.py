@@ -480,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pack":
         try:
+            if not str(args.out).endswith(PACK_SUFFIX):
+                raise ValueError(f"a pack file name ends in {PACK_SUFFIX}, got {args.out}")
             if args.source == "elpv":
                 ds = load_elpv(args.labels)
             else:
