@@ -291,3 +291,28 @@ def test_conclusions_of_a_baseline_alone():
         r.update(profile="smoke", backbone="b")
     lines = report.conclusions(recs)
     assert lines[0].startswith("Runs: 1 records") and "Baseline: accuracy 100.0%" in lines[1]
+
+
+def test_several_splits_use_the_corrected_resampled_t():
+    """With records on several splits, the effect is the Nadeau-Bengio corrected t over the splits'
+    mean differences (stats.corrected_resampled_t), not a pooled interval."""
+    from fsfsl_utils import report, stats
+
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 50 + [1] * 50)
+    recs, per_split = [], []
+    for split in range(3):
+        diffs = []
+        for seed in range(2):
+            good = np.stack([1 - labels, labels], 1).astype(float)
+            worse = good.copy()
+            miss = rng.choice(np.arange(50, 100), 5 + split, replace=False)
+            worse[miss] = [[1.0, 0.0]]
+            recs += [crafted_record("04_balanced_augment", seed, good, labels, split_seed=split),
+                     crafted_record("01_baseline", seed, worse, labels, split_seed=split)]
+            diffs.append((5 + split) / 100)
+        per_split.append(np.mean(diffs))
+    effect = report.paired_effects(recs, "04_balanced_augment", "01_baseline", "accuracy")
+    expected = stats.corrected_resampled_t(per_split, n_train=2, n_test=100)   # train_counts in crafted records
+    assert effect["splits"] == 3 and effect["seeds"] == 6
+    assert effect["estimate"] == pytest.approx(expected["estimate"]) and effect["low"] == pytest.approx(expected["low"])
