@@ -95,30 +95,20 @@ class Policy:
     doc: str = ""
     growth: Mapping[str, float] = field(default_factory=dict)  # key as in rules: images per original, at most
 
-    def growth_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> float | None:
-        """How many times its original count a class grows to (None: one copy per listed operation)."""
-        if class_name in self.growth:
-            return self.growth[class_name]
-        if class_counts and ("@majority" in self.growth or "@minority" in self.growth):
-            largest = max(class_counts, key=class_counts.get)
-            group = "@majority" if class_name == largest else "@minority"
-            if group in self.growth:
-                return self.growth[group]
-        return self.growth.get("*")
-
     def ops_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> tuple[str, ...]:
         """The operations for one class (``class_counts`` decides majority / minority)."""
-        if class_name in self.rules:
-            return tuple(self.rules[class_name])
-        if class_counts and ("@majority" in self.rules or "@minority" in self.rules):
-            largest = max(class_counts, key=class_counts.get)
-            group = "@majority" if class_name == largest else "@minority"
-            if group in self.rules:
-                return tuple(self.rules[group])
-        return tuple(self.rules.get("*", ()))
+        return tuple(_for_class(self.rules, class_name, class_counts, ()))
+
+    def growth_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> float | None:
+        """How many times its original count a class grows to (None: one copy per listed operation)."""
+        return _for_class(self.growth, class_name, class_counts, None)
 
     def check(self, class_names: Sequence[str]) -> None:
         """Raise ValueError if the policy names an unknown class or operation."""
+        for cls in self.growth:
+            if cls not in GROUPS and cls not in class_names:
+                raise ValueError(f"policy {self.name!r} sets the growth of class {cls!r}, which this data set does "
+                                 f"not have; its classes: {', '.join(class_names)}")
         for cls, ops in self.rules.items():
             if cls not in GROUPS and cls not in class_names:
                 raise ValueError(f"policy {self.name!r} names class {cls!r}, which this data set does not have; "
@@ -135,6 +125,19 @@ class Policy:
         available = n * len(self.ops_for(class_name, class_counts))
         growth = self.growth_for(class_name, class_counts)
         return available if growth is None else min(available, round(n * growth) - n)
+
+
+def _for_class(table: Mapping, class_name: str, class_counts: Mapping[str, int] | None, default: object) -> object:
+    """A policy table's entry for one class: its name wins over its group (``@majority`` is the largest
+    class in ``class_counts``, ``@minority`` every other), a group over ``"*"``."""
+    if class_name in table:
+        return table[class_name]
+    if class_counts and ("@majority" in table or "@minority" in table):
+        largest = max(class_counts, key=class_counts.get)
+        group = "@majority" if class_name == largest else "@minority"
+        if group in table:
+            return table[group]
+    return table.get("*", default)
 
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (

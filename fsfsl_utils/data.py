@@ -315,9 +315,7 @@ def write_pack(ds: Dataset, out: str | os.PathLike, origin: str = "", labels: st
     from .progress import progress_bar
     from .results import atomic_write
 
-    out = Path(out)
-    if out.suffix != PACK_SUFFIX:
-        raise ValueError(f"a pack file name ends in {PACK_SUFFIX}, got {out}")
+    out = check_pack_name(out)
     files = [f"images/{i:06d}.webp" for i in range(len(ds))]
 
     def write(tmp: Path) -> None:
@@ -332,9 +330,15 @@ def write_pack(ds: Dataset, out: str | os.PathLike, origin: str = "", labels: st
                       "meta": json.loads(ds.meta.to_json(orient="columns"))}
             zf.writestr("pack.json", json.dumps(header))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, write)
     return out
+
+
+def check_pack_name(out: str | os.PathLike) -> Path:
+    """``out`` as a Path; ValueError unless it names a pack file."""
+    if not is_pack(out):
+        raise ValueError(f"a pack file name ends in {PACK_SUFFIX}, got {out}")
+    return Path(out)
 
 
 def read_pack_header(path: str | os.PathLike) -> dict:
@@ -480,8 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pack":
         try:
-            if not str(args.out).endswith(PACK_SUFFIX):
-                raise ValueError(f"a pack file name ends in {PACK_SUFFIX}, got {args.out}")
+            check_pack_name(args.out)  # before any data is loaded
             if args.source == "elpv":
                 ds = load_elpv(args.labels)
             else:

@@ -10,7 +10,7 @@ Backbones (pooled features -> a new linear head for N classes):
 Images enter as uint8 (gray ``B x H x W`` or RGB ``B x H x W x 3``); :func:`preprocess` does the
 rest on whatever device they are on: gray replicated to 3 channels, an optional center crop,
 resize (bilinear, antialiased), the backbone's own normalisation, channels_last. Every path
-(training views, validation, features, test-time views, sweeps, widgets) makes its model inputs
+(training views, validation, features, test-time views, sweeps) makes its model inputs
 with :func:`preprocess` (or :func:`apply_crops` for the recipe's random crops), so they cannot drift.
 
 Each backbone normalises as its weights were trained: torchvision's ResNets with ImageNet's

@@ -429,15 +429,3 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 def _pct(v: float | None) -> float:
     return float("nan") if v is None else 100 * v
-
-
-def _ci_text(values: Sequence[float]) -> str:
-    mean, lo, hi = mean_interval(values)
-    return "n/a (1 seed)" if lo is None else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
-def _p_summary(ps: Sequence[float]) -> str:
-    ps = np.asarray(ps)
-    if len(ps) == 1:
-        return f"{ps[0]:.3g}"
-    return f"median {np.median(ps):.3g}; {int((ps < ALPHA).sum())}/{len(ps)} below {ALPHA}"
