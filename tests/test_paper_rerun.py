@@ -28,3 +28,16 @@ def test_paper_rerun_dry_run_on_cpu(tmp_path):
     assert not any("checkpoints" in n for n in names)
     assert [g["group"] for g in run["groups"]] == [1, 2, 3] and run["data"]["origin"] == "elpv"
     assert all(0 <= a <= 1 for g in run["groups"] for a in g["accuracy"].values())
+    # a part of a group: only the named arms train
+    part = subprocess.run([sys.executable, str(root / "benchmarks" / "paper_rerun.py"), "--data", str(pack),
+                           "--out", str(tmp_path / "part"), "--profile", "smoke", "--device", "cpu", "--seeds", "2",
+                           "--groups", "3", "--arms", "04_class_weighted"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
+    with tarfile.open(tmp_path / "part" / "paper-run.tar.gz") as tar:
+        assert sorted(n for n in tar.getnames() if n.endswith(".json") and n.startswith("records/")) == [
+            "records/04_class_weighted-seed1.json"]
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "paper_rerun.py"), "--data", str(pack),
+                          "--out", str(tmp_path / "bad"), "--arms", "09_nothing"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "09_nothing" in bad.stderr
