@@ -1,5 +1,5 @@
 # fsfsl: every target bootstraps a local .venv once (a second call installs nothing).
-# Main job:  make reproduce [PROFILE=auto|cpu|paper|smoke] [SEEDS=0 (profile default)] [SPLITS=1]
+# Main job:  make reproduce [PROFILE=auto|cpu|cpu-finetune|paper|smoke] [SEEDS=0 (profile default)] [SPLITS=1]
 #            [RUN_ARGS='--backbone resnet18 -p CONTROLS=False']
 # Tests:     make test
 

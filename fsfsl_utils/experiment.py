@@ -283,6 +283,11 @@ def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> l
 
 
 def _predictor(fit: train.FitResult, cfg: dict) -> Callable[[np.ndarray], np.ndarray]:
+    if fit.mode == "top":
+        from . import top
+
+        full_cfg = train.check_config(cfg)
+        return lambda images: top.predict_images(fit.model, images, full_cfg)
     if fit.mode == "probe":
         from . import features
 

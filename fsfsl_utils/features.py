@@ -6,6 +6,9 @@ written atomically. A flipped or augmented copy is a new image and gets its own 
 every notebook and seed reuses what any earlier run computed. A corrupt or stale entry
 (unreadable, wrong shape, non-finite) is recomputed.
 
+The same cache holds the activations below a backbone's top blocks (:func:`activations`, float16,
+one folder per cut point), which the ``top`` training mode fine-tunes over.
+
 Cache folder: ``$FSFSL_CACHE/features`` (default ``~/.cache/fsfsl/features``).
 """
 
@@ -63,32 +66,60 @@ def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int 
     ``keys``: the images' :func:`image_keys`, when the caller already has them."""
     dev = models.pick_device(device)
     weights_path = models.resolve_weights(backbone, weights)
-    dim = models.get_spec(backbone).feature_dim
-    out = np.empty((len(images), dim), np.float32)
-    keys = image_keys(images) if keys is None else keys
     folder = cache_dir_for(backbone, size, crop_fraction, weights_path)
+    return _cached(images, folder, (models.get_spec(backbone).feature_dim,), np.float32,
+                   lambda: get_backbone(backbone, weights_path, dev), backbone, size, crop_fraction, dev,
+                   batch_size, use_cache, progress, keys, f"features[{backbone}@{size}]")
+
+
+def activations(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int = 224, crop_fraction: float = 1.0,
+                weights: str | None = "imagenet", trained_blocks: int = 1, batch_size: int | None = None,
+                device: str | None = "auto", use_cache: bool = True, progress: bool | None = None,
+                keys: list[str] | None = None) -> np.ndarray:
+    """The frozen lower blocks' activations (``N x C x H x W`` float16) of uint8 images: the input of
+    the top ``trained_blocks`` blocks (:func:`fsfsl_utils.models.split_backbone`), computed only where
+    the cache lacks them. Stored as float16 (half the disk and memory; the top blocks compute in float32)."""
+    dev = models.pick_device(device)
+    weights_path = models.resolve_weights(backbone, weights)
+    models.check_trained_blocks(backbone, trained_blocks)
+    cut = models.get_spec(backbone).blocks - trained_blocks
+    base = cache_dir_for(backbone, size, crop_fraction, weights_path)
+    folder = base.with_name(f"{base.name}-below-block{cut}-fp16")
+    lower = lambda: models.split_backbone(get_backbone(backbone, weights_path, dev), backbone, trained_blocks)[0]  # noqa: E731
+    with torch.inference_mode():
+        probe = lower()(models.preprocess(torch.zeros(1, size, size, dtype=torch.uint8, device=dev), backbone, size))
+    return _cached(images, folder, tuple(probe.shape[1:]), np.float16, lower, backbone, size, crop_fraction, dev,
+                   batch_size, use_cache, progress, keys, f"activations[{backbone}@{size}, below block {cut}]")
+
+
+def _cached(images: np.ndarray, folder: Path, shape: tuple[int, ...], dtype: type, get_net, backbone: str, size: int,
+            crop_fraction: float, dev: torch.device, batch_size: int | None, use_cache: bool, progress: bool | None,
+            keys: list[str] | None, desc: str) -> np.ndarray:
+    """``get_net()(preprocessed images)`` per image, read from ``folder`` where an entry of the right
+    shape and dtype exists, else computed (in batches, with a progress bar) and written there."""
+    out = np.empty((len(images), *shape), dtype)
+    keys = image_keys(images) if keys is None else keys
     todo = []
     for i, key in enumerate(keys):
-        vec = _read_entry(folder / key[:2] / f"{key}.npy", dim) if use_cache else None
+        vec = _read_entry(folder / key[:2] / f"{key}.npy", shape, dtype) if use_cache else None
         if vec is None:
             todo.append(i)
         else:
             out[i] = vec
     if not todo:
         return out
-    net = get_backbone(backbone, weights_path, dev)
+    net = get_net()
     bs = batch_size or DEFAULT_BATCH.get(dev.type, 32)
     starts = range(0, len(todo), bs)
-    bar = progress_bar(starts, desc=f"features[{backbone}@{size}]", enable=progress,
-                       total=len(starts), unit="batch")
+    bar = progress_bar(starts, desc=desc, enable=progress, total=len(starts), unit="batch")
     writable = use_cache
     with torch.inference_mode():
         for s in bar:
             idx = todo[s:s + bs]
             x = models.preprocess(torch.from_numpy(images[idx]).to(dev), backbone, size, crop_fraction)
-            feats = net(x).float().cpu().numpy()
-            out[idx] = feats
-            for i, vec in zip(idx, feats):
+            values = net(x).float().cpu().numpy().astype(dtype)
+            out[idx] = values
+            for i, vec in zip(idx, values):
                 if not writable:
                     break
                 try:
@@ -96,16 +127,17 @@ def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int 
                 except OSError as err:  # read-only, a file where a folder should be, an entry that is a folder
                     writable = False
                     warnings.warn(f"the feature cache {folder} cannot be written ({type(err).__name__}: {err}); "
-                                  "going on without it (set FSFSL_CACHE to a writable folder)", stacklevel=2)
+                                  "going on without it (set FSFSL_CACHE to a writable folder)", stacklevel=3)
     return out
 
 
-def _read_entry(path: Path, dim: int) -> np.ndarray | None:
+def _read_entry(path: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray | None:
+    """An entry, or None when it is missing, unreadable, of another shape or dtype, or not finite."""
     try:
         vec = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if vec.shape != (dim,) or vec.dtype != np.float32 or not np.isfinite(vec).all():
+    if vec.shape != shape or vec.dtype != dtype or not np.isfinite(vec).all():
         return None
     return vec
 
@@ -113,6 +145,6 @@ def _read_entry(path: Path, dim: int) -> np.ndarray | None:
 def _write_entry(path: Path, vec: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(vec, np.float32))
+            np.save(fh, vec)
 
     atomic_write(path, write)

@@ -51,6 +51,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation on the 0-1 scale, per channel
     std: tuple[float, float, float] = IMAGENET_STD
     min_input_size: int = 32  # smallest input the network's downsampling accepts
+    blocks: int = 16  # blocks above the stem (MBConv or residual), counted for ``split_backbone``
 
     @property
     def normalisation(self) -> str:
@@ -78,6 +79,85 @@ class _LiteFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+class LowerBlocks(nn.Module):
+    """The part of a backbone below its top blocks: input image -> activations (``C x H x W``)."""
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class UpperBlocks(nn.Module):
+    """The top blocks of a backbone and its head: activations -> pooled features.
+
+    ``drop_rates``: EfficientNet's stochastic depth per block (used in training mode only), the
+    rates its own ``extract_features`` gives those blocks."""
+
+    def __init__(self, blocks: list[nn.Module], head: nn.Module, drop_rates: list[float] | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.drop_rates = drop_rates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x) if self.drop_rates is None else block(x, drop_connect_rate=self.drop_rates[i])
+        return self.head(x).mean(dim=(2, 3))
+
+
+class _LiteStem(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class _LiteHead(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def split_backbone(backbone: nn.Module, name: str, trained_blocks: int) -> tuple[LowerBlocks, UpperBlocks]:
+    """``(lower, upper)`` with ``upper(lower(x)) == backbone(x)``: ``upper`` holds the top
+    ``trained_blocks`` blocks and the head (for EfficientNet-Lite0 its last 1x1 convolution and batch
+    norm), ``lower`` everything below. Both share the backbone's modules (copy ``upper`` to train it)."""
+    spec = get_spec(name)
+    check_trained_blocks(name, trained_blocks)
+    cut = spec.blocks - trained_blocks
+    if isinstance(backbone, _LiteFeatures):
+        net = backbone.net
+        blocks = list(net._blocks)
+        rate = net._global_params.drop_connect_rate or 0.0
+        rates = [rate * i / len(blocks) for i in range(cut, len(blocks))]
+        return LowerBlocks(_LiteStem(net), blocks[:cut]), UpperBlocks(blocks[cut:], _LiteHead(net), rates)
+    stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
+    blocks = [b for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for b in layer]
+    return LowerBlocks(stem, blocks[:cut]), UpperBlocks(blocks[cut:], nn.Identity())
+
+
+def check_trained_blocks(name: str, trained_blocks: object) -> None:
+    """ValueError unless ``trained_blocks`` is a number of top blocks ``name`` can train over cached
+    activations (0 = its head alone; at most all blocks but the first)."""
+    spec = get_spec(name)
+    if not isinstance(trained_blocks, int) or isinstance(trained_blocks, bool) \
+            or not 0 <= trained_blocks < spec.blocks:
+        raise ValueError(f"trained_blocks must be a whole number in [0, {spec.blocks - 1}] for {name} "
+                         f"(it has {spec.blocks} blocks), got {trained_blocks!r}")
 
 
 def _build_lite0(weights: str | None) -> nn.Module:
@@ -122,7 +202,7 @@ def _build_resnet(depth: int) -> Callable[[str | None], nn.Module]:
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
     BackboneSpec("efficientnet_lite0", 1280, _build_lite0, 0.8e9, mean=TF_LITE_MEAN, std=TF_LITE_STD),
     BackboneSpec("resnet50", 2048, _build_resnet(50), 8.2e9, ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")),
-    BackboneSpec("resnet18", 512, _build_resnet(18), 3.6e9, ("resnet18-f37072fd.pth",)),
+    BackboneSpec("resnet18", 512, _build_resnet(18), 3.6e9, ("resnet18-f37072fd.pth",), blocks=8),
 )}
 
 

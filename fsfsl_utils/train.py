@@ -1,4 +1,5 @@
-"""Training: ``probe`` (frozen backbone, cached features, linear head) and ``finetune`` behind one call.
+"""Training: ``probe`` (frozen backbone, cached features, linear head), ``top`` (top blocks fine-tuned
+over cached activations, :mod:`fsfsl_utils.top`) and ``finetune`` behind one call.
 
 ``fit(train, val, config, seed)`` returns the validation logits (plus logits of test-time
 views, for TTA) and what was done. The config is a flat dict (see ``DEFAULTS``), as in
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -38,17 +40,20 @@ from .data import Dataset
 from .progress import progress_bar
 from .results import atomic_write
 
-MODES = ("probe", "finetune")
+MODES = ("probe", "finetune", "top")
 DEFAULTS: dict = {
     "mode": "probe", "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224,
     "crop_fraction": 1.0, "device": "auto",
     # finetune (the study's recipe)
-    "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 0.0, "train_aug": "paper",
+    "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "lr_schedule": "step", "weight_decay": 0.0,
+    "train_aug": "paper",
     "amp": True, "cuda_graphs": True, "channels_last": True, "fused_adam": True, "compile": False,
     # probe head: L2 logistic regression fitted to convergence, C by grouped cross-validation
     "head_cs": (1e-3, 3e-3, 1e-2, 3e-2, 0.1), "head_folds": 3, "head_max_iter": 2000,
     "head_tol": 1e-6, "feature_batch_size": None,
-    # both
+    # top: the top blocks fine-tuned over cached activations (fsfsl_utils.top), with the finetune keys above
+    "trained_blocks": 1,
+    # all modes
     "class_weight": "none",
 }
 TTA_VIEWS = {"vflip": "vflip", "blur": "boxblur"}
@@ -102,6 +107,13 @@ def check_config(config: dict) -> dict:
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
     if cfg["train_aug"] not in ("paper", "flip", "none"):
         raise ValueError(f"train_aug must be 'paper', 'flip' or 'none', got {cfg['train_aug']!r}")
+    if cfg["lr_schedule"] not in ("step", "cosine"):
+        raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {cfg['lr_schedule']!r}")
+    if cfg["mode"] == "top":
+        models.check_trained_blocks(cfg["backbone"], cfg["trained_blocks"])
+        if cfg["train_aug"] == "paper":
+            raise ValueError("train_aug 'paper' (random resized crops) needs the images, but mode 'top' trains on "
+                             "cached activations: use 'flip' (exact, cached) or 'none'")
     return cfg
 
 
@@ -124,6 +136,10 @@ def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
     cfg = _checked(train, val, config, views)
     if cfg["mode"] == "probe":
         return _fit_probe(train, val, cfg, seed, views, progress)
+    if cfg["mode"] == "top":
+        from .top import fit_top  # top builds on this module's helpers
+
+        return fit_top(train, val, cfg, seed, views, progress)
     return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
 
 
@@ -145,7 +161,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
     Fine-tunings take turns step by step, each on its own CUDA stream, so the GPU runs one
     training's small kernels beside another's. Each keeps its own random-number state, so every
     result equals that of :func:`fit` run alone (the same numbers on a CPU; on a GPU up to the
-    nondeterminism of its kernels). Probe jobs run one after another.
+    nondeterminism of its kernels). Probe and top jobs run one after another.
     """
     results: list[FitResult | None] = [None] * len(jobs)
     turns = []
@@ -159,7 +175,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
             cfg = _checked(job["train"], job["val"], job.get("config"), views)
         except ValueError as err:
             raise ValueError(f"job {i}: {err}") from None
-        if cfg["mode"] == "probe":
+        if cfg["mode"] != "finetune":
             results[i] = fit(**job)
             continue
         runner = _finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
@@ -234,10 +250,12 @@ def _run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
 
 
 def view_images(ds: Dataset, view: str) -> np.ndarray:
-    """A Dataset's images as seen by one test-time view (kept in ``ds.cache``: every step reuses them)."""
+    """A Dataset's images as seen by one test-time view (``TTA_VIEWS``) or parameter-free augmentation
+    operation (e.g. ``hflip``); kept in ``ds.cache``: every step reuses them."""
     key = f"view:{view}"
     if key not in ds.cache:
-        ds.cache[key] = np.stack([augment.apply_operation(im, TTA_VIEWS[view], float("nan")) for im in ds.images])
+        op = TTA_VIEWS.get(view, view)
+        ds.cache[key] = np.stack([augment.apply_operation(im, op, float("nan")) for im in ds.images])
     return ds.cache[key]
 
 
@@ -488,7 +506,10 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def lr_at(cfg: dict, epoch: int) -> float:
-    """The recipe's step schedule: ``lr`` divided by 10 every ``lr_step`` epochs (0-based ``epoch``)."""
+    """The learning rate of ``epoch`` (0-based): ``step``, the recipe's (``lr`` / 10 every ``lr_step``
+    epochs), or ``cosine`` (from ``lr`` down towards 0 over ``epochs``)."""
+    if cfg.get("lr_schedule", "step") == "cosine":
+        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
     return cfg["lr"] * 0.1 ** (epoch // cfg["lr_step"])
 
 

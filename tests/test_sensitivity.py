@@ -170,10 +170,10 @@ def test_precomputed_feature_values_are_used():
                      feature_values={"brightness": np.arange(3.0)})
 
 
-@pytest.mark.parametrize("profile, size", [("cpu", 96), ("smoke", 80), ("paper", 48)])
+@pytest.mark.parametrize("profile, size", [("cpu", 96), ("cpu-finetune", 64), ("smoke", 80), ("paper", 48)])
 def test_sweep_at_no_change_reproduces_the_record(profile, size, tmp_path, cache_dir):
     """One prediction path: the model a step trained, asked again through the sweep's predictor at
-    brightness x1.0, gives the record's own logits (probe and fine-tune, a non-default input size,
+    brightness x1.0, gives the record's own logits (probe, top blocks and fine-tune, a non-default input size,
     the fine-tune profile's center crop included)."""
     from fsfsl_utils import experiment
 
