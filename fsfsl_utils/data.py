@@ -194,10 +194,11 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
             files += found
             labels += [c] * len(found)
             splits += [split_name] * len(found)
-    pil = [_open_image(f) for f in files]
-    if mode == "auto":
-        mode = "L" if all(im.mode in ("L", "1", "I", "I;16", "F") for im in pil) else "RGB"
-    images = np.stack([np.asarray(to_8bit(im).convert(mode).resize((size, size), Image.BILINEAR)) for im in pil])
+    if mode == "auto":  # from the files' headers: nothing is decoded yet
+        mode = "L" if all(_header_mode(f) in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F") for f in files) else "RGB"
+    images = np.empty((len(files), size, size) if mode == "L" else (len(files), size, size, 3), np.uint8)
+    for i, f in enumerate(files):  # one image decoded at a time: memory stays that of the final array
+        images[i] = np.asarray(_read_resized(f, size, mode))
     names = [str(f.relative_to(root)).replace(os.sep, "/") for f in files]
     return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
 
@@ -434,13 +435,42 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _open_image(path: Path) -> Image.Image:
+def _open_image(path: Path, draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
+    """A decoded image; ``draft`` = (mode, size) lets a JPEG decode at a reduced scale (1/2, 1/4, 1/8)
+    that still covers ``size``. Unreadable files and decompression bombs raise DataError naming the file."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if draft is not None and im.format == "JPEG":
+                    im.draft(*draft)
+                im.load()
+                return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"image {path} is too large to decode safely ({err}); shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _header_mode(path: Path) -> str:
+    """An image file's Pillow mode, read from its header (no pixels decoded)."""
+    try:
+        with warnings.catch_warnings():  # a bomb is refused when it is decoded (_open_image), with the file named
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.mode
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} is too large to decode safely ({err}); shrink it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _read_resized(path: Path, size: int, mode: str) -> Image.Image:
+    """One file as an 8-bit ``mode`` image of ``size`` x ``size`` (bilinear). Large JPEGs decode at a
+    reduced scale; a photo is reduced by whole factors before the final bilinear step
+    (``reducing_gap``), so a 12 MP photo never exists in memory as more than one decoded image."""
+    im = _open_image(path, draft=(mode, (size, size)))
+    return to_8bit(im).convert(mode).resize((size, size), Image.BILINEAR, reducing_gap=3.0)
 
 
 def _read_gray(path: Path) -> np.ndarray:

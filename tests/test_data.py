@@ -233,3 +233,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_large_photos_decode_one_at_a_time_at_a_reduced_scale(tmp_path):
+    """40 photos of 12 MP (4000 x 3000 JPEG) load at 300 px while the process grows by far less than
+    one decoded photo set would take (40 x 36 MB = 1.4 GB; the old loader peaked at 2.0 GB): each
+    file is decoded alone, a JPEG at 1/8 scale (``Image.draft``)."""
+    photo = tmp_path / "photo.jpg"
+    Image.linear_gradient("L").resize((4000, 3000)).convert("RGB").save(photo, quality=90)
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(20):
+            (tmp_path / "photos" / c / f"{i}.jpg").hardlink_to(photo)
+    code = ("import resource, sys\nfrom fsfsl_utils import data\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "ds = data.load_imagefolder(sys.argv[1], 300)\n"
+            "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+            "print(ds.images.shape, ds.images.dtype, grown // 1024)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "photos")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, _, grown_mib = done.stdout.rsplit(" ", 2)[0], None, int(done.stdout.split()[-1])
+    assert "(40, 300, 300, 3)" in done.stdout and "uint8" in done.stdout, shape
+    assert grown_mib < 150, f"loading grew the process by {grown_mib} MiB"
+
+
+def test_a_decompression_bomb_is_refused_with_the_file_name(tmp_path, monkeypatch):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("L", (40, 40), 128).save(tmp_path / c / "x.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)      # 1,600 pixels: over Pillow's warning limit
+    with pytest.raises(data.DataError, match=r"a/x.png is too large to decode safely"):
+        data.load_imagefolder(tmp_path, 32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)       # over twice the limit: Pillow's error
+    with pytest.raises(data.DataError, match=r"a/x.png is too large to decode safely"):
+        data.load_imagefolder(tmp_path, 32)
