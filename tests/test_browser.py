@@ -3,7 +3,9 @@
 Starts JupyterLab from this environment on a free localhost port with a token, opens notebook 01
 (parameterised to the smoke profile) in Debian's Chromium driven by Playwright, runs all cells,
 waits for the sensitivity explorer, clicks a bin and checks that the gallery caption follows.
-A screenshot is saved in the test's output folder. ``make test-browser`` runs this test alone.
+The images carry hostile file names (``<img src=x onerror=alert(1)> 3.png``): they must show as
+text, and no JavaScript dialog may open. A screenshot is saved in the test's output folder.
+``make test-browser`` runs this test alone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def hostile_folder(root: Path) -> Path:
+    """16 ELPV cells per class as an ImageFolder whose file names are script injections."""
+    from PIL import Image
+
+    from fsfsl_utils import data
+
+    ds = data.load_elpv("study", limit_per_class=16, seed=0)
+    for i, (image, label) in enumerate(zip(ds.images, ds.labels)):
+        folder = root / ds.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{HOSTILE} {i}.png")
+    return root
+
+
 @pytest.fixture
 def lab(tmp_path):
     assert Path(CHROMIUM).exists(), "Chromium is missing: apt-get install chromium (make test installs it as root)"
@@ -41,6 +60,7 @@ def lab(tmp_path):
     work.mkdir()
     papermill.execute_notebook(str(ROOT / "notebooks" / "01_baseline.ipynb"), str(work / "01_baseline.ipynb"),
                                parameters={"PROFILE": "smoke", "RESULTS_DIR": str(tmp_path / "runs"),
+                                           "DATA": str(hostile_folder(tmp_path / "hostile")),
                                            "PROGRESS": False, "SWEEP_IMAGES": 0, "WIDGETS": True},
                                prepare_only=True, kernel_name="python3")
     port, token = free_port(), "fsfsl-test-token"
@@ -75,6 +95,8 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         try:
             page.goto(url)
             page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
@@ -108,6 +130,10 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
             assert plot.evaluate("e => e.naturalWidth") > 300      # the recall plot, rendered as an image
             caption.scroll_into_view_if_needed()
             page.screenshot(path=str(out / "sensitivity_explorer.png"))
+            shown = page.evaluate("() => [...document.querySelectorAll('.widget-html-content')]"
+                                  f".filter(e => e.innerText.includes({HOSTILE!r})).length")
+            assert shown > 0, "the hostile file names should appear as text in the widgets"
+            assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
         except Exception:
             page.screenshot(path=str(out / "failure.png"))
             raise
