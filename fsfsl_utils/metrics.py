@@ -139,6 +139,12 @@ def accuracy_fn(labels: np.ndarray, logits: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
+def balanced_accuracy_fn(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean recall over the classes present in ``labels`` (for :func:`bootstrap_ci`)."""
+    pred = logits.argmax(1)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
 def mcnemar(labels: np.ndarray, logits_a: np.ndarray, logits_b: np.ndarray) -> dict:
     """Exact McNemar test of two classifiers on the same images.
 

@@ -16,6 +16,7 @@ from .data import Dataset
 from .results import atomic_write
 
 CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
+LABELLED_CELLS = 12  # a confusion matrix with more classes is drawn without numbers and names
 
 
 def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> Path:
@@ -36,27 +37,35 @@ def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
 
 
 def sample_images(ds: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
-    """A row of random images per class."""
+    """A row of random images per class (the largest classes when there are many: :func:`report.shown_classes`)."""
     rng = np.random.default_rng(seed)
-    k = len(ds.class_names)
-    fig, axes = plt.subplots(k, per_class, figsize=(1.6 * per_class, 1.7 * k), squeeze=False)
-    for c, cname in enumerate(ds.class_names):
-        idx = rng.permutation(np.flatnonzero(ds.labels == c))[:per_class]
+    shown = report.shown_classes(ds.class_names, ds.counts())
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(1.6 * per_class, 1.7 * len(shown)), squeeze=False)
+    for row, cname in enumerate(shown):
+        idx = rng.permutation(np.flatnonzero(ds.labels == ds.class_names.index(cname)))[:per_class]
         for j in range(per_class):
-            ax = axes[c, j]
+            ax = axes[row, j]
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(ds.images[idx[j]], cmap="gray", vmin=0, vmax=255)
                 ax.set_title(f"{cname}\n{ds.names[idx[j]]}", fontsize=7)
+    _note_hidden(fig, len(shown), len(ds.class_names))
     fig.tight_layout()
     return fig
+
+
+def _note_hidden(fig: plt.Figure, shown: int, total: int) -> None:
+    """Say in the figure when it names only some of the classes."""
+    if shown < total:
+        fig.suptitle(f"{shown} of {total} classes (the largest)", fontsize=8)
 
 
 def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness", "clarity"), n: int = 2,
                          seed: int = 0, params: dict[str, float] | None = None) -> plt.Figure:
     """Originals beside each operation's copy, ``n`` images per class."""
     rng = np.random.default_rng(seed)
-    picks = [i for c in range(len(ds.class_names)) for i in rng.permutation(np.flatnonzero(ds.labels == c))[:n]]
+    shown = report.shown_classes(ds.class_names, ds.counts())
+    picks = [i for c in shown for i in rng.permutation(np.flatnonzero(ds.labels == ds.class_names.index(c)))[:n]]
     fig, axes = plt.subplots(len(picks), 1 + len(ops), figsize=(1.8 * (1 + len(ops)), 1.9 * len(picks)),
                              squeeze=False)
     for r, i in enumerate(picks):
@@ -76,9 +85,12 @@ def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness
 def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_boot: int = 500) -> plt.Figure:
     """Bars per step with 95% intervals: over seeds when there are several, else bootstrap over images.
 
-    ``keys`` default: accuracy and the recall of every class."""
+    ``keys`` default: accuracy and the recall of every class (of the target class and balanced
+    accuracy when there are more than four classes)."""
     groups = report.by_step(records)
-    keys = keys or ["accuracy"] + [f"recall_{c}" for c in records[0]["class_names"]]
+    names = records[0]["class_names"]
+    keys = keys or (["accuracy"] + [f"recall_{c}" for c in names] if len(names) <= 4 else
+                    ["accuracy", "balanced_accuracy", f"recall_{report.target_class(records[0])}"])
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
@@ -88,7 +100,8 @@ def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_bo
             mean, lo, hi = report.mean_interval(vals)
             if lo is None:
                 labels, logits = report.record_arrays(recs[0])
-                fn = metrics.accuracy_fn if key == "accuracy" else \
+                fn = metrics.accuracy_fn if key == "accuracy" else metrics.balanced_accuracy_fn \
+                    if key == "balanced_accuracy" else \
                     metrics.class_recall(recs[0]["class_names"].index(key.split("_", 1)[1]))
                 lo, hi = metrics.bootstrap_ci(labels, logits, fn, n_boot=n_boot)
             means.append(mean)
@@ -111,11 +124,15 @@ def confusion_matrices(records: Sequence[dict]) -> plt.Figure:
     for ax, (step, recs) in zip(axes[0], groups.items()):
         cm = np.asarray(recs[0]["metrics"]["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
         names = recs[0]["class_names"]
-        ax.set_xticks(range(len(names)), names, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
+        if len(names) <= LABELLED_CELLS:  # beyond that, numbers and names would only overprint
+            for (i, j), v in np.ndenumerate(cm):
+                ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
+            ax.set_xticks(range(len(names)), names, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_title(step, fontsize=8)
     axes[0, 0].set_ylabel("true", fontsize=8)
@@ -128,7 +145,8 @@ def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, tit
     block = result["sensitivity"][feature]
     fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.2))
     ax = ax or fig.add_subplot()
-    classes = result["class_names"]
+    counts = {c: sum(b["per_class"][c]["n"] for b in block["bins"]) for c in result["class_names"]}
+    classes = report.shown_classes(result["class_names"], counts)
     width = 0.8 / len(classes)
     for c, cname in enumerate(classes):
         cells = [b["per_class"][cname] for b in block["bins"]]
@@ -164,6 +182,9 @@ def sensitivity_heatmap(result: dict, feature: str) -> plt.Figure:
     from .sensitivity import table
 
     tab = table(result, feature).astype(float)
+    block = result["sensitivity"][feature]
+    tab = tab[report.shown_classes(list(tab.columns), {c: sum(b["per_class"][c]["n"] for b in block["bins"])
+                                                       for c in tab.columns})]
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * tab.shape[1], 3.0))
     ax.imshow(tab.iloc[:-1].to_numpy(), cmap="RdYlGn", vmin=0.4, vmax=1.0, aspect="auto")
     for (i, j), v in np.ndenumerate(tab.to_numpy()):
@@ -183,8 +204,9 @@ def feature_histograms(record: dict, features: Sequence[str] = ("brightness", "c
     fig, axes = plt.subplots(1, len(features), figsize=(3.6 * len(features), 2.8), squeeze=False)
     for ax, f in zip(axes[0], features):
         v = np.asarray(values[f])
-        for c, cname in enumerate(record["class_names"]):
-            ax.hist(v[labels == c], bins=30, alpha=0.6, color=CLASS_COLORS[c % 4], label=cname, density=True)
+        for k, cname in enumerate(report.record_classes_shown(record)):
+            c = record["class_names"].index(cname)
+            ax.hist(v[labels == c], bins=30, alpha=0.6, color=CLASS_COLORS[k % 4], label=cname, density=True)
         for e in record["sensitivity"][f]["edges"][1:-1]:
             ax.axvline(e, color="gray", lw=0.8, ls="--")
         ax.set_title(f, fontsize=9)
@@ -205,7 +227,7 @@ def sensitivity_before_after(before: dict, after: dict, feature: str) -> plt.Fig
 def sweep_curves(result: dict) -> plt.Figure:
     """Per-class recall against the operation's strength (from :func:`sensitivity.sweep`)."""
     fig, ax = plt.subplots(figsize=(4.8, 3.0))
-    classes = list(result["rows"][0]["recall"])
+    classes = report.shown_classes(list(result["rows"][0]["recall"]))
     for c, cname in enumerate(classes):
         ax.plot(result["levels"], [r["recall"][cname] for r in result["rows"]], "o-", color=CLASS_COLORS[c % 4],
                 label=cname)

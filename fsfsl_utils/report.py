@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,33 @@ def reference_class(record: dict) -> str:
     return _class_by_role(record, "normal", max)
 
 
+MAX_CLASSES_SHOWN = 10  # figures and default tables name at most this many classes
+
+
+def shown_classes(class_names: Sequence[str], counts: Mapping[str, int] | None = None,
+                  first: Sequence[str] = (), limit: int = MAX_CLASSES_SHOWN) -> list[str]:
+    """The classes a figure or table names: all of them when there are at most ``limit``, else
+    ``first`` (e.g. the target and reference classes) and then the largest by ``counts``, in the
+    classes' own order. A study of 1,000 classes then draws in seconds, not minutes."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    names = list(class_names)
+    if len(names) <= limit:
+        return names
+    counts = counts or {}
+    ranked = [c for c in first if c in names] + sorted(names, key=lambda c: (-counts.get(c, 0), names.index(c)))
+    keep = set(list(dict.fromkeys(ranked))[:limit])
+    return [c for c in names if c in keep]
+
+
+def record_classes_shown(record: dict) -> list[str]:
+    """:func:`shown_classes` of a record: its target and reference classes, then the largest
+    validation classes."""
+    labels = np.asarray(record["predictions"]["labels"])
+    counts = {c: int((labels == i).sum()) for i, c in enumerate(record["class_names"])}
+    return shown_classes(record["class_names"], counts, (target_class(record), reference_class(record)))
+
+
 def _class_by_role(record: dict, elpv_name: str, pick: Callable) -> str:
     names = record["class_names"]
     if elpv_name in names:
@@ -151,8 +178,10 @@ def _supports(record: dict) -> dict[str, int]:
 def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Per arm: mean over seeds (and splits) of each score in percent (AUROC x 100), with the 95%
     interval over seeds and, for proportions, the 95% interval from the validation images
-    (:data:`INTERVALS_NOTE`). Default keys: accuracy, balanced accuracy, every class's recall, AUROC."""
-    keys = keys or ["accuracy", "balanced_accuracy"] + [f"recall_{c}" for c in records[0]["class_names"]] + ["auroc"]
+    (:data:`INTERVALS_NOTE`). Default keys: accuracy, balanced accuracy, the recall of each class
+    (:func:`record_classes_shown`: at most :data:`MAX_CLASSES_SHOWN`), AUROC."""
+    keys = keys or ["accuracy", "balanced_accuracy"] + [f"recall_{c}" for c in record_classes_shown(records[0])] \
+        + ["auroc"]
     tab = step_table(records)
     rows = {}
     for step, r in tab.iterrows():

@@ -151,7 +151,8 @@ class SensitivityExplorer:
     def _refresh_all(self, change: dict | None = None) -> None:
         rec, feature = self.current, self.feature.value
         block = rec["sensitivity"][feature]
-        self.plotted = {c: [b["per_class"][c]["recall"] for b in block["bins"]] for c in rec["class_names"]}
+        self.plotted = {c: [b["per_class"][c]["recall"] for b in block["bins"]]
+                        for c in report.record_classes_shown(rec)}
         fig = plots.sensitivity_bars(rec, feature, title=f"{label(rec)}: {feature}")
         fig.set_size_inches(7, 2.8)
         self.plot.value = figure_png(fig)
@@ -193,8 +194,8 @@ class AugmentationPreviewer:
                  per_class: int = 1, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.train = train
-        self.picks = [int(i) for c in range(len(train.class_names))
-                      for i in rng.permutation(np.flatnonzero(train.labels == c))[:per_class]]
+        self.picks = [int(i) for c in report.shown_classes(train.class_names, train.counts())
+                      for i in rng.permutation(np.flatnonzero(train.labels == train.class_names.index(c)))[:per_class]]
         self.brightness = w.FloatSlider(value=0.7, min=0.4, max=1.6, step=0.05, description="brightness")
         self.clarity = w.FloatSlider(value=0.0, min=0.0, max=3.0, step=0.1, description="clarity")
         self.grid = w.VBox()
