@@ -203,6 +203,14 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
     return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
 
 
+def pick_per_class(labels: np.ndarray, n: int | None, rng: np.random.Generator,
+                   classes: Sequence[int]) -> list[np.ndarray]:
+    """For each class in ``classes``, in that order, up to ``n`` of its indices in random order
+    (one ``rng.permutation`` per class; ``n=None``: all of them)."""
+    labels = np.asarray(labels)
+    return [rng.permutation(np.flatnonzero(labels == c))[:n] for c in classes]
+
+
 def split(ds: Dataset, seed: int = 0, train_fraction: float = 0.5,
           train_counts: dict[str, int] | None = None) -> tuple[Dataset, Dataset]:
     """Seeded split stratified by class and cell type; returns (train, val).

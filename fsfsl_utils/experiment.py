@@ -79,8 +79,7 @@ def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
         ds = _BASE[base_key]
         if limit_per_class:
             rng = np.random.default_rng(split_seed)
-            keep = np.concatenate([rng.permutation(np.flatnonzero(ds.labels == c))[:limit_per_class]
-                                   for c in range(len(ds.class_names))])
+            keep = np.concatenate(data.pick_per_class(ds.labels, limit_per_class, rng, range(len(ds.class_names))))
             ds = ds.subset(np.sort(keep))
         _SPLIT.clear()
         _SPLIT[key] = data.split(ds, seed=split_seed)
@@ -215,8 +214,7 @@ def sweeps(record: dict, val: data.Dataset, n_images: int = 200, seed: int = 0,
         return {}
     rng = np.random.default_rng(seed)
     per_class = max(1, n_images // len(val.class_names))
-    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(val.labels == c))[:per_class]
-                                  for c in range(len(val.class_names))]))
+    idx = np.sort(np.concatenate(data.pick_per_class(val.labels, per_class, rng, range(len(val.class_names)))))
     predict = predictor(record)
     out = {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
            for op, lv in (levels or SWEEP_LEVELS).items()}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from . import augment, metrics, report
+from . import augment, data, metrics, report
 from .data import Dataset
 from .results import atomic_write
 
@@ -41,8 +41,8 @@ def sample_images(ds: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
     rng = np.random.default_rng(seed)
     shown = report.shown_classes(ds.class_names, ds.counts())
     fig, axes = plt.subplots(len(shown), per_class, figsize=(1.6 * per_class, 1.7 * len(shown)), squeeze=False)
-    for row, cname in enumerate(shown):
-        idx = rng.permutation(np.flatnonzero(ds.labels == ds.class_names.index(cname)))[:per_class]
+    picks = data.pick_per_class(ds.labels, per_class, rng, [ds.class_names.index(c) for c in shown])
+    for row, (cname, idx) in enumerate(zip(shown, picks)):
         for j in range(per_class):
             ax = axes[row, j]
             ax.axis("off")
@@ -65,7 +65,7 @@ def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness
     """Originals beside each operation's copy, ``n`` images per class."""
     rng = np.random.default_rng(seed)
     shown = report.shown_classes(ds.class_names, ds.counts())
-    picks = [i for c in shown for i in rng.permutation(np.flatnonzero(ds.labels == ds.class_names.index(c)))[:n]]
+    picks = [i for idx in data.pick_per_class(ds.labels, n, rng, [ds.class_names.index(c) for c in shown]) for i in idx]
     fig, axes = plt.subplots(len(picks), 1 + len(ops), figsize=(1.8 * (1 + len(ops)), 1.9 * len(picks)),
                              squeeze=False)
     for r, i in enumerate(picks):
