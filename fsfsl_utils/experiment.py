@@ -28,7 +28,7 @@ STEPS: dict[str, dict] = {
     "02_flip": {"policy": "flip", "title": "+ flips"},
     "03_full_augment": {"policy": "full", "title": "brightness + clarity, all classes"},
     "04_balanced_augment": {"policy": "balanced", "title": "same, defective class only"},
-    # science controls (issue 8): same engine, recorded like every other run
+    # science controls: same engine, recorded like every other run
     "04_balanced_duplicate": {"policy": "balanced_duplicate", "title": "control: defective oversampled by copies"},
     "04_class_weighted": {"policy": "none", "class_weight": "balanced", "title": "control: class-weighted loss"},
 }

@@ -27,7 +27,7 @@ from .progress import progress_bar
 from .results import atomic_write
 
 PREPROCESS_VERSION = 4  # 4: models.preprocess, the one input path (uint8 resize on a CPU)
-DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # CPU: batch 8 beat 32 on the 2-core dev box
+DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # a CPU of few cores gains nothing from larger batches
 _BACKBONES: dict[tuple[str, str | None, str], torch.nn.Module] = {}
 
 

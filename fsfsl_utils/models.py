@@ -174,7 +174,7 @@ def _build_lite0(weights: str | None) -> nn.Module:
 def _fold_symmetric_padding(net: nn.Module) -> int:
     """Move EfficientNet-Lite's TensorFlow-style "same" padding into the convolution where it is
     symmetric (12 of its 17 padded convolutions): the same output bit for bit, one copy kernel less
-    per layer and pass (about 7% of a CPU forward pass). Returns the number of layers changed."""
+    per layer and pass. Returns the number of layers changed."""
     folded = 0
     for mod in net.modules():
         pad = getattr(mod, "static_padding", None)

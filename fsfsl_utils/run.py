@@ -7,9 +7,8 @@ Each run gets ``<out>/<timestamp>/`` with the executed notebooks, run records, f
 never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad arguments.
 ``--train-ahead`` first fine-tunes what notebooks 01-04 will train, all at once
 (:func:`fsfsl_utils.experiment.train_ahead`); the notebooks then resume from the checkpoints.
-It is the default for the paper profile on CUDA (measured: the four fine-tunings in 142 s instead
-of 219 s one after another on an H100, 134 s instead of 195 s on an H200); ``--no-train-ahead``
-turns it off.
+It is the default for the paper profile on CUDA, where the trainings share the GPU (timings:
+``benchmarks/RESULTS.md``); ``--no-train-ahead`` turns it off.
 """
 
 from __future__ import annotations

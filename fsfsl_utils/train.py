@@ -13,9 +13,8 @@ normalised there, a chunk of an epoch at a time, and the loss is read once per e
 step; each epoch's validation runs while the next epoch trains, and checkpoints are written by a
 background thread. On CUDA: bf16 autocast, channels_last, and the training step captured as a
 CUDA graph (``cuda_graphs``, see :class:`TrainStep`), and Adam as one fused kernel
-(``fused_adam``: 11% less time per step on an H200, about the same on a CPU). Measured by
-``benchmarks/`` and off by default: ``compile`` (``torch.compile`` of the model: 1.6x per step on
-an H200, but 30 s of compilation per training).
+(``fused_adam``). Off by default: ``compile`` (``torch.compile`` of the model: faster steps, but a
+compilation per training). What each costs and gains is measured in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
