@@ -20,8 +20,8 @@ from scipy import stats
 
 from . import metrics
 from . import stats as kit_stats
-from .experiment import STEPS, STUDY_RESULTS, STUDY_STEPS
 from .results import atomic_write, atomic_write_json
+from .study import STEPS, STUDY_RESULTS, STUDY_STEPS
 
 ALPHA = 0.05
 STUDY_COMPARISONS = (("02_flip", "01_baseline"), ("03_full_augment", "01_baseline"),

@@ -60,3 +60,13 @@ def test_notebooks_define_no_functions_and_call_the_package():
         assert "def " not in code and "class " not in code and "lambda" not in code, path.name
         assert "from fsfsl_utils import" in code, path.name
         assert nb["metadata"]["kernelspec"]["name"] == "python3", path.name
+
+
+def test_the_analysis_reads_the_study_without_the_training_code():
+    """``report`` (tables, verdicts) and ``study`` (what the study is) import no torch: reading
+    records needs no deep-learning stack."""
+    code = "import sys, fsfsl_utils.report, fsfsl_utils.study; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
