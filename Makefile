@@ -45,7 +45,7 @@ browser-deps:
 	  else echo "note: the browser test needs Chromium: sudo apt-get install chromium"; fi
 
 bench: $(STAMP)
-	$(BIN)/python -m fsfsl_utils.bench
+	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check fsfsl_utils tests notebooks benchmarks

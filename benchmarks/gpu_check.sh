@@ -48,11 +48,11 @@ status=0
 timeout 150 "$PY" benchmarks/train_ahead_check.py --device "$DEVICE" --out "$OUT/ahead.json" $EXTRA 2>&1 \
     | tee -a "$OUT/gpu.log" || status=$?
 # shellcheck disable=SC2086
-"$PY" -m fsfsl_utils.bench --data synthetic --workloads "${WORKLOADS:-step,paper}" --device "$DEVICE" \
+"$PY" benchmarks/bench.py --data synthetic --workloads "${WORKLOADS:-step,paper}" --device "$DEVICE" \
     --out "$OUT/gpu.json" $EXTRA 2>&1 | tee -a "$OUT/gpu.log" || status=$?
 if [ "${FINETUNE:-1}" != 0 ]; then
     # shellcheck disable=SC2086
-    "$PY" -m fsfsl_utils.bench --data synthetic --workloads finetune --device "$DEVICE" \
+    "$PY" benchmarks/bench.py --data synthetic --workloads finetune --device "$DEVICE" \
         --images 1024 --out "$OUT/gpu-finetune.json" $EXTRA 2>&1 | tee -a "$OUT/gpu.log" || status=$?
 fi
 exit "$status"

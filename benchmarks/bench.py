@@ -1,6 +1,6 @@
 """Benchmark: the kit against the naive pipeline, side by side, in one run on one machine.
 
-    python -m fsfsl_utils.bench [--quick] [--images 256] [--out benchmarks/results.json]
+    python benchmarks/bench.py [--quick] [--images 256] [--out benchmarks/results.json]
 
 Workloads (every claim is a ratio against a baseline measured in the same run):
 
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import augment, data, experiment, features, models, train
-from .progress import set_progress
-from .results import atomic_write_json
+from fsfsl_utils import augment, data, experiment, features, models, train
+from fsfsl_utils.progress import set_progress
+from fsfsl_utils.results import atomic_write_json
 
 MIN_FEATURE_COSINE = 0.999  # kit vs PIL-resized features: the resizers differ in 0.1% of pixels, by one gray level
 
@@ -474,7 +474,7 @@ WORKLOADS = ("features", "study", "finetune", "step", "paper")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="seconds-long version for CI (tiny sizes)")
     parser.add_argument("--workloads", default="features,study,finetune",
                         help=f"comma-separated subset of {', '.join(WORKLOADS)} (paper = the GPU headline; "
