@@ -287,9 +287,9 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
             raise DataError(f"class name {name!r} cannot be a folder name inside {out}: use a plain name")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: the export follows the umask like any new folder
+    from .results import current_umask
+
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the export follows the umask like any new folder
     try:
         rows = []
         for part, ds in (("train", train), ("val", val)):

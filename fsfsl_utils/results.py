@@ -31,8 +31,18 @@ class RecordError(ValueError):
     """A run record does not follow the schema."""
 
 
-_UMASK = os.umask(0o022)  # read once (os.umask sets it too, so it is put back at once)
-os.umask(_UMASK)
+def current_umask() -> int:
+    """The process's umask: read from ``/proc/self/status`` where Linux shows it (nothing changes),
+    else with ``os.umask``, which can only read it by setting it (it is put back at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -59,7 +69,7 @@ def _publish(path: Path, write: Callable[[Path], object], next_free: Callable[[P
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~current_umask())
         if next_free is None:
             os.replace(tmp, path)
             return path
