@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_umask(tmp_path, monkeypatch):
     target = results.atomic_write_json(tmp_path / "r.json", {"v": 1})
-    assert target.stat().st_mode & 0o777 == 0o666 & ~results._UMASK  # as open() would make it, not 0600
+    assert target.stat().st_mode & 0o777 == 0o666 & ~results.current_umask()  # as open() would make it, not 0600
 
     def write_then_fail(tmp):
         tmp.write_text("half")
@@ -125,8 +126,11 @@ def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_uma
     with pytest.raises(OSError, match="disk full"):
         results.atomic_write(target, write_then_fail)
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and json.loads(target.read_text()) == {"v": 1}
-    monkeypatch.setattr(results, "_UMASK", 0o027)
-    assert results.atomic_write(tmp_path / "s.md", lambda tmp: tmp.write_text("x")).stat().st_mode & 0o777 == 0o640
+    old = os.umask(0o027)  # the umask is read when a file is written, not when the kit was imported
+    try:
+        assert results.atomic_write(tmp_path / "s.md", lambda tmp: tmp.write_text("x")).stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
 
 
 def crafted_record(step, seed, logits, labels, split_seed=0):
