@@ -19,9 +19,10 @@ CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 LABELLED_CELLS = 12  # a confusion matrix with more classes is drawn without numbers and names
 
 
-def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> Path:
-    """Write ``<results_dir>/figures/<name>.png`` (atomically) and return the path."""
-    return atomic_write(Path(results_dir) / "figures" / f"{name}.png",
+def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> None:
+    """Write ``<results_dir>/figures/<name>.png`` (atomically). Returns nothing, so that a notebook
+    cell ending in a save shows no ``Out[n]`` line."""
+    atomic_write(Path(results_dir) / "figures" / f"{name}.png",
                         lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
