@@ -16,6 +16,8 @@ from .data import Dataset
 from .results import atomic_write
 
 CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
+FEATURE_UNITS = {"brightness": "mean gray level (0-255)", "clarity": "variance of the Laplacian",
+                 "contrast": "standard deviation of gray levels"}
 LABELLED_CELLS = 12  # a confusion matrix with more classes is drawn without numbers and names
 
 
@@ -23,7 +25,7 @@ def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> None:
     """Write ``<results_dir>/figures/<name>.png`` (atomically). Returns nothing, so that a notebook
     cell ending in a save shows no ``Out[n]`` line."""
     atomic_write(Path(results_dir) / "figures" / f"{name}.png",
-                        lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+                        lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
 
 
 def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
@@ -113,7 +115,9 @@ def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_bo
     ax.set_xticks(np.arange(len(groups)), [s.replace("_", "\n", 1) for s in groups], fontsize=8)
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("score (95% interval)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Scores per step; bars: 95% interval over seeds (bootstrap over images with one seed)",
+                 fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
@@ -135,7 +139,7 @@ def confusion_matrices(records: Sequence[dict]) -> plt.Figure:
             ax.set_xticks([])
             ax.set_yticks([])
         ax.set_xlabel("predicted", fontsize=8)
-        ax.set_title(step, fontsize=8)
+        ax.set_title(f"{step} (seed {recs[0].get('seed', 0)})", fontsize=8)
     axes[0, 0].set_ylabel("true", fontsize=8)
     fig.tight_layout()
     return fig
@@ -210,7 +214,9 @@ def feature_histograms(record: dict, features: Sequence[str] = ("brightness", "c
             ax.hist(v[labels == c], bins=30, alpha=0.6, color=CLASS_COLORS[k % 4], label=cname, density=True)
         for e in record["sensitivity"][f]["edges"][1:-1]:
             ax.axvline(e, color="gray", lw=0.8, ls="--")
-        ax.set_title(f, fontsize=9)
+        ax.set_title(f"{f} (dashed: bin edges)", fontsize=9)
+        ax.set_xlabel(FEATURE_UNITS.get(f, f), fontsize=8)
+    axes[0, 0].set_ylabel("density (per class)", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -232,9 +238,13 @@ def sweep_curves(result: dict) -> plt.Figure:
     for c, cname in enumerate(classes):
         ax.plot(result["levels"], [r["recall"][cname] for r in result["rows"]], "o-", color=CLASS_COLORS[c % 4],
                 label=cname)
-    ax.set_xlabel(f"{result['op']} level")
+    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+    ax.text(1.0, 0.02, " unchanged", fontsize=7, color="gray")
+    ax.set_xlabel(f"{result['op']} level (1.0: the image as it is)")
     ax.set_ylabel("recall")
     ax.set_ylim(0, 1.02)
+    n = f"{result['n']} validation images" if "n" in result else "validation images"
+    ax.set_title(f"{result['op']} sweep: the same {n}, changed and predicted again", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -277,6 +287,7 @@ def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]]
     ax.set_yticks(range(len(shown)), [f"{a} - {b}" for a, b in shown], fontsize=7)
     what = f"{report.target_class(records[0])} recall" if key == "recall_target" else key.replace("_", " ")
     ax.set_xlabel(f"{what} difference, points (dots: seeds; bar: mean)")
+    ax.set_title(f"Paired differences in {what} on the same validation images", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -241,7 +241,7 @@ def sweep(model_or_predict_fn: Callable[[np.ndarray], np.ndarray], images: np.nd
                      "recall": {names[c]: (float((pred[lab == c] == c).mean()) if (lab == c).any() else None)
                                 for c in range(logits.shape[1])},
                      "mean_brightness": float(np.mean([brightness(to_gray(im)) for im in changed]))})
-    return {"op": op, "levels": [float(v) for v in levels], "rows": rows}
+    return {"op": op, "levels": [float(v) for v in levels], "rows": rows, "n": int(len(labels))}
 
 
 def sweep_table(result: dict) -> pd.DataFrame:
