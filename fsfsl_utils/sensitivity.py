@@ -201,6 +201,24 @@ def explain(result: dict, features: Sequence[str] = ("brightness", "clarity", "c
     return lines
 
 
+def explain_sweep(result: dict) -> list[str]:
+    """Plain sentences from a :func:`sweep`: per class, its recall on the unchanged images and the
+    level that moves it most, so a large change is read, not only plotted."""
+    rows = result["rows"]
+    base = next((r for r in rows if r["level"] == 1.0), rows[0])
+    lines = []
+    for c, at_base in base["recall"].items():
+        if at_base is None:
+            continue
+        moved = [(r["level"], r["recall"][c]) for r in rows if r["recall"][c] is not None and r is not base]
+        if not moved:
+            continue
+        level, value = max(moved, key=lambda lv: abs(lv[1] - at_base))
+        lines.append(f"{c}: recall {at_base:.2f} unchanged; largest change at {result['op']} x{level:g}: "
+                     f"{value:.2f} ({100 * (value - at_base):+.0f} points)")
+    return lines
+
+
 def weakest_bins(result: dict, feature: str, top: int = 2) -> list[dict]:
     """The (bin, class) cells with the lowest recall, for pointing at what to augment."""
     cells = [{"feature": feature, "bin": b["label"], "class": c, "recall": v["recall"], "n": v["n"],
