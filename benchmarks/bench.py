@@ -99,7 +99,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
     On CUDA a ResNet50 row follows (random weights: its time does not depend on the values):
     ``resnet_epochs`` epochs of the largest set, scaled to the four trainings, an estimate.
     """
-    from . import profiles
+    from fsfsl_utils import profiles
 
     resolved = profiles.resolve("paper", device=device, epochs=epochs)
     base = dict(resolved["config"])
