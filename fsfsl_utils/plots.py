@@ -96,6 +96,7 @@ def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_bo
                     ["accuracy", "balanced_accuracy", f"recall_{report.target_class(records[0])}"])
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     width = 0.8 / len(keys)
+    lowest = 1.0
     for j, key in enumerate(keys):
         means, errs = [], []
         for recs in groups.values():
@@ -109,11 +110,12 @@ def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_bo
                 lo, hi = metrics.bootstrap_ci(labels, logits, fn, n_boot=n_boot)
             means.append(mean)
             errs.append([max(0.0, mean - lo), max(0.0, hi - mean)])
+            lowest = min(lowest, lo)
         x = np.arange(len(groups)) + (j - (len(keys) - 1) / 2) * width
         ax.bar(x, means, width, yerr=np.array(errs).T, capsize=3, label=key.replace("_", " "),
                color=CLASS_COLORS[j % 4])
     ax.set_xticks(np.arange(len(groups)), [s.replace("_", "\n", 1) for s in groups], fontsize=8)
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(max(0.0, min(0.4, lowest - 0.05)), 1.0)  # from 0.4 unless a bar reaches lower
     ax.set_ylabel("score (95% interval)")
     ax.set_title("Scores per step; bars: 95% interval over seeds (bootstrap over images with one seed)",
                  fontsize=8)
