@@ -114,19 +114,12 @@ class UpperBlocks(nn.Module):
         return self.head(x).mean(dim=(2, 3))
 
 
-class _LiteStem(nn.Module):
-    def __init__(self, net: nn.Module):
+class _ConvBnAct(nn.Module):
+    """EfficientNet-Lite's stem or head: convolution, batch norm, activation (the network's own modules)."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module):
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class _LiteHead(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -144,7 +137,8 @@ def split_backbone(backbone: nn.Module, name: str, trained_blocks: int) -> tuple
         blocks = list(net._blocks)
         rate = net._global_params.drop_connect_rate or 0.0
         rates = [rate * i / len(blocks) for i in range(cut, len(blocks))]
-        return LowerBlocks(_LiteStem(net), blocks[:cut]), UpperBlocks(blocks[cut:], _LiteHead(net), rates)
+        stem, head = _ConvBnAct(net._conv_stem, net._bn0, net._swish), _ConvBnAct(net._conv_head, net._bn1, net._swish)
+        return LowerBlocks(stem, blocks[:cut]), UpperBlocks(blocks[cut:], head, rates)
     stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
     blocks = [b for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for b in layer]
     return LowerBlocks(stem, blocks[:cut]), UpperBlocks(blocks[cut:], nn.Identity())
