@@ -140,7 +140,8 @@ def accuracy_fn(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def balanced_accuracy_fn(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Mean recall over the classes present in ``labels`` (for :func:`bootstrap_ci`)."""
+    """Mean recall over the classes present in ``labels``, as :func:`evaluate` counts it (for
+    :func:`bootstrap_ci`; scikit-learn's warns in every resample that misses a predicted class)."""
     pred = logits.argmax(1)
     return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
 

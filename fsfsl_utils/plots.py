@@ -25,7 +25,7 @@ def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> None:
     """Write ``<results_dir>/figures/<name>.png`` (atomically). Returns nothing, so that a notebook
     cell ending in a save shows no ``Out[n]`` line."""
     atomic_write(Path(results_dir) / "figures" / f"{name}.png",
-                        lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+                 lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
 
 
 def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
@@ -42,9 +42,8 @@ def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
 def sample_images(ds: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
     """A row of random images per class (the largest classes when there are many: :func:`report.shown_classes`)."""
     rng = np.random.default_rng(seed)
-    shown = report.shown_classes(ds.class_names, ds.counts())
+    shown, picks = shown_picks(ds, per_class, rng)
     fig, axes = plt.subplots(len(shown), per_class, figsize=(1.6 * per_class, 1.7 * len(shown)), squeeze=False)
-    picks = data.pick_per_class(ds.labels, per_class, rng, [ds.class_names.index(c) for c in shown])
     for row, (cname, idx) in enumerate(zip(shown, picks)):
         for j in range(per_class):
             ax = axes[row, j]
@@ -57,6 +56,17 @@ def sample_images(ds: Dataset, per_class: int = 6, seed: int = 0) -> plt.Figure:
     return fig
 
 
+def shown_picks(ds: Dataset, n: int, rng: np.random.Generator) -> tuple[list[str], list[np.ndarray]]:
+    """The classes a figure shows (:func:`report.shown_classes`) and up to ``n`` random images of each."""
+    shown = report.shown_classes(ds.class_names, ds.counts())
+    return shown, data.pick_per_class(ds.labels, n, rng, [ds.class_names.index(c) for c in shown])
+
+
+def _bin_counts(block: dict) -> dict[str, int]:
+    """Images per class over a sensitivity feature's bins."""
+    return {c: sum(b["per_class"][c]["n"] for b in block["bins"]) for c in block["bins"][0]["per_class"]}
+
+
 def _note_hidden(fig: plt.Figure, shown: int, total: int) -> None:
     """Say in the figure when it names only some of the classes."""
     if shown < total:
@@ -67,8 +77,7 @@ def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness
                          seed: int = 0, params: dict[str, float] | None = None) -> plt.Figure:
     """Originals beside each operation's copy, ``n`` images per class."""
     rng = np.random.default_rng(seed)
-    shown = report.shown_classes(ds.class_names, ds.counts())
-    picks = [i for idx in data.pick_per_class(ds.labels, n, rng, [ds.class_names.index(c) for c in shown]) for i in idx]
+    picks = [i for idx in shown_picks(ds, n, rng)[1] for i in idx]
     fig, axes = plt.subplots(len(picks), 1 + len(ops), figsize=(1.8 * (1 + len(ops)), 1.9 * len(picks)),
                              squeeze=False)
     for r, i in enumerate(picks):
@@ -152,8 +161,7 @@ def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, tit
     block = result["sensitivity"][feature]
     fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.2))
     ax = ax or fig.add_subplot()
-    counts = {c: sum(b["per_class"][c]["n"] for b in block["bins"]) for c in result["class_names"]}
-    classes = report.shown_classes(result["class_names"], counts)
+    classes = report.shown_classes(result["class_names"], _bin_counts(block))
     width = 0.8 / len(classes)
     for c, cname in enumerate(classes):
         cells = [b["per_class"][cname] for b in block["bins"]]
@@ -189,9 +197,7 @@ def sensitivity_heatmap(result: dict, feature: str) -> plt.Figure:
     from .sensitivity import table
 
     tab = table(result, feature).astype(float)
-    block = result["sensitivity"][feature]
-    tab = tab[report.shown_classes(list(tab.columns), {c: sum(b["per_class"][c]["n"] for b in block["bins"])
-                                                       for c in tab.columns})]
+    tab = tab[report.shown_classes(list(tab.columns), _bin_counts(result["sensitivity"][feature]))]
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * tab.shape[1], 3.0))
     ax.imshow(tab.iloc[:-1].to_numpy(), cmap="RdYlGn", vmin=0.4, vmax=1.0, aspect="auto")
     for (i, j), v in np.ndenumerate(tab.to_numpy()):

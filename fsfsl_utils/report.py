@@ -113,8 +113,8 @@ def shown_classes(class_names: Sequence[str], counts: Mapping[str, int] | None =
     if len(names) <= limit:
         return names
     counts = counts or {}
-    ranked = [c for c in first if c in names] + sorted(names, key=lambda c: (-counts.get(c, 0), names.index(c)))
-    keep = set(list(dict.fromkeys(ranked))[:limit])
+    largest = sorted(names, key=lambda c: -counts.get(c, 0))  # stable: ties keep the classes' order
+    keep = set(list(dict.fromkeys([c for c in first if c in names] + largest))[:limit])
     return [c for c in names if c in keep]
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from . import features, models
 from .data import Dataset
 from .progress import progress_bar
-from .train import FitResult, TrainingError, class_weights, lr_at, view_images
+from .train import FitResult, TrainingError, class_weights, lr_at, view_images, view_keys
 
 PREDICT_BATCH = 256
 
@@ -56,10 +56,19 @@ def build(cfg: dict, n_classes: int, device: torch.device) -> TopClassifier:
     return TopClassifier(upper, models.get_spec(cfg["backbone"]).feature_dim, n_classes).to(device)
 
 
-def activations(images: np.ndarray, cfg: dict, progress: bool | None = None) -> np.ndarray:
-    """The cached lower-block activations of ``images`` under ``cfg`` (float16)."""
+def activations(images: np.ndarray, cfg: dict, progress: bool | None = None,
+                keys: list[str] | None = None) -> np.ndarray:
+    """The cached lower-block activations of ``images`` under ``cfg`` (float16); ``keys``: their
+    content hashes when known."""
     return features.activations(images, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
-                                cfg["trained_blocks"], cfg["feature_batch_size"], cfg["device"], progress=progress)
+                                cfg["trained_blocks"], cfg["feature_batch_size"], cfg["device"], progress=progress,
+                                keys=keys)
+
+
+def dataset_activations(ds: Dataset, cfg: dict, view: str | None = None, progress: bool | None = None) -> np.ndarray:
+    """:func:`activations` of a Dataset's images or of one view of them (images and hashes kept per Dataset)."""
+    images = ds.images if view is None else view_images(ds, view)
+    return activations(images, cfg, progress, keys=view_keys(ds, view))
 
 
 def logits(model: TopClassifier, acts: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -84,11 +93,11 @@ def fit_top(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[
     t0 = time.perf_counter()
     dev = models.pick_device(cfg["device"])
     # float32 once, not per step: a step then only gathers its batch
-    x_train = torch.from_numpy(activations(train.images, cfg, progress)).to(dev, torch.float32)
-    x_flip = torch.from_numpy(activations(view_images(train, "hflip"), cfg, progress)).to(dev, torch.float32) \
+    x_train = torch.from_numpy(dataset_activations(train, cfg, None, progress)).to(dev, torch.float32)
+    x_flip = torch.from_numpy(dataset_activations(train, cfg, "hflip", progress)).to(dev, torch.float32) \
         if cfg["train_aug"] == "flip" else None
-    x_val = activations(val.images, cfg, progress)
-    x_views = {v: activations(view_images(val, v), cfg, progress) for v in views}
+    x_val = dataset_activations(val, cfg, None, progress)
+    x_views = {v: dataset_activations(val, cfg, v, progress) for v in views}
     t1 = time.perf_counter()
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
@@ -97,8 +106,7 @@ def fit_top(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[
     with torch.random.fork_rng(devices=[]):  # the seed decides the linear layer and stochastic depth, nothing else
         torch.manual_seed(seed)
         model = build(cfg, len(train.class_names), dev)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         gen = torch.Generator().manual_seed(seed)
         n, bs = len(x_train), cfg["batch_size"]
         for epoch in progress_bar(range(cfg["epochs"]), desc="epochs (top blocks)", enable=progress):

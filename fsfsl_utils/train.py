@@ -258,6 +258,15 @@ def view_images(ds: Dataset, view: str) -> np.ndarray:
     return ds.cache[key]
 
 
+def view_keys(ds: Dataset, view: str | None = None) -> list[str]:
+    """The cache keys (content hashes) of a Dataset's images or of one view of them, hashed once per
+    Dataset (kept in ``ds.cache``)."""
+    key = f"keys:{view}"
+    if key not in ds.cache:
+        ds.cache[key] = features.image_keys(ds.images if view is None else view_images(ds, view))
+    return ds.cache[key]
+
+
 # ----------------------------------------------------------------------------- probe
 class ProbeHead(nn.Module):
     """Standardisation (fitted on the training features) + linear layer."""
@@ -277,11 +286,8 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequen
     t0 = time.perf_counter()
     def feat(ds: Dataset, view: str | None = None) -> np.ndarray:
         imgs = ds.images if view is None else view_images(ds, view)
-        key = f"keys:{view}"
-        if key not in ds.cache:
-            ds.cache[key] = features.image_keys(imgs)
         return features.extract(imgs, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
-                                cfg["feature_batch_size"], cfg["device"], progress=progress, keys=ds.cache[key])
+                                cfg["feature_batch_size"], cfg["device"], progress=progress, keys=view_keys(ds, view))
 
     x_train, x_val = feat(train), feat(val)
     x_views = {v: feat(val, v) for v in views}

@@ -25,7 +25,7 @@ import pandas as pd
 from IPython.display import display
 from PIL import Image
 
-from . import augment, data, metrics, plots, report, sensitivity
+from . import augment, metrics, plots, report, sensitivity
 from .data import Dataset
 
 GALLERY_SIZE = 12
@@ -194,8 +194,7 @@ class AugmentationPreviewer:
                  per_class: int = 1, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.train = train
-        shown = [train.class_names.index(c) for c in report.shown_classes(train.class_names, train.counts())]
-        self.picks = [int(i) for idx in data.pick_per_class(train.labels, per_class, rng, shown) for i in idx]
+        self.picks = [int(i) for idx in plots.shown_picks(train, per_class, rng)[1] for i in idx]
         self.brightness = w.FloatSlider(value=0.7, min=0.4, max=1.6, step=0.05, description="brightness")
         self.clarity = w.FloatSlider(value=0.0, min=0.0, max=3.0, step=0.1, description="clarity")
         self.grid = w.VBox()

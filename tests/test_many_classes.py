@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from fsfsl_utils import data, plots, report
+from fsfsl_utils import data, metrics, plots, report
 
 
 def many_class_records(k: int, per_class: int = 3, steps: tuple[str, ...] = ("01_baseline", "04_balanced_augment")):
@@ -19,7 +19,6 @@ def many_class_records(k: int, per_class: int = 3, steps: tuple[str, ...] = ("01
     out = []
     for step in steps:
         logits = rng.normal(size=(len(labels), k)) + 3 * np.eye(k)[labels]
-        from fsfsl_utils import metrics
         out.append({"step": step, "seed": 0, "split_seed": 0, "class_names": names, "title": step,
                     "train_counts": {n: 5 + (i % 7) for i, n in enumerate(names)},
                     "train_counts_before_expansion": {n: 5 + (i % 7) for i, n in enumerate(names)},
@@ -57,3 +56,9 @@ def test_figures_of_a_hundred_classes_are_small_and_quick():
     assert elapsed < 30, f"{elapsed:.1f} s"
     for fig in figures.values():
         plt.close(fig)
+
+
+def test_bootstrap_balanced_accuracy_matches_the_records():
+    record = many_class_records(12)[0]
+    labels, logits = np.asarray(record["predictions"]["labels"]), np.asarray(record["predictions"]["logits"])
+    assert metrics.balanced_accuracy_fn(labels, logits) == pytest.approx(record["metrics"]["balanced_accuracy"])
