@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from fsfsl_utils import augment, data, experiment, features, models, train
+from fsfsl_utils.config import TrainConfig
 from fsfsl_utils.progress import set_progress
 from fsfsl_utils.results import atomic_write_json
 
@@ -102,7 +103,7 @@ def bench_paper(device: str, epochs: int, quick: bool, peak: float, report: Call
     from fsfsl_utils import profiles
 
     resolved = profiles.resolve("paper", device=device, epochs=epochs)
-    base = dict(resolved["config"])
+    base = resolved["config"].as_dict()
     counts, val_counts = paper_counts(), dict(data.STUDY_VAL_COUNTS)
     if quick:
         counts = {step: {c: max(2, n // 200) for c, n in per_class.items()} for step, per_class in counts.items()}
@@ -185,7 +186,8 @@ def step_variants(cuda: bool) -> list[dict]:
     per step on an H200) and, on CUDA, the default plus torch.compile (a GPU run has minutes and each
     compilation costs some; on a CPU it is left out). Measured before and dropped: NCHW (35-50% slower
     on an H200), fp32 (27% slower) and cuDNN benchmark mode (no effect)."""
-    base = {key: train.DEFAULTS[key] for key in STEP_KEYS} | {"amp": cuda and train.DEFAULTS["amp"]}
+    defaults = TrainConfig()
+    base = {key: getattr(defaults, key) for key in STEP_KEYS} | {"amp": cuda and defaults.amp}
     variants = [base, {**base, "fused_adam": not base["fused_adam"]}]
     return variants + [{**base, "compile": True}] if cuda else variants
 
@@ -359,13 +361,14 @@ def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -
     """Workload 2: 01-04 with the CPU profile, cache cold and warm, vs recomputing features per step."""
     steps = list(experiment.STUDY_STEPS)
     kw = {"profile": "cpu", "limit_per_class": limit, "backbone": backbone, "input_size": size,
-          "progress": False, "analyse": False, "views": ()}
-    train_part, val = experiment.load_split(limit_per_class=limit)
+          "progress": False, "analyse_images": False, "views": ()}
+    store = experiment.DataStore()  # decoded once, before the timings
+    train_part, val = store.split(limit_per_class=limit)
 
     def kit_run(folder: str) -> int:
         n = 0
         for step in steps:
-            rec = experiment.run_step(step, results_dir=work / folder, **kw)
+            rec = experiment.run_step(step, work / folder, store=store, **kw).record
             n += sum(rec["train_counts"].values()) + sum(rec["val_counts"].values())
         return n
 

@@ -81,24 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = experiment.Settings.from_parameters(profile=args.profile, data=args.data, labels=header["labels"],
                                                    results_dir=str(results_dir.resolve()), progress=False)
     print(settings.describe(), flush=True)
-    base = settings.step_calls("01_baseline")[0][1]
-    if args.device:
-        base["device"] = args.device
+    device = {"device": args.device} if args.device else {}
     run = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": settings.resolved["profile"],
-           "config": settings.resolved["config"], "data": {"file": Path(args.data).name, **{
+           "config": settings.resolved["config"].as_dict(), "data": {"file": Path(args.data).name, **{
                k: header[k] for k in ("origin", "labels", "shape", "images_sha256")}},
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
            "versions": {"python": platform.python_version(), "torch": torch.__version__},
            "budget_s": args.budget, "groups": [], "skipped": []}
     train_counts = settings.load_split()[0].counts()
-    epochs = settings.resolved["config"].get("epochs", 1)
+    epochs = settings.resolved["config"].epochs
     rate = per_record = None  # seconds per training image-epoch and per record, measured on the first group
     wanted = {int(g) for g in args.groups.split(",")}
     for number, group in enumerate(groups(args.seeds), start=1):
         group = [(step, seed) for step, seed in group if not arms or step in arms]
         if number not in wanted or not group:
             continue
-        calls = [(step, {**base, "seed": seed}) for step, seed in group]
+        specs = [experiment.StepSpec.build(step, settings.profile, seed, source=settings.source,
+                                           labels=settings.labels, **device) for step, seed in group]
         images = epochs * sum(sum(augment.get_policy(experiment.STEPS[step]["policy"]).counts(train_counts).values())
                               for step, _ in group)
         elapsed = time.perf_counter() - t_start
@@ -109,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"group {number}: skipped (estimated {estimate:.0f} s, {elapsed:.0f} s used)", flush=True)
             continue
         t0 = time.perf_counter()
-        experiment.train_ahead(calls, progress=False)
+        experiment.train_ahead(specs, settings.results_dir, settings.store, progress=False)
         t1 = time.perf_counter()
-        records = [experiment.run_step(step, **kw) for step, kw in calls]
+        records = [experiment.run_step(spec, settings.results_dir, store=settings.store, progress=False).record
+                   for spec in specs]
         t2 = time.perf_counter()
         rate = rate or (t1 - t0) / images
         per_record = per_record or (t2 - t1) / len(group)

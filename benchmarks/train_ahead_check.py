@@ -63,17 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                 profile="paper", backbone="efficientnet_lite0", epochs=epochs, input_size=size, data=str(folder),
                 seeds=1, results_dir=str(work / results), progress=False)
 
-        calls = [call for step in STEPS for call in settings("ahead").step_calls(step)]
-        calls = [(step, {**kw, "device": args.device}) for step, kw in calls]
+        ahead = settings("ahead")
+        specs = [spec.replace(config=spec.config.replace(device=args.device))
+                 for step in STEPS for spec in ahead.specs(step)]
         t0 = time.perf_counter()
-        result["trained_ahead"] = experiment.train_ahead(calls, progress=False)
+        result["trained_ahead"] = experiment.train_ahead(specs, ahead.results_dir, ahead.store, progress=False)
         phase("train_ahead", t0)
         t0 = time.perf_counter()
-        records = [experiment.run_step(step, **kw) for step, kw in calls]
+        records = [experiment.run_step(spec, ahead.results_dir, store=ahead.store, progress=False).record
+                   for spec in specs]
         phase("resume_and_record", t0)
-        step, kw = settings("plain").step_calls(STEPS[0])[0]
+        plain_settings = settings("plain")
         t0 = time.perf_counter()
-        plain = experiment.run_step(step, **{**kw, "device": args.device})
+        plain = experiment.run_step(specs[0], plain_settings.results_dir, store=ahead.store, progress=False).record
         phase("01_trained_alone", t0)
         result.update(device=records[0]["device"],
                       resumed=[any("resumed from" in note for note in r["notes"]) for r in records],
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         result["01_ahead_equals_alone"] = same
         atomic_write_json(args.out, result)
         print(result, flush=True)
-        failed = result["trained_ahead"] != len(calls) or not all(result["resumed"])
+        failed = result["trained_ahead"] != len(specs) or not all(result["resumed"])
         return 1 if failed or (result["device"] == "cpu" and not same) else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -28,9 +28,10 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 LABEL_POLICIES = ("study", "threshold", "four_level")
 STUDY_TRAIN_COUNTS = {"normal": 754, "defective": 358}
 STUDY_VAL_COUNTS = {"normal": 754, "defective": 357}
+T = TypeVar("T")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 META_COLUMNS = ("name", "label", "source", "split", "cell_type", "probability", "op", "param")
 
@@ -60,7 +62,7 @@ class Dataset:
     images: np.ndarray
     meta: pd.DataFrame
     class_names: list[str]
-    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived data (views, hashes)
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8:
@@ -84,6 +86,14 @@ class Dataset:
         """Rows ``index`` as a new Dataset (images copied)."""
         index = np.asarray(index, dtype=np.int64)
         return Dataset(self.images[index].copy(), self.meta.iloc[index].copy(), list(self.class_names))
+
+    def derived(self, name: str, make: Callable[[], T]) -> T:
+        """``make()`` computed once per Dataset and kept with it: data derived from its images (a
+        test-time view, content hashes, feature values), which every step and seed reuses. The
+        Dataset owns these; its images are never changed in place."""
+        if name not in self._derived:
+            self._derived[name] = make()
+        return self._derived[name]
 
     def counts(self) -> dict[str, int]:
         """Number of images per class name, in class order."""

@@ -1,17 +1,23 @@
 """One study step end to end: load, split, expand, train, evaluate, analyse, record.
 
-This is what a notebook calls in one line::
+A step's training is one :class:`StepSpec` (frozen: everything that decides its record); the
+images come from a :class:`DataStore` (decoded once, owned by whoever made it, usually the
+notebook's :class:`Settings`). What a notebook calls in one line::
 
-    record = experiment.run_step("02_flip", policy="flip", profile="cpu", seed=0, results_dir=RUNS)
+    run = experiment.run_step("02_flip", profile="cpu", seed=0, results_dir=RUNS)
+    run.record, run.fit  # the record written under RUNS/records/, and the trained model
+
+Notebook 01 makes the same calls one by one (split, expand, fit, evaluate, analyse, record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,14 +26,12 @@ import torch
 import torchvision
 
 from . import augment, data, metrics, profiles, results, sensitivity, train
+from .config import TrainConfig
 from .data import check_label_policy
 from .progress import set_progress
 from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS  # noqa: F401  (the study, re-exported)
 
-_BASE: dict[tuple, data.Dataset] = {}
-_SPLIT: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
-_PREDICTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-KEEP_MODELS = 4  # models kept in memory for sweeps (the most recent runs)
+DEFAULT_VIEWS = ("vflip", "blur")  # test-time views whose logits a record keeps (TTA in 05)
 
 
 def project_root() -> Path:
@@ -44,27 +48,83 @@ def resolve_results_dir(path: str | os.PathLike | None = None) -> Path:
     return base / "interactive"
 
 
+class DataStore:
+    """The data sets a session has decoded and split: each source is decoded once, and each split
+    made once, for as long as this object lives (a notebook's :class:`Settings` holds one)."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple, data.Dataset] = {}
+        self._splits: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
+
+    def split(self, source: str = "elpv", labels: str = "study", split_seed: int = 0,
+              limit_per_class: int | None = None, image_size: int = 300) -> tuple[data.Dataset, data.Dataset]:
+        """(train, val) for ELPV (the study's split), a pack file or an ImageFolder path.
+        ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs)."""
+        base_key = (str(source), labels, image_size)
+        if base_key not in self._sources:
+            self._sources[base_key] = data.load_source(source, labels, image_size)
+        key = (*base_key, split_seed, limit_per_class)
+        if key not in self._splits:
+            ds = self._sources[base_key]
+            if limit_per_class:
+                rng = np.random.default_rng(split_seed)
+                keep = data.pick_per_class(ds.labels, limit_per_class, rng, range(len(ds.class_names)))
+                ds = ds.subset(np.sort(np.concatenate(keep)))
+            self._splits[key] = data.split(ds, seed=split_seed)
+        return self._splits[key]
+
+
 def load_split(source: str = "elpv", labels: str = "study", split_seed: int = 0,
                limit_per_class: int | None = None, image_size: int = 300) -> tuple[data.Dataset, data.Dataset]:
-    """(train, val) for ELPV (the study's split), a pack file or an ImageFolder path.
+    """(train, val), decoded afresh (a :class:`DataStore` keeps them for reuse)."""
+    return DataStore().split(source, labels, split_seed, limit_per_class, image_size)
 
-    The images are decoded once per process; the most recent split is kept too.
-    ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs).
-    """
-    base_key = (source, labels, image_size)
-    if base_key not in _BASE:
-        _BASE.clear()
-        _BASE[base_key] = data.load_source(source, labels, image_size)
-    key = (*base_key, split_seed, limit_per_class)
-    if key not in _SPLIT:
-        ds = _BASE[base_key]
-        if limit_per_class:
-            rng = np.random.default_rng(split_seed)
-            keep = np.concatenate(data.pick_per_class(ds.labels, limit_per_class, rng, range(len(ds.class_names))))
-            ds = ds.subset(np.sort(keep))
-        _SPLIT.clear()
-        _SPLIT[key] = data.split(ds, seed=split_seed)
-    return _SPLIT[key]
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One training of the study: the step, its policy and seeds, the data, and the training config.
+    Everything its record depends on, and nothing else (no images, no paths)."""
+
+    step: str
+    policy: str
+    config: TrainConfig
+    seed: int = 0
+    split_seed: int = 0
+    source: str = "elpv"
+    labels: str = "study"
+    limit_per_class: int | None = None
+    profile: str = "cpu"  # the profile resolved to
+    profile_requested: str = "auto"
+    notes: tuple[str, ...] = ()  # why the profile resolved as it did
+
+    @classmethod
+    def build(cls, step: str, profile: str = "auto", seed: int = 0, split_seed: int = 0, source: str = "elpv",
+              labels: str = "study", policy: str | None = None, limit_per_class: int | None = None,
+              **config: object) -> StepSpec:
+        """The spec of ``step`` (its policy and class weighting from :data:`STEPS`) under ``profile``;
+        ``config``: :class:`~fsfsl_utils.config.TrainConfig` fields that override the profile's
+        (None: the profile's value)."""
+        spec = STEPS.get(step, {})
+        policy = policy or spec.get("policy")
+        if policy is None:
+            raise ValueError(f"step {step!r} is not one of {', '.join(STEPS)}: pass policy= explicitly")
+        augment.get_policy(policy)
+        config.setdefault("class_weight", spec.get("class_weight"))
+        resolved = profiles.resolve(profile, limit_per_class=limit_per_class, **config)
+        return cls(step, policy, resolved["config"], seed, split_seed, str(source), labels,
+                   resolved.get("limit_per_class"), resolved["profile"], profile, tuple(resolved["notes"]))
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether its training writes checkpoints (and a rerun resumes): the paper profile's fine-tunings do."""
+        return checkpointed(self.profile)
+
+    def checkpoint_dir(self, results_dir: Path) -> Path | None:
+        return results_dir / "checkpoints" / results.run_tag(self.step, self.seed, self.split_seed) \
+            if self.checkpointed else None
+
+    def replace(self, **changes: object) -> StepSpec:
+        return dataclasses.replace(self, **changes)
 
 
 def checkpointed(profile: str) -> bool:
@@ -73,90 +133,54 @@ def checkpointed(profile: str) -> bool:
 
 
 @dataclass
-class PreparedStep:
-    """What a study step trains on, before training: :func:`run_step` and :func:`train_ahead` share it."""
+class StepRun:
+    """What running a step made: its record (``record["_path"]``: where it was written), the trained
+    model with its validation logits (``fit``), and the validation images (``val``)."""
 
-    step: str
-    spec: dict
-    policy: augment.Policy
-    resolved: dict
-    out_dir: Path
-    train_part: data.Dataset
+    record: dict
+    fit: train.FitResult
     val: data.Dataset
-    expanded: data.Dataset
-    seed: int
-    split_seed: int
-    checkpoint_dir: Path | None
+    spec: StepSpec
 
 
-def prepare_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
-                 results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
-                 backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
-                 class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
-                 progress: bool | None = None, head_c: float | None = None) -> PreparedStep:
-    """Resolve a step's profile, load and split the data, expand the training part by the step's
-    policy, and name its checkpoint folder (the paper profile checkpoints; a rerun resumes)."""
-    spec = STEPS.get(step, {})
-    policy = policy or spec.get("policy")
-    if policy is None:
-        raise ValueError(f"step {step!r} is not one of {', '.join(STEPS)}: pass policy= explicitly")
-    pol = augment.get_policy(policy)
-    resolved = profiles.resolve(profile, backbone=backbone, input_size=input_size, epochs=epochs,
-                                class_weight=class_weight or spec.get("class_weight"), device=device,
-                                limit_per_class=limit_per_class, head_cs=None if head_c is None else (head_c,))
-    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
-    train_part, val = load_split(source, labels, split_seed, resolved.get("limit_per_class"))
-    expanded = augment.expand(train_part, pol, seed=seed, progress=progress)
-    ckpt = out_dir / "checkpoints" / results.run_tag(step, seed, split_seed) if checkpointed(resolved["profile"]) \
-        else None
-    return PreparedStep(step, spec, pol, resolved, out_dir, train_part, val, expanded, seed, split_seed, ckpt)
+def _spec_of(spec: StepSpec | str, spec_args: dict) -> StepSpec:
+    if isinstance(spec, StepSpec):
+        if spec_args:
+            raise TypeError(f"pass either a StepSpec or a step name with arguments, not both ({sorted(spec_args)})")
+        return spec
+    return StepSpec.build(spec, **spec_args)
 
 
-def train_ahead(calls: Sequence[tuple[str, dict]], progress: bool | None = None) -> int:
-    """Fine-tune the trainings that ``run_step(step, **kwargs)`` calls would do, all at once
-    (:func:`fsfsl_utils.train.fit_many`: one CUDA stream each, each result as if alone), into their
-    checkpoint folders; the ``run_step`` calls then resume from the finished checkpoints and only
-    predict and record. Only checkpointed (paper-profile) trainings are done ahead; returns how many.
-    """
-    calls = [(step, kw) for step, kw in calls if checkpointed(profiles.resolve(kw.get("profile", "auto"))["profile"])]
-    prepared = [prepare_step(step, **{k: v for k, v in kwargs.items() if k not in ("analyse", "views")})
-                for step, kwargs in calls]
-    jobs = [{"train": p.expanded, "val": p.val, "config": p.resolved["config"], "seed": p.seed, "views": (),
-             "checkpoint_dir": p.checkpoint_dir} for p in prepared]
-    train.fit_many(jobs, progress=progress)
-    return len(jobs)
+def expand(spec: StepSpec, train_part: data.Dataset, progress: bool | None = None) -> data.Dataset:
+    """The training part expanded by the step's policy (offline augmented copies, seeded by the spec)."""
+    return augment.expand(train_part, spec.policy, seed=spec.seed, progress=progress)
 
 
-def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: int = 0, split_seed: int = 0,
-             results_dir: str | os.PathLike | None = None, source: str = "elpv", labels: str = "study",
-             backbone: str | None = None, input_size: int | None = None, epochs: int | None = None,
-             class_weight: str | None = None, limit_per_class: int | None = None, device: str | None = None,
-             progress: bool | None = None, analyse: bool = True,
-             views: Sequence[str] = ("vflip", "blur"), head_c: float | None = None) -> dict:
-    """Run one study step and write its record; returns the record (``_path`` = where it is).
+def analyse(spec: StepSpec, fit: train.FitResult, val: data.Dataset, results_dir: Path) -> dict:
+    """The sensitivity analysis of a step's validation predictions (ModelArts ``analyse()``): feature
+    values (computed once per validation set) and per-bin scores, written to
+    ``results_dir/analysis/<the name its record will get>/``."""
+    values = val.derived("feature_values", lambda: sensitivity.compute_features(val.images))
+    record_name = results.record_path(results_dir, spec.step, spec.seed, spec.split_seed).stem  # the record to come
+    folder = results_dir / "analysis" / record_name
+    return sensitivity.analyse("image_classification", folder, fit.val_logits, val.labels, val.names,
+                               images=val.images, class_names=val.class_names, feature_values=values)
 
-    ``views``: test-time views whose logits the record keeps (for TTA in 05). ``head_c`` (probe):
-    use this regularisation strength instead of choosing one by cross-validation.
-    """
-    t0 = time.perf_counter()
-    prep = prepare_step(step, policy, profile, seed, split_seed, results_dir, source, labels, backbone, input_size,
-                        epochs, class_weight, limit_per_class, device, progress, head_c)
-    spec, pol, resolved, out_dir = prep.spec, prep.policy, prep.resolved, prep.out_dir
-    train_part, val, expanded = prep.train_part, prep.val, prep.expanded
-    record_file = results.record_path(out_dir, step, seed, split_seed)  # fresh: never an existing record
-    fit = train.fit(expanded, val, resolved["config"], seed=seed, views=views, checkpoint_dir=prep.checkpoint_dir,
-                    progress=progress)
+
+def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
+                fit: train.FitResult, analysis: dict | None = None) -> dict:
+    """A step's run record: what was trained on what, its validation scores and per-image logits."""
     record = {
-        "schema": results.SCHEMA_VERSION, "step": step, "title": spec.get("title", step), "policy": pol.name,
-        "seed": seed, "split_seed": split_seed, "source": str(source), "labels": labels,
-        "data_origin": data.source_origin(source),
+        "schema": results.SCHEMA_VERSION, "step": spec.step, "title": STEPS.get(spec.step, {}).get("title", spec.step),
+        "policy": augment.get_policy(spec.policy).name, "seed": spec.seed, "split_seed": spec.split_seed,
+        "source": spec.source, "labels": spec.labels, "data_origin": data.source_origin(spec.source),
         "created": dt.datetime.now().isoformat(timespec="microseconds"),
-        "profile": resolved["profile"], "profile_requested": profile, "mode": fit.mode,
-        "backbone": resolved["config"]["backbone"], "device": fit.device,
-        "config": resolved["config"], "notes": resolved["notes"] + fit.notes,
+        "profile": spec.profile, "profile_requested": spec.profile_requested, "mode": fit.mode,
+        "backbone": spec.config.backbone, "device": fit.device,
+        "config": spec.config.as_dict(), "notes": list(spec.notes) + fit.notes,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
-        "limit_per_class": resolved.get("limit_per_class"),
+        "limit_per_class": spec.limit_per_class,
         "class_names": list(val.class_names), "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
@@ -167,35 +191,74 @@ def run_step(step: str, policy: str | None = None, profile: str = "auto", seed: 
         "view_logits": {v: np.round(x, 6).tolist() for v, x in fit.view_logits.items()},
         "history": fit.history, "timings": fit.timings,
     }
-    if analyse:
-        if "feature_values" not in val.cache:  # the same validation images in every step and seed
-            val.cache["feature_values"] = sensitivity.compute_features(val.images)
-        analysis = sensitivity.analyse(
-            "image_classification", out_dir / "analysis" / record_file.stem, fit.val_logits, val.labels,
-            val.names, images=val.images, class_names=val.class_names, feature_values=val.cache["feature_values"])
+    if analysis is not None:
         record["sensitivity"] = analysis["sensitivity"]
         record["feature_values"] = analysis["feature_values"]
-    record["wall_seconds"] = time.perf_counter() - t0
-    record["_path"] = str(results.save_record(record, out_dir, record_file))
-    _PREDICTORS[record["_path"]] = _predictor(fit, resolved["config"])
-    while len(_PREDICTORS) > KEEP_MODELS:  # oldest first: a kernel does not hold every model it trained
-        _PREDICTORS.pop(next(iter(_PREDICTORS)))
     return record
+
+
+def save_record(record: dict, spec: StepSpec, results_dir: Path, started: float | None = None) -> dict:
+    """Write ``record`` under ``results_dir/records/`` (a new file, never over an existing one);
+    ``started``: its ``time.perf_counter()`` start, for ``wall_seconds``. Returns it with ``_path``."""
+    if started is not None:
+        record["wall_seconds"] = time.perf_counter() - started
+    path = results.record_path(results_dir, spec.step, spec.seed, spec.split_seed)
+    record["_path"] = str(results.save_record(record, results_dir, path))
+    return record
+
+
+def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None, *, store: DataStore | None = None,
+             progress: bool | None = None, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
+             **spec_args: object) -> StepRun:
+    """Run one study step and write its record: split, expand, fit, evaluate and analyse, record.
+
+    ``spec``: a :class:`StepSpec`, or a step name with :meth:`StepSpec.build`'s arguments
+    (``profile=``, ``seed=``, ``epochs=``, ...). ``store``: where the images come from (a new
+    one decodes them). ``views``: test-time views whose logits the record keeps."""
+    started = time.perf_counter()
+    spec = _spec_of(spec, spec_args)
+    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
+    train_part, val = (store or DataStore()).split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class)
+    expanded = expand(spec, train_part, progress)
+    fit = train.fit(expanded, val, spec.config, seed=spec.seed, views=views,
+                    checkpoint_dir=spec.checkpoint_dir(out_dir), progress=progress)
+    analysis = analyse(spec, fit, val, out_dir) if analyse_images else None
+    record = save_record(make_record(spec, train_part, expanded, val, fit, analysis), spec, out_dir, started)
+    return StepRun(record, fit, val, spec)
+
+
+def train_ahead(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store: DataStore | None = None,
+                progress: bool | None = None) -> int:
+    """Fine-tune the trainings of ``specs`` all at once (:func:`fsfsl_utils.train.fit_many`: one CUDA
+    stream each, each result as if alone) into their checkpoint folders; :func:`run_step` then
+    resumes from the finished checkpoints and only predicts and records. Only checkpointed
+    (paper-profile) trainings are done ahead; returns how many."""
+    specs = [s for s in specs if s.checkpointed]
+    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
+    store = store or DataStore()
+    jobs = []
+    for spec in specs:
+        train_part, val = store.split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class)
+        jobs.append({"train": expand(spec, train_part, progress), "val": val, "config": spec.config,
+                     "seed": spec.seed, "views": (), "checkpoint_dir": spec.checkpoint_dir(out_dir)})
+    train.fit_many(jobs, progress=progress)
+    return len(jobs)
 
 
 SWEEP_LEVELS = {"brightness": (0.6, 0.8, 1.0, 1.2, 1.4), "clarity": (0.0, 0.5, 1.0, 2.0, 3.0)}
 
 
-def sweeps(record: dict, val: data.Dataset, n_images: int = 200, seed: int = 0,
+def sweeps(record: dict, fit: train.FitResult, val: data.Dataset, n_images: int = 200, seed: int = 0,
            levels: dict[str, Sequence[float]] | None = None) -> dict[str, dict]:
-    """Brightness and clarity sweeps of a record's model on a seeded, class-stratified subset of ``val``;
-    also written to ``<results>/analysis/<record>/sweeps.json``."""
+    """Brightness and clarity sweeps of a trained model (``fit``, which wrote ``record``) on a seeded,
+    class-stratified subset of its validation images ``val``; also written to
+    ``<results>/analysis/<record>/sweeps.json``."""
     if n_images <= 0:
         return {}
     rng = np.random.default_rng(seed)
     per_class = max(1, n_images // len(val.class_names))
     idx = np.sort(np.concatenate(data.pick_per_class(val.labels, per_class, rng, range(len(val.class_names)))))
-    predict = predictor(record)
+    predict = predictor(fit, TrainConfig.from_dict(record["config"]))
     out = {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
            for op, lv in (levels or SWEEP_LEVELS).items()}
     path = Path(record["_path"])
@@ -226,26 +289,17 @@ def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
     return found
 
 
-def validation_split(record: dict) -> data.Dataset:
+def validation_split(record: dict, store: DataStore | None = None) -> data.Dataset:
     """The validation images a record was evaluated on (reloaded from its source and split seed)."""
     source = record.get("source", "elpv")
     if data.is_pack(source) and not Path(source).is_file() and record.get("data_origin") == "elpv":
         source = "elpv"  # a pack of ELPV made elsewhere (e.g. on a GPU server): the same images, bit for bit
-    _, val = load_split(source, record.get("labels", "study"), record["split_seed"], record.get("limit_per_class"))
+    _, val = (store or DataStore()).split(source, record.get("labels", "study"), record["split_seed"],
+                                          record.get("limit_per_class"))
     if val.names != record["predictions"]["names"]:
         raise ValueError(f"the validation images of {record.get('_path', record['step'])} cannot be rebuilt "
                          "from its source and split seed")
     return val
-
-
-def predictor(record: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """``images -> logits`` of the model that produced ``record`` in this process (for sweeps)."""
-    try:
-        return _PREDICTORS[record["_path"]]
-    except KeyError:
-        name = record.get("_path", record.get("step"))
-        raise KeyError(f"the model of {name} is not in memory (the kit keeps the {KEEP_MODELS} most recent): "
-                       "records keep predictions, not weights; sweep a recent run") from None
 
 
 def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> list[dict]:
@@ -260,35 +314,33 @@ def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> l
     return found
 
 
-def _predictor(fit: train.FitResult, cfg: dict) -> Callable[[np.ndarray], np.ndarray]:
+def predictor(fit: train.FitResult, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> logits`` of a trained model, through the same path its validation logits took."""
     if fit.mode == "top":
         from . import top
 
-        full_cfg = train.check_config(cfg)
-        return lambda images: top.predict_images(fit.model, images, full_cfg)
+        return lambda images: top.predict_images(fit.model, images, cfg)
     if fit.mode == "probe":
         from . import features
 
         def predict(images: np.ndarray) -> np.ndarray:
-            x = features.extract(images, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg.get(
-                "weights", "imagenet"), device=cfg.get("device", "auto"), progress=False)
+            x = features.extract(images, cfg.backbone, cfg.input_size, cfg.crop_fraction, cfg.weights,
+                                 device=cfg.device, progress=False)
             with torch.no_grad():
                 return fit.model(torch.from_numpy(x)).numpy().astype(np.float64)
         return predict
     dev = next(fit.model.parameters()).device
-    full_cfg = train.check_config(cfg)
-    return lambda images: train.predict(fit.model, torch.from_numpy(images).to(dev), full_cfg,
-                                        use_amp=dev.type == "cuda" and full_cfg["amp"])
+    return lambda images: train.predict(fit.model, torch.from_numpy(images).to(dev), cfg,
+                                        use_amp=dev.type == "cuda" and cfg.amp)
 
 
 @dataclass
 class Settings:
-    """What a notebook's parameters cell resolves to (0 and "" mean "the profile's default")."""
+    """What a notebook's parameters cell resolves to (0 and "" mean "the profile's default"); it holds
+    the notebook's :class:`DataStore` and makes the :class:`StepSpec` of every training."""
 
     profile: str = "auto"
-    backbone: str | None = None
-    input_size: int | None = None
-    epochs: int | None = None
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields the parameters cell set
     seeds: list[int] = field(default_factory=lambda: [0])
     split_seeds: list[int] = field(default_factory=lambda: [0])
     limit_per_class: int | None = None
@@ -297,13 +349,17 @@ class Settings:
     results_dir: Path = field(default_factory=resolve_results_dir)
     progress: bool = True
     resolved: dict = field(default_factory=dict)
+    store: DataStore = field(default_factory=DataStore, repr=False)
+    head_c: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)  # probe: C per (step, split)
+    _started: dict[StepSpec, float] = field(default_factory=dict, repr=False)  # when each yielded spec began
 
     @classmethod
     def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
                         seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
                         limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
                         progress: bool = True) -> Settings:
-        """Check and resolve notebook parameters; errors name the parameter.
+        """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
+        errors name the parameter.
 
         ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
         that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...).
@@ -317,13 +373,12 @@ class Settings:
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
                                     f"{data!r} is neither")
         set_progress(progress)
-        settings = cls(profile=profile, backbone=backbone or None, input_size=input_size or None,
-                       epochs=epochs or None, split_seeds=list(range(split_seed, split_seed + splits)),
+        overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
+        settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress)
-        settings.resolved = profiles.resolve(profile, backbone=settings.backbone, input_size=settings.input_size,
-                                             epochs=settings.epochs, limit_per_class=settings.limit_per_class,
-                                             seeds=seeds or None)
+        settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
+                                             **overrides)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
         results.ensure_writable_dir(settings.results_dir, "RESULTS_DIR")
         return settings
@@ -334,31 +389,49 @@ class Settings:
 
     def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
         split_seed = self.split_seeds[0] if split_seed is None else split_seed
-        return load_split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
+        return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
 
-    def step_calls(self, step: str, **overrides) -> list[tuple[str, dict]]:
-        """The ``run_step`` calls of ``step``, one per split and seed: ``(step, keyword arguments)``."""
-        kw = {"profile": self.profile, "results_dir": self.results_dir,
-              "source": self.source, "labels": self.labels, "backbone": self.backbone,
-              "input_size": self.input_size, "epochs": self.epochs, "limit_per_class": self.limit_per_class,
-              "progress": self.progress}
-        kw.update(overrides)
-        return [(step, {**kw, "seed": s, "split_seed": j}) for j in self.split_seeds for s in self.seeds]
+    def specs(self, step: str, **config: object) -> Iterator[StepSpec]:
+        """The trainings of ``step``, one per split and seed, yielded one at a time (``config``:
+        TrainConfig fields to change).
 
-    def run(self, step: str, **overrides) -> list[dict]:
-        """Run ``step`` once per split and seed; returns the records.
+        Probe: the head's regularisation strength chosen by cross-validation on a split's first seed
+        (when its record is written) is given to that split's later seeds of the step (their
+        history says ``C_from: given in head_cs``): the choice costs seconds, a fit with a given
+        strength under one."""
+        for j in self.split_seeds:
+            for s in self.seeds:
+                spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
+                                      limit_per_class=self.limit_per_class, **{**self.overrides, **config})
+                c = self.head_c.get((step, j))
+                if c is not None and spec.config.mode == "probe" and "head_cs" not in config:
+                    spec = spec.replace(config=spec.config.replace(head_cs=(c,)))
+                self._started[spec] = time.perf_counter()
+                yield spec
 
-        Probe: the head's regularisation strength is chosen by cross-validation on the first seed's
-        training part of each split and reused for that split's other seeds (their history says
-        ``C_from: given in head_cs``): the choice costs seconds, a fit with a given strength under one."""
-        records, chosen = [], {}
-        for name, kw in self.step_calls(step, **overrides):
-            c = chosen.get(kw["split_seed"])
-            record = run_step(name, **kw, **({"head_c": c} if c is not None else {}))
-            if record["mode"] == "probe" and c is None:
-                chosen[kw["split_seed"]] = record["history"][0]["C"]
-            records.append(record)
-        return records
+    def record(self, spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
+               fit: train.FitResult, analysis: dict | None = None) -> dict:
+        """Write the record of one of :meth:`specs`'s trainings into this notebook's results folder."""
+        record = make_record(spec, train_part, expanded, val, fit, analysis)
+        self._chose(spec, record)
+        return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
+
+    def run_spec(self, spec: StepSpec, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS) -> StepRun:
+        """Run one training with this notebook's data and results folder (:func:`run_step`)."""
+        self._started.pop(spec, None)
+        run = run_step(spec, self.results_dir, store=self.store, progress=self.progress,
+                       analyse_images=analyse_images, views=views)
+        self._chose(spec, run.record)
+        return run
+
+    def run(self, step: str, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
+            **config: object) -> list[dict]:
+        """Run ``step`` once per split and seed; returns the records."""
+        return [self.run_spec(spec, analyse_images, views).record for spec in self.specs(step, **config)]
+
+    def _chose(self, spec: StepSpec, record: dict) -> None:
+        if record["mode"] == "probe":
+            self.head_c.setdefault((spec.step, spec.split_seed), record["history"][0]["C"])
 
     def run_controls(self) -> list[dict]:
         """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""

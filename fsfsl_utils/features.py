@@ -14,6 +14,7 @@ Cache folder: ``$FSFSL_CACHE/features`` (default ``~/.cache/fsfsl/features``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -28,7 +29,6 @@ from .results import atomic_write
 
 PREPROCESS_VERSION = 4  # 4: models.preprocess, the one input path (uint8 resize on a CPU)
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # a CPU of few cores gains nothing from larger batches
-_BACKBONES: dict[tuple[str, str | None, str], torch.nn.Module] = {}
 
 
 def cache_root() -> Path:
@@ -48,14 +48,17 @@ def cache_dir_for(backbone: str, size: int, crop_fraction: float, weights_path: 
 
 
 def get_backbone(backbone: str, weights: str | None, device: torch.device) -> torch.nn.Module:
-    """A frozen backbone in eval mode, channels_last, loaded once per process."""
-    key = (backbone, weights, str(device))
-    if key not in _BACKBONES:
-        net = models.build_backbone(backbone, weights).to(device).to(memory_format=torch.channels_last)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        _BACKBONES[key] = net
-    return _BACKBONES[key]
+    """A frozen backbone in eval mode, channels_last; the two most recently asked for stay loaded
+    (``functools.lru_cache``: building one reads its weights from disk)."""
+    return _frozen_backbone(backbone, weights, str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _frozen_backbone(backbone: str, weights: str | None, device: str) -> torch.nn.Module:
+    net = models.build_backbone(backbone, weights).to(torch.device(device)).to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
 
 
 def extract(images: np.ndarray, backbone: str = "efficientnet_lite0", size: int = 224, crop_fraction: float = 1.0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import models
+from .config import TrainConfig
 
 PROFILES: dict[str, dict] = {
     "cpu": {"mode": "probe", "backbone": "efficientnet_lite0", "input_size": 224, "crop_fraction": 1.0,
@@ -40,8 +41,9 @@ RUN_KEYS = ("limit_per_class", "seeds")  # profile keys that are not training pa
 def resolve(profile: str = "auto", **overrides) -> dict:
     """The profile's config with overrides (None values ignored) and the notes that explain choices.
 
-    Returns a dict with ``profile`` (the name resolved to), ``requested``, ``config`` (training
-    parameters), ``limit_per_class``, ``seeds`` (default number of seeds) and ``notes``.
+    Returns a dict with ``profile`` (the name resolved to), ``requested``, ``config`` (the
+    :class:`~fsfsl_utils.config.TrainConfig`, checked), ``limit_per_class``, ``seeds`` (default
+    number of seeds) and ``notes``.
     """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILE_NAMES)}")
@@ -57,15 +59,16 @@ def resolve(profile: str = "auto", **overrides) -> dict:
         cfg["backbone"] = "efficientnet_lite0"
         notes.append("ResNet50 ImageNet weights are not on this machine "
                      f"(looked in {models.hub_checkpoint_dir()}): fine-tuning EfficientNet-Lite0 instead")
-    models.get_spec(cfg["backbone"])
     run = {k: cfg.pop(k) for k in RUN_KEYS if k in cfg}
-    return {"profile": name, "requested": profile, "config": cfg, **run, "notes": notes}
+    return {"profile": name, "requested": profile, "config": TrainConfig.from_dict(cfg), **run, "notes": notes}
 
 
 def describe(resolved: dict) -> str:
     """Human-readable block for the top of a notebook or log."""
     lines = [f"profile: {resolved['profile']} (asked: {resolved['requested']})"]
-    lines += [f"  {k} = {v!r}" for k, v in resolved["config"].items()]
+    defaults = TrainConfig()
+    lines += [f"  {k} = {v!r}" for k, v in resolved["config"].as_dict().items()
+              if k in ("mode", "backbone", "input_size") or v != getattr(defaults, k)]
     lines += [f"  {k} = {resolved.get(k)!r}" for k in RUN_KEYS]
     lines += [f"note: {n}" for n in resolved["notes"]]
     return "\n".join(lines)

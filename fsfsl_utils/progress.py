@@ -1,6 +1,6 @@
 """Progress bars: tqdm.auto everywhere, one switch to turn them off for batch runs.
 
-Off when ``set_progress(False)`` was called or the environment has ``FSFSL_PROGRESS=0``
+Off when the environment has ``FSFSL_PROGRESS=0`` (which ``set_progress(False)`` sets)
 (papermill logs every bar refresh as a new line, so batch runs turn them off).
 """
 
@@ -13,21 +13,18 @@ from typing import TypeVar
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
-_enabled: bool | None = None
 
 
 def set_progress(enabled: bool) -> None:
-    """Turn every progress bar of the kit on or off for this process."""
-    global _enabled
-    _enabled = bool(enabled)
+    """Turn every progress bar of the kit on or off for this process (and the processes it starts):
+    sets ``FSFSL_PROGRESS``, the one switch."""
+    os.environ["FSFSL_PROGRESS"] = "1" if enabled else "0"
 
 
 def progress_enabled(enable: bool | None = None) -> bool:
-    """An explicit ``enable`` wins; then :func:`set_progress`; then ``FSFSL_PROGRESS``."""
+    """An explicit ``enable`` wins; else ``FSFSL_PROGRESS`` (on unless it says 0, false or off)."""
     if enable is not None:
         return enable
-    if _enabled is not None:
-        return _enabled
     return os.environ.get("FSFSL_PROGRESS", "1") not in ("0", "false", "off", "")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import inspect
 import json
 import os
 import resource
@@ -31,9 +32,9 @@ from .experiment import project_root
 from .results import atomic_write_json, ensure_writable_dir
 
 NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
-SETTINGS_PARAMETERS = {"PROFILE": "profile", "BACKBONE": "backbone", "INPUT_SIZE": "input_size", "EPOCHS": "epochs",
-                       "SEEDS": "seeds", "SEED": "seed", "SPLIT_SEED": "split_seed", "SPLITS": "splits",
-                       "LIMIT_PER_CLASS": "limit_per_class", "DATA": "data", "PROGRESS": "progress"}
+# the notebook parameters that Settings.from_parameters takes: each one's name in lower case
+SETTINGS_PARAMETERS = {name.upper(): name for name in inspect.signature(experiment.Settings.from_parameters).parameters
+                       if name not in ("labels", "results_dir")}
 
 
 def notebook_dir() -> Path:
@@ -126,11 +127,8 @@ def check_parameter(name: str, value: object, type_name: str) -> None:
 def check_training_settings(params: dict) -> None:
     """The training config the notebooks will resolve, checked now (an input size too small for the
     backbone fails here, not deep inside a kernel)."""
-    from . import train
-
-    resolved = profiles.resolve(str(params.get("PROFILE", "auto")), backbone=params.get("BACKBONE") or None,
-                                input_size=params.get("INPUT_SIZE") or None, epochs=params.get("EPOCHS") or None)
-    train.check_config(resolved["config"])
+    profiles.resolve(str(params.get("PROFILE", "auto")), backbone=params.get("BACKBONE") or None,
+                     input_size=params.get("INPUT_SIZE") or None, epochs=params.get("EPOCHS") or None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,10 +196,10 @@ def train_ahead_by_default(profile: str) -> bool:
     return torch.cuda.is_available() and experiment.checkpointed(profiles.resolve(profile)["profile"])
 
 
-def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[str, dict]]:
-    """The ``run_step`` calls the planned training notebooks will make: each of 01-04 runs the study
-    step it is named after (``settings.run``), and 04 also the control arms when ``CONTROLS``."""
-    calls = []
+def training_specs(steps: list[tuple[str, dict]], run_dir: Path) -> list[experiment.StepSpec]:
+    """The trainings the planned notebooks will run: each of 01-04 runs the study step it is named
+    after (``settings.run``), and 04 also the control arms when ``CONTROLS``."""
+    specs = []
     for name, params in steps:
         if name not in experiment.STUDY_STEPS:
             continue
@@ -214,8 +212,8 @@ def training_calls(steps: list[tuple[str, dict]], run_dir: Path) -> list[tuple[s
         if values.get("CONTROLS"):
             names += list(experiment.CONTROL_STEPS)
         for step in names:
-            calls += settings.step_calls(step)
-    return calls
+            specs += list(settings.specs(step))
+    return specs
 
 
 def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False,
@@ -256,7 +254,7 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     if train_first and len(completed) < sum(n in experiment.STUDY_STEPS for n, _ in steps):
         t0 = time.perf_counter()
         try:
-            done = experiment.train_ahead(training_calls(steps, run_dir),
+            done = experiment.train_ahead(training_specs(steps, run_dir), run_dir,
                                           progress=any(p.get("PROGRESS") for _, p in steps))
         except Exception as err:  # noqa: BLE001 - the notebooks can still train their own (or resume)
             notes.append(f"training ahead failed ({type(err).__name__}: {err}); each notebook trained its own, "

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import features, models
+from .config import TrainConfig
 from .data import Dataset
 from .progress import progress_bar
 from .train import FitResult, TrainingError, class_weights, lr_at, view_images, view_keys
@@ -45,27 +46,28 @@ class TopClassifier(nn.Module):
         return self.fc(self.upper(acts.float()))
 
 
-def build(cfg: dict, n_classes: int, device: torch.device) -> TopClassifier:
+def build(cfg: TrainConfig, n_classes: int, device: torch.device) -> TopClassifier:
     """A fresh copy of the backbone's top blocks and head with ImageNet weights, and a new linear layer
     (its initialisation drawn from the current torch seed)."""
-    weights = models.resolve_weights(cfg["backbone"], cfg["weights"])
-    backbone = features.get_backbone(cfg["backbone"], weights, device)
-    upper = copy.deepcopy(models.split_backbone(backbone, cfg["backbone"], cfg["trained_blocks"])[1])
+    weights = models.resolve_weights(cfg.backbone, cfg.weights)
+    backbone = features.get_backbone(cfg.backbone, weights, device)
+    upper = copy.deepcopy(models.split_backbone(backbone, cfg.backbone, cfg.trained_blocks)[1])
     for p in upper.parameters():
         p.requires_grad_(True)
-    return TopClassifier(upper, models.get_spec(cfg["backbone"]).feature_dim, n_classes).to(device)
+    return TopClassifier(upper, models.get_spec(cfg.backbone).feature_dim, n_classes).to(device)
 
 
-def activations(images: np.ndarray, cfg: dict, progress: bool | None = None,
+def activations(images: np.ndarray, cfg: TrainConfig, progress: bool | None = None,
                 keys: list[str] | None = None) -> np.ndarray:
     """The cached lower-block activations of ``images`` under ``cfg`` (float16); ``keys``: their
     content hashes when known."""
-    return features.activations(images, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
-                                cfg["trained_blocks"], cfg["feature_batch_size"], cfg["device"], progress=progress,
+    return features.activations(images, cfg.backbone, cfg.input_size, cfg.crop_fraction, cfg.weights,
+                                cfg.trained_blocks, cfg.feature_batch_size, cfg.device, progress=progress,
                                 keys=keys)
 
 
-def dataset_activations(ds: Dataset, cfg: dict, view: str | None = None, progress: bool | None = None) -> np.ndarray:
+def dataset_activations(ds: Dataset, cfg: TrainConfig, view: str | None = None,
+                        progress: bool | None = None) -> np.ndarray:
     """:func:`activations` of a Dataset's images or of one view of them (images and hashes kept per Dataset)."""
     images = ds.images if view is None else view_images(ds, view)
     return activations(images, cfg, progress, keys=view_keys(ds, view))
@@ -81,35 +83,35 @@ def logits(model: TopClassifier, acts: np.ndarray, batch_size: int = PREDICT_BAT
     return np.concatenate(out) if out else np.empty((0, model.fc.out_features))
 
 
-def predict_images(model: TopClassifier, images: np.ndarray, cfg: dict) -> np.ndarray:
+def predict_images(model: TopClassifier, images: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """Logits of uint8 images: their lower-block activations (cached), then the trained top."""
     return logits(model, activations(images, cfg, progress=False))
 
 
-def fit_top(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
             progress: bool | None) -> FitResult:
     """Train the top blocks + head + linear layer on ``train``'s cached activations; predict ``val``
     and its test-time ``views``. Deterministic for a seed on a CPU (tested)."""
     t0 = time.perf_counter()
-    dev = models.pick_device(cfg["device"])
+    dev = models.pick_device(cfg.device)
     # float32 once, not per step: a step then only gathers its batch
     x_train = torch.from_numpy(dataset_activations(train, cfg, None, progress)).to(dev, torch.float32)
     x_flip = torch.from_numpy(dataset_activations(train, cfg, "hflip", progress)).to(dev, torch.float32) \
-        if cfg["train_aug"] == "flip" else None
+        if cfg.train_aug == "flip" else None
     x_val = dataset_activations(val, cfg, None, progress)
     x_views = {v: dataset_activations(val, cfg, v, progress) for v in views}
     t1 = time.perf_counter()
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
-        if cfg["class_weight"] == "balanced" else None
+        if cfg.class_weight == "balanced" else None
     history = []
     with torch.random.fork_rng(devices=[]):  # the seed decides the linear layer and stochastic depth, nothing else
         torch.manual_seed(seed)
         model = build(cfg, len(train.class_names), dev)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        n, bs = len(x_train), cfg["batch_size"]
-        for epoch in progress_bar(range(cfg["epochs"]), desc="epochs (top blocks)", enable=progress):
+        n, bs = len(x_train), cfg.batch_size
+        for epoch in progress_bar(range(cfg.epochs), desc="epochs (top blocks)", enable=progress):
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, epoch)
             model.train()
@@ -127,13 +129,13 @@ def fit_top(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[
                 loss_sum += loss.item() * len(idx)
             if not np.isfinite(loss_sum):
                 raise TrainingError(f"the training loss became {loss_sum} at epoch {epoch + 1}: lower lr "
-                                    f"(now {cfg['lr']}) or check the data")
+                                    f"(now {cfg.lr}) or check the data")
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "lr": lr_at(cfg, epoch)})
     t2 = time.perf_counter()
     val_logits = logits(model, x_val)
     view_logits = {v: logits(model, x) for v, x in x_views.items()}
-    cut = models.get_spec(cfg["backbone"]).blocks - cfg["trained_blocks"]
-    notes = [f"fine-tuned the top {cfg['trained_blocks']} block(s), the head and a linear layer over cached "
+    cut = models.get_spec(cfg.backbone).blocks - cfg.trained_blocks
+    notes = [f"fine-tuned the top {cfg.trained_blocks} block(s), the head and a linear layer over cached "
              f"activations below block {cut} (float16); the last epoch's model is reported"]
     return FitResult("top", val_logits, view_logits, model, str(dev), history,
                      {"activations": t1 - t0, "train": t2 - t1}, notes)

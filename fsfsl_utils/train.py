@@ -2,9 +2,10 @@
 over cached activations, :mod:`fsfsl_utils.top`) and ``finetune`` behind one call.
 
 ``fit(train, val, config, seed)`` returns the validation logits (plus logits of test-time
-views, for TTA) and what was done. The config is a flat dict (see ``DEFAULTS``), as in
-nanoGPT; :mod:`fsfsl_utils.profiles` fills it. ``fit_many(jobs)`` runs several fine-tunings at
-once (one CUDA stream each), each with the result it would have alone.
+views, for TTA) and what was done. The config is one flat, typed object
+(:class:`fsfsl_utils.config.TrainConfig`), as in nanoGPT; :mod:`fsfsl_utils.profiles` fills it.
+``fit_many(jobs)`` runs several fine-tunings at once (one CUDA stream each), each with the
+result it would have alone.
 
 ``finetune`` follows pytorch/examples imagenet/main.py: Adam, lr 1e-3, batch 16, lr / 10 every
 30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
@@ -35,26 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, features, models
+from .config import TrainConfig
 from .data import Dataset
 from .progress import progress_bar
 from .results import atomic_write
 
-MODES = ("probe", "finetune", "top")
-DEFAULTS: dict = {
-    "mode": "probe", "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224,
-    "crop_fraction": 1.0, "device": "auto",
-    # finetune (the study's recipe)
-    "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "lr_schedule": "step", "weight_decay": 0.0,
-    "train_aug": "paper",
-    "amp": True, "cuda_graphs": True, "channels_last": True, "fused_adam": True, "compile": False,
-    # probe head: L2 logistic regression fitted to convergence, C by grouped cross-validation
-    "head_cs": (1e-3, 3e-3, 1e-2, 3e-2, 0.1), "head_folds": 3, "head_max_iter": 2000,
-    "head_tol": 1e-6, "feature_batch_size": None,
-    # top: the top blocks fine-tuned over cached activations (fsfsl_utils.top), with the finetune keys above
-    "trained_blocks": 1,
-    # all modes
-    "class_weight": "none",
-}
 TTA_VIEWS = {"vflip": "vflip", "blur": "boxblur"}
 
 
@@ -75,45 +61,9 @@ class FitResult:
     last_logits: np.ndarray | None = None  # finetune: the last epoch's validation logits (val_logits: the best's)
 
 
-def check_config(config: dict) -> dict:
-    """Defaults filled in and ranges checked; ValueError names the parameter."""
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown training parameter(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **config}
-    if cfg["mode"] not in MODES:
-        raise ValueError(f"unknown training mode {cfg['mode']!r}; valid: {', '.join(MODES)}")
-    spec = models.get_spec(cfg["backbone"])
-    checks = {"lr": (0, 10), "epochs": (1, 10_000), "head_folds": (2, 100), "head_max_iter": (10, 1_000_000),
-              "head_tol": (0, 1), "batch_size": (1, 65_536), "input_size": (16, 2048), "lr_step": (1, 100_000)}
-    for key, (lo, hi) in checks.items():
-        value = cfg[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi \
-                or (key == "lr" and value <= 0) or (key == "head_lr" and value <= 0):
-            raise ValueError(f"{key} must be a number in {'(' if 'lr' in key else '['}{lo}, {hi}], got {value!r}")
-    cs = cfg["head_cs"]
-    if not isinstance(cs, (list, tuple)) or not cs or not all(isinstance(c, (int, float)) and c > 0 for c in cs):
-        raise ValueError(f"head_cs must be a non-empty list of positive regularisation strengths, got {cs!r}")
-    if cfg["input_size"] < spec.min_input_size:
-        raise ValueError(f"input_size {cfg['input_size']} is too small for {cfg['backbone']}: it needs at least "
-                         f"{spec.min_input_size} px")
-    if not 0 < cfg["crop_fraction"] <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {cfg['crop_fraction']!r}")
-    if cfg["class_weight"] not in ("none", "balanced"):
-        raise ValueError(f"class_weight must be 'none' or 'balanced', got {cfg['class_weight']!r}")
-    for key in ("amp", "cuda_graphs", "channels_last", "fused_adam", "compile"):
-        if not isinstance(cfg[key], bool):
-            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
-    if cfg["train_aug"] not in ("paper", "flip", "none"):
-        raise ValueError(f"train_aug must be 'paper', 'flip' or 'none', got {cfg['train_aug']!r}")
-    if cfg["lr_schedule"] not in ("step", "cosine"):
-        raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {cfg['lr_schedule']!r}")
-    if cfg["mode"] == "top":
-        models.check_trained_blocks(cfg["backbone"], cfg["trained_blocks"])
-        if cfg["train_aug"] == "paper":
-            raise ValueError("train_aug 'paper' (random resized crops) needs the images, but mode 'top' trains on "
-                             "cached activations: use 'flip' (exact, cached) or 'none'")
-    return cfg
+def check_config(config: dict | TrainConfig | None) -> TrainConfig:
+    """The :class:`~fsfsl_utils.config.TrainConfig` of a (partial) dict; ValueError names the parameter."""
+    return TrainConfig.from_dict(config)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -125,7 +75,7 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return len(labels) / (n_classes * counts)
 
 
-def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
+def fit(train: Dataset, val: Dataset, config: TrainConfig | dict | None = None, seed: int = 0,
         views: Sequence[str] = ("vflip", "blur"), checkpoint_dir: str | os.PathLike | None = None,
         progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
     """Train on ``train``, predict ``val`` (and its test-time ``views``); the mode comes from the config.
@@ -133,16 +83,16 @@ def fit(train: Dataset, val: Dataset, config: dict | None = None, seed: int = 0,
     ``on_epoch_end(epoch, row)`` (finetune) is called once an epoch's validation is done, which
     runs alongside the next epoch's training (see :class:`Validation`)."""
     cfg = _checked(train, val, config, views)
-    if cfg["mode"] == "probe":
+    if cfg.mode == "probe":
         return _fit_probe(train, val, cfg, seed, views, progress)
-    if cfg["mode"] == "top":
+    if cfg.mode == "top":
         from .top import fit_top  # top builds on this module's helpers
 
         return fit_top(train, val, cfg, seed, views, progress)
     return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
 
 
-def _checked(train: Dataset, val: Dataset, config: dict | None, views: Sequence[str]) -> dict:
+def _checked(train: Dataset, val: Dataset, config: TrainConfig | dict | None, views: Sequence[str]) -> TrainConfig:
     """The filled-in config of a fit, after checking its arguments (ValueError names the problem)."""
     cfg = check_config(config or {})
     if len(train) == 0 or len(val) == 0:
@@ -174,12 +124,12 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
             cfg = _checked(job["train"], job["val"], job.get("config"), views)
         except ValueError as err:
             raise ValueError(f"job {i}: {err}") from None
-        if cfg["mode"] != "finetune":
+        if cfg.mode != "finetune":
             results[i] = fit(**job)
             continue
         runner = _finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
                            job["progress"], None)
-        dev = models.pick_device(cfg["device"])
+        dev = models.pick_device(cfg.device)
         turns.append((i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, _OwnRandomness(dev)))
     saved = _OwnRandomness.save_defaults()
     try:
@@ -250,21 +200,17 @@ def _run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
 
 def view_images(ds: Dataset, view: str) -> np.ndarray:
     """A Dataset's images as seen by one test-time view (``TTA_VIEWS``) or parameter-free augmentation
-    operation (e.g. ``hflip``); kept in ``ds.cache``: every step reuses them."""
-    key = f"view:{view}"
-    if key not in ds.cache:
-        op = TTA_VIEWS.get(view, view)
-        ds.cache[key] = np.stack([augment.apply_operation(im, op, float("nan")) for im in ds.images])
-    return ds.cache[key]
+    operation (e.g. ``hflip``), made once per Dataset (:meth:`Dataset.derived`): every step reuses them."""
+    op = TTA_VIEWS.get(view, view)
+    return ds.derived(f"view:{view}", lambda: np.stack([augment.apply_operation(im, op, float("nan"))
+                                                        for im in ds.images]))
 
 
 def view_keys(ds: Dataset, view: str | None = None) -> list[str]:
-    """The cache keys (content hashes) of a Dataset's images or of one view of them, hashed once per
-    Dataset (kept in ``ds.cache``)."""
-    key = f"keys:{view}"
-    if key not in ds.cache:
-        ds.cache[key] = features.image_keys(ds.images if view is None else view_images(ds, view))
-    return ds.cache[key]
+    """The feature-cache keys (content hashes) of a Dataset's images or of one view of them, hashed
+    once per Dataset."""
+    return ds.derived(f"keys:{view}", lambda: features.image_keys(ds.images if view is None
+                                                                  else view_images(ds, view)))
 
 
 # ----------------------------------------------------------------------------- probe
@@ -281,13 +227,13 @@ class ProbeHead(nn.Module):
         return self.linear((feats - self.mean) / self.std)
 
 
-def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+def _fit_probe(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
                progress: bool | None) -> FitResult:
     t0 = time.perf_counter()
     def feat(ds: Dataset, view: str | None = None) -> np.ndarray:
         imgs = ds.images if view is None else view_images(ds, view)
-        return features.extract(imgs, cfg["backbone"], cfg["input_size"], cfg["crop_fraction"], cfg["weights"],
-                                cfg["feature_batch_size"], cfg["device"], progress=progress, keys=view_keys(ds, view))
+        return features.extract(imgs, cfg.backbone, cfg.input_size, cfg.crop_fraction, cfg.weights,
+                                cfg.feature_batch_size, cfg.device, progress=progress, keys=view_keys(ds, view))
 
     x_train, x_val = feat(train), feat(val)
     x_views = {v: feat(val, v) for v in views}
@@ -298,11 +244,11 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequen
         logits = lambda x: head(torch.from_numpy(x)).numpy().astype(np.float64)  # noqa: E731
         val_logits = logits(x_val)
         view_logits = {v: logits(x) for v, x in x_views.items()}
-    return FitResult("probe", val_logits, view_logits, head, str(models.pick_device(cfg["device"])), history,
+    return FitResult("probe", val_logits, view_logits, head, str(models.pick_device(cfg.device)), history,
                      {"features": t1 - t0, "train": time.perf_counter() - t1})
 
 
-def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: int = 0,
+def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int = 0,
                progress: bool | None = None, groups: np.ndarray | None = None) -> tuple[ProbeHead, list[dict]]:
     """L2-regularised logistic regression on standardised features, fitted to convergence (L-BFGS,
     scikit-learn), optionally class-weighted. The regularisation strength is chosen among
@@ -322,22 +268,22 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: in
     z = ((x - mean) / std).astype(np.float64)
     y = np.asarray(y, dtype=np.int64)
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    weight = "balanced" if cfg["class_weight"] == "balanced" else None
+    weight = "balanced" if cfg.class_weight == "balanced" else None
     class_weights(y, n_classes)  # every class present, else a clear error
-    folds = min(cfg["head_folds"], int(np.bincount(y).min()), len(np.unique(groups)))
+    folds = min(cfg.head_folds, int(np.bincount(y).min()), len(np.unique(groups)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if folds >= 2 and len(cfg["head_cs"]) > 1:
+        if folds >= 2 and len(cfg.head_cs) > 1:
             cv = list(StratifiedGroupKFold(n_splits=folds).split(z, y, groups))
-            search = LogisticRegressionCV(Cs=list(cfg["head_cs"]), cv=cv, scoring="neg_log_loss",
-                                          class_weight=weight, max_iter=cfg["head_max_iter"], tol=cfg["head_tol"])
+            search = LogisticRegressionCV(Cs=list(cfg.head_cs), cv=cv, scoring="neg_log_loss",
+                                          class_weight=weight, max_iter=cfg.head_max_iter, tol=cfg.head_tol)
             search.fit(z, y)
             c = float(np.atleast_1d(search.C_)[0])
             scores = np.mean(next(iter(search.scores_.values())), axis=0)
             cv_loss = {f"{cc:g}": float(-sc) for cc, sc in zip(search.Cs_, scores)}
         else:  # one value given (e.g. chosen on another seed's training part): no search
-            c, cv_loss = float(cfg["head_cs"][0]), {}
-        model = LogisticRegression(C=c, class_weight=weight, max_iter=cfg["head_max_iter"], tol=cfg["head_tol"])
+            c, cv_loss = float(cfg.head_cs[0]), {}
+        model = LogisticRegression(C=c, class_weight=weight, max_iter=cfg.head_max_iter, tol=cfg.head_tol)
         model.fit(z, y)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     head = ProbeHead(mean, std, n_classes)
@@ -354,20 +300,20 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: dict, seed: in
 
 
 # ----------------------------------------------------------------------------- finetune
-def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequence[str],
+def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
               checkpoint_dir: str | os.PathLike | None, progress: bool | None,
               on_epoch_end: Callable[[int, dict], None] | None) -> Generator[None, None, FitResult]:
     """The fine-tuning, as a generator that pauses after every training step and epoch (so that
     :func:`fit_many` can interleave trainings); its return value is the result."""
-    dev = models.pick_device(cfg["device"])
-    use_amp = bool(cfg["amp"]) and dev.type == "cuda"
-    graphed = bool(cfg["cuda_graphs"]) and dev.type == "cuda"
+    dev = models.pick_device(cfg.device)
+    use_amp = bool(cfg.amp) and dev.type == "cuda"
+    graphed = bool(cfg.cuda_graphs) and dev.type == "cuda"
     torch.manual_seed(seed)
-    model = models.build_classifier(cfg["backbone"], len(train.class_names), cfg["weights"])
-    model = model.to(dev).to(memory_format=memory_format(cfg["channels_last"]))
-    opt = make_optimizer(model, cfg["lr"], cfg["weight_decay"], graphed, cfg["fused_adam"])
+    model = models.build_classifier(cfg.backbone, len(train.class_names), cfg.weights)
+    model = model.to(dev).to(memory_format=memory_format(cfg.channels_last))
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
     weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
-        if cfg["class_weight"] == "balanced" else None
+        if cfg.class_weight == "balanced" else None
     x_train = torch.from_numpy(train.images).to(dev)
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     x_val = torch.from_numpy(val.images).to(dev)
@@ -376,7 +322,7 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
     val_inputs = _preprocess_all(x_val, cfg) if dev.type == "cuda" else None
     start, best_acc, best_state, history = 0, -1.0, None, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    run_config = {**cfg, "seed": seed, "n_train": len(train), "n_val": len(val)}
+    run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
     notes = []
     state = load_checkpoint(ckpt / "last.pt", dev, notes) if ckpt and (ckpt / "last.pt").exists() else None
     best_saved = load_checkpoint(ckpt / "best.pt", "cpu", notes) if state is not None else None
@@ -397,7 +343,7 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
         start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
         best_state = best_saved
         notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
-    step = TrainStep(model, opt, weight, use_amp, cfg["batch_size"], graphed, compiled=bool(cfg["compile"]))
+    step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=bool(cfg.compile))
     writer = CheckpointWriter()
     validation = Validation(model, x_val, y_val, cfg, use_amp, val_inputs)
     if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
@@ -421,10 +367,10 @@ def _finetune(train: Dataset, val: Dataset, cfg: dict, seed: int, views: Sequenc
             on_epoch_end(history[-1]["epoch"], history[-1])
 
     t0 = time.perf_counter()
-    bs = cfg["batch_size"]
+    bs = cfg.batch_size
     try:
-        for epoch in progress_bar(range(start, cfg["epochs"]), desc="epochs", enable=progress, initial=start,
-                                  total=cfg["epochs"]):
+        for epoch in progress_bar(range(start, cfg.epochs), desc="epochs", enable=progress, initial=start,
+                                  total=cfg.epochs):
             torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
             gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
             set_lr(opt, lr_at(cfg, epoch))
@@ -510,12 +456,12 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def lr_at(cfg: dict, epoch: int) -> float:
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of ``epoch`` (0-based): ``step``, the recipe's (``lr`` / 10 every ``lr_step``
     epochs), or ``cosine`` (from ``lr`` down towards 0 over ``epochs``)."""
-    if cfg.get("lr_schedule", "step") == "cosine":
-        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
-    return cfg["lr"] * 0.1 ** (epoch // cfg["lr_step"])
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr * 0.1 ** (epoch // cfg.lr_step)
 
 
 def set_lr(opt: torch.optim.Optimizer, value: float) -> None:
@@ -653,7 +599,7 @@ def _on_side_stream(fn: Callable[[], torch.Tensor], cuda: bool) -> torch.Tensor:
     return out
 
 
-def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: dict, gen: torch.Generator, batch_size: int,
+def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, batch_size: int,
                  chunk: int):
     """Yield ``(start, batch)`` of training views for one epoch in ``perm`` order (on the images' device).
 
@@ -661,41 +607,41 @@ def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: dict, gen: torc
     ``chunk`` images at a time on the images' device (a multiple of the batch size), so a GPU
     runs a few large augmentation kernels instead of many small ones.
     """
-    n, size = len(perm), cfg["input_size"]
-    if cfg["train_aug"] == "paper":
+    n, size = len(perm), cfg.input_size
+    if cfg.train_aug == "paper":
         boxes, flips = models.draw_crops(n, x_train.shape[1], x_train.shape[2], gen)
     else:
-        boxes, flips = None, (torch.rand(n, generator=gen) < 0.5) if cfg["train_aug"] == "flip" else None
+        boxes, flips = None, (torch.rand(n, generator=gen) < 0.5) if cfg.train_aug == "flip" else None
     chunk = max(batch_size, chunk // batch_size * batch_size)
     for c in range(0, n, chunk):
         imgs = x_train[perm[c:c + chunk]]
         if boxes is not None:
-            views = models.apply_crops(imgs, boxes[c:c + chunk], flips[c:c + chunk], size, cfg["backbone"])
+            views = models.apply_crops(imgs, boxes[c:c + chunk], flips[c:c + chunk], size, cfg.backbone)
         else:
-            views = models.preprocess(imgs, cfg["backbone"], size, cfg["crop_fraction"])
+            views = models.preprocess(imgs, cfg.backbone, size, cfg.crop_fraction)
             if flips is not None:
                 flip = flips[c:c + chunk].to(views.device).view(-1, 1, 1, 1)
                 views = torch.where(flip, views.flip(-1), views)
-        views = views.contiguous(memory_format=memory_format(cfg["channels_last"]))
+        views = views.contiguous(memory_format=memory_format(cfg.channels_last))
         for s in range(0, len(imgs), batch_size):
             yield c + s, views[s:s + batch_size]
 
 
-def _preprocess_all(images: torch.Tensor, cfg: dict, batch_size: int = 256) -> torch.Tensor:
-    out = torch.cat([models.preprocess(images[s:s + batch_size], cfg["backbone"], cfg["input_size"],
-                                       cfg["crop_fraction"])
+def _preprocess_all(images: torch.Tensor, cfg: TrainConfig, batch_size: int = 256) -> torch.Tensor:
+    out = torch.cat([models.preprocess(images[s:s + batch_size], cfg.backbone, cfg.input_size,
+                                       cfg.crop_fraction)
                      for s in range(0, len(images), batch_size)])
-    return out.contiguous(memory_format=memory_format(cfg["channels_last"]))
+    return out.contiguous(memory_format=memory_format(cfg.channels_last))
 
 
-def predict(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,
+def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, use_amp: bool = False,
             batch_size: int = 64, inputs: torch.Tensor | None = None) -> np.ndarray:
     """Logits (float64 numpy) of uint8 images through the eval transform (``inputs``: already
     transformed, as :func:`fit` keeps them on a GPU)."""
     return device_logits(model, images, cfg, use_amp, batch_size, inputs).cpu().numpy().astype(np.float64)
 
 
-def device_logits(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bool = False,
+def device_logits(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, use_amp: bool = False,
                   batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`predict`'s logits as a float32 tensor on the images' device (no wait for the device)."""
     model.eval()
@@ -705,7 +651,7 @@ def device_logits(model: nn.Module, images: torch.Tensor, cfg: dict, use_amp: bo
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
         for s in range(0, len(images), batch_size):
             x = inputs[s:s + batch_size] if inputs is not None else \
-                models.preprocess(images[s:s + batch_size], cfg["backbone"], cfg["input_size"], cfg["crop_fraction"])
+                models.preprocess(images[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
             outs.append(model(x).float())
     return torch.cat(outs)
 
@@ -719,7 +665,7 @@ class Validation:
     come after it. On a CPU the same calls run one after the other.
     """
 
-    def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: np.ndarray, cfg: dict, use_amp: bool,
+    def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: np.ndarray, cfg: TrainConfig, use_amp: bool,
                  inputs: torch.Tensor | None):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.x_val, self.y_val, self.cfg, self.use_amp, self.inputs = x_val, y_val, cfg, use_amp, inputs

@@ -59,7 +59,7 @@ def test_step_variants_start_from_the_kit_defaults():
     """The first variant is what fit does on a GPU; the others change one or two levers."""
     for cuda in (True, False):
         variants = bench.step_variants(cuda)
-        defaults = {k: bench.train.DEFAULTS[k] for k in bench.STEP_KEYS}
+        defaults = {k: getattr(bench.TrainConfig(), k) for k in bench.STEP_KEYS}
         assert variants[0] == {**defaults, "amp": defaults["amp"] and cuda}
         assert all(set(v) == set(bench.STEP_KEYS) for v in variants)
         assert len({str(v) for v in variants}) == len(variants)

@@ -74,7 +74,7 @@ def test_same_seed_same_metrics(smoke_run, tmp_path):
     """The notebook's record and a direct run with the same seed agree to the last digit."""
     notebook_record = next(r for r in results.load_records(smoke_run) if r["step"] == "02_flip")
     again = experiment.run_step("02_flip", profile="smoke", seed=0, results_dir=tmp_path, progress=False,
-                                analyse=False)
+                                analyse_images=False).record
     assert again["metrics"] == notebook_record["metrics"]
     assert np.array_equal(again["predictions"]["logits"], notebook_record["predictions"]["logits"])
 
@@ -237,7 +237,7 @@ def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys):
     assert any(n.startswith("resumed at") for n in info["notes"])
     record = json.loads((folder / "records" / "02_flip-seed0.json").read_text())
     alone = experiment.run_step("02_flip", profile="smoke", limit_per_class=6, results_dir=tmp_path / "alone",
-                                progress=False, analyse=False)
+                                progress=False, analyse_images=False).record
     assert record["predictions"] == alone["predictions"] and record["metrics"] == alone["metrics"]
     assert run.main(["--out", str(tmp_path), "--resume"]) == 2            # nothing left to resume
     assert "no unfinished run" in capsys.readouterr().err

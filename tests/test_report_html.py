@@ -10,8 +10,8 @@ from fsfsl_utils import experiment, plots, report_html
 
 
 def test_report_is_self_contained_verdicts_first_and_escaped(tmp_path):
-    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=tmp_path, progress=False, analyse=False)
-            for step in ("01_baseline", "04_balanced_augment")]
+    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=tmp_path, progress=False,
+                                analyse_images=False).record for step in ("01_baseline", "04_balanced_augment")]
     fig = plots.confusion_matrices(recs)
     plots.save(fig, tmp_path, "<img src=x onerror=alert(1)>")      # a hostile figure name
     plt.close(fig)

@@ -177,14 +177,16 @@ def test_sweep_at_no_change_reproduces_the_record(profile, size, tmp_path, cache
     the fine-tune profile's center crop included)."""
     from fsfsl_utils import experiment
 
-    record = experiment.run_step("01_baseline", profile=profile, input_size=size, limit_per_class=12, epochs=1,
-                                 backbone="efficientnet_lite0", results_dir=tmp_path, progress=False, analyse=False,
-                                 views=())
+    run = experiment.run_step("01_baseline", profile=profile, input_size=size, limit_per_class=12, epochs=1,
+                              backbone="efficientnet_lite0", results_dir=tmp_path, progress=False,
+                              analyse_images=False, views=())
+    record = run.record
     assert record["config"]["input_size"] == size
     val = experiment.validation_split(record)
+    assert val.names == run.val.names
     logits = np.asarray(record["predictions"]["logits"])
-    np.testing.assert_allclose(experiment.predictor(record)(val.images), logits, atol=2e-4)
-    sweep = experiment.sweeps(record, val, n_images=len(val), levels={"brightness": (1.0,)})["brightness"]
+    np.testing.assert_allclose(experiment.predictor(run.fit, run.spec.config)(val.images), logits, atol=2e-4)
+    sweep = experiment.sweeps(record, run.fit, run.val, n_images=len(val), levels={"brightness": (1.0,)})["brightness"]
     labels = np.asarray(record["predictions"]["labels"])
     assert sweep["rows"][0]["accuracy"] == pytest.approx((logits.argmax(1) == labels).mean())
 

@@ -65,7 +65,7 @@ def test_top_fit_is_deterministic_and_seeded(tiny, cache_dir):
     np.testing.assert_array_equal(a.val_logits, b.val_logits)     # bit for bit on a CPU
     np.testing.assert_array_equal(a.view_logits["vflip"], b.view_logits["vflip"])
     assert not np.array_equal(a.val_logits, c.val_logits)
-    assert a.history[0]["lr"] == pytest.approx(cfg["lr"]) and a.history[1]["lr"] < cfg["lr"]  # cosine
+    assert a.history[0]["lr"] == pytest.approx(cfg.lr) and a.history[1]["lr"] < cfg.lr  # cosine
     # the trained top moved away from the ImageNet weights; the shared frozen backbone did not
     weights = models.resolve_weights("efficientnet_lite0", "imagenet")
     backbone = features.get_backbone("efficientnet_lite0", weights, torch.device("cpu"))
@@ -112,5 +112,5 @@ def test_top_mode_refuses_crops_and_unknown_schedules():
 def test_cpu_finetune_profile_trains_the_top_block():
     resolved = profiles.resolve("cpu-finetune")
     cfg = train.check_config(resolved["config"])
-    assert cfg["mode"] == "top" and cfg["trained_blocks"] >= 1 and cfg["train_aug"] == "flip"
+    assert cfg.mode == "top" and cfg.trained_blocks >= 1 and cfg.train_aug == "flip"
     assert resolved["seeds"] == 5 and "cpu-finetune" in profiles.PROFILE_NAMES

@@ -38,7 +38,7 @@ def test_probe_head_is_converged_and_blind_to_validation_labels(small, cache_dir
     longer = train.fit(tr, va, {**cfg, "head_max_iter": 4000, "head_tol": 1e-8}, seed=1, views=(), progress=False)
     acc = lambda r: (r.val_logits.argmax(1) == va.labels).mean()  # noqa: E731
     assert abs(acc(base) - acc(longer)) < 0.001 and base.history[0]["converged"]
-    assert base.history[0]["C"] in train.DEFAULTS["head_cs"] and base.history[0]["cv_log_loss"]
+    assert base.history[0]["C"] in train.TrainConfig().head_cs and base.history[0]["cv_log_loss"]
     np.testing.assert_array_equal(base.val_logits, train.fit(tr, va, cfg, seed=2, views=(), progress=False).val_logits)
     shuffled = va.subset(np.arange(len(va)))
     shuffled.meta["label"] = np.random.default_rng(0).permutation(va.labels)
@@ -59,7 +59,7 @@ def test_class_weighting_raises_minority_recall():
     cfg = train.check_config({})
     recall = {}
     for weighting in ("none", "balanced"):
-        head, _ = train.train_head(x, y, 2, {**cfg, "class_weight": weighting}, seed=0)
+        head, _ = train.train_head(x, y, 2, cfg.replace(class_weight=weighting), seed=0)
         with torch.no_grad():
             pred = head(torch.from_numpy(x)).argmax(1).numpy()
         recall[weighting] = (pred[y == 1] == 1).mean()
@@ -309,7 +309,7 @@ def test_validation_scores_the_weights_it_was_started_with(tiny):
     tr, va = tiny
     cfg = train.check_config(TINY)
     torch.manual_seed(0)
-    model = train.models.build_classifier(cfg["backbone"], 2, None).eval()
+    model = train.models.build_classifier(cfg.backbone, 2, None).eval()
     x_val = torch.from_numpy(va.images)
     expected = train.predict(model, x_val, cfg)
     validation = train.Validation(model, x_val, va.labels, cfg, False, None)

@@ -15,30 +15,30 @@ TINY_PAPER = {"profile": "paper", "backbone": "efficientnet_lite0", "input_size"
 
 
 def test_the_trainings_of_each_notebook_are_known():
-    """run.training_calls assumes each of notebooks 01-04 runs the study step it is named after (and
+    """run.training_specs assumes each of notebooks 01-04 runs the study step it is named after (and
     04 the controls): otherwise training ahead would train the wrong steps (and the notebooks would
     train theirs again)."""
     for name in run.NOTEBOOKS:
         source = "".join("".join(c["source"]) for c in json.loads((run.notebook_dir() / f"{name}.ipynb").read_text())
                          ["cells"] if c["cell_type"] == "code")
         expected = (name,) if name in experiment.STUDY_STEPS else ()
-        assert tuple(re.findall(r'settings\.run\("([^"]+)"\)', source)) == expected
+        assert tuple(re.findall(r'settings\.(?:run|specs)\("([^"]+)"\)', source)) == expected
         assert ("run_controls()" in source) == (name == "04_balanced_augment")
         assert ("CONTROLS" in run.notebook_parameters(name)) == (name == "04_balanced_augment")
 
 
-def test_training_calls_follow_the_notebook_parameters(tmp_path):
+def test_training_specs_follow_the_notebook_parameters(tmp_path):
     steps = [("01_baseline", {"PROFILE": "paper", "SEEDS": 2, "EPOCHS": 1}),
              ("04_balanced_augment", {"PROFILE": "paper", "SEEDS": 1, "EPOCHS": 1}),
              ("05_analysis", {"PROFILE": "paper"})]
-    calls = run.training_calls(steps, tmp_path)
-    assert [(step, kw["seed"]) for step, kw in calls] == [
+    specs = run.training_specs(steps, tmp_path)
+    assert [(spec.step, spec.seed) for spec in specs] == [
         ("01_baseline", 0), ("01_baseline", 1), ("04_balanced_augment", 0),
         *[(control, 0) for control in experiment.CONTROL_STEPS]]  # CONTROLS defaults to True in 04
-    assert all(kw["results_dir"] == tmp_path and kw["epochs"] == 1 for _, kw in calls)
-    no_controls = run.training_calls([("04_balanced_augment", {"PROFILE": "paper", "SEEDS": 1, "CONTROLS": False})],
+    assert all(spec.config.epochs == 1 and spec.profile == "paper" for spec in specs)
+    no_controls = run.training_specs([("04_balanced_augment", {"PROFILE": "paper", "SEEDS": 1, "CONTROLS": False})],
                                      tmp_path)
-    assert [step for step, _ in no_controls] == ["04_balanced_augment"]
+    assert [spec.step for spec in no_controls] == ["04_balanced_augment"]
 
 
 def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path):
@@ -46,18 +46,18 @@ def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path):
     say they resumed, and hold the same predictions as steps trained the usual way."""
     ahead = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "ahead"))
     usual = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "usual"))
-    calls = ahead.step_calls("01_baseline") + ahead.step_calls("04_class_weighted")
-    assert experiment.train_ahead(calls) == 2
+    specs = [*ahead.specs("01_baseline"), *ahead.specs("04_class_weighted")]
+    assert experiment.train_ahead(specs, ahead.results_dir, ahead.store) == 2
     assert (tmp_path / "ahead" / "checkpoints" / "01_baseline-seed0" / "last.pt").exists()
     for step in ("01_baseline", "04_class_weighted"):
-        resumed = ahead.run(step, analyse=False, views=())[0]
-        plain = usual.run(step, analyse=False, views=())[0]
+        resumed = ahead.run(step, analyse_images=False, views=())[0]
+        plain = usual.run(step, analyse_images=False, views=())[0]
         assert any("resumed from" in n and "at epoch 1" in n for n in resumed["notes"])
         assert not any("resumed from" in n for n in plain["notes"])
         np.testing.assert_array_equal(resumed["predictions"]["logits"], plain["predictions"]["logits"])
         assert resumed["history"] == plain["history"] and resumed["metrics"] == plain["metrics"]
     cpu = experiment.Settings.from_parameters(profile="smoke", progress=False, results_dir=str(tmp_path / "smoke"))
-    assert experiment.train_ahead(cpu.step_calls("01_baseline")) == 0  # only the paper profile checkpoints
+    assert experiment.train_ahead(cpu.specs("01_baseline"), cpu.results_dir) == 0  # only the paper profile checkpoints
 
 
 TINY_MAIN_JOB = ["--profile", "paper", "--seeds", "1", "--backbone", "efficientnet_lite0", "--epochs", "1",

@@ -12,7 +12,7 @@ from fsfsl_utils import augment, experiment, metrics, report, sensitivity, widge
 @pytest.fixture(scope="module")
 def smoke_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("widget_runs")
-    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=out, progress=False)
+    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=out, progress=False).record
             for step in ("01_baseline", "04_balanced_augment")]
     return recs, experiment.validation_split(recs[0])
 
