@@ -1,4 +1,6 @@
-"""Augmentation: offline expansion of the TRAIN part with labelled, audited copies.
+"""Augmentation, all of it: offline copies, training-time views and test-time views.
+
+Offline expansion of the TRAIN part with labelled, audited copies:
 
 An *operation* turns one uint8 image into another with a parameter drawn from a seeded
 range (torchvision.transforms.v2.functional does the pixel work). A *policy* is plain data:
@@ -36,6 +38,7 @@ import pandas as pd
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from . import models
 from .data import Dataset
 from .progress import progress_bar
 
@@ -229,3 +232,120 @@ def manifest(ds: Dataset) -> pd.DataFrame:
     frame = ds.meta[["name", "source", "op", "param"]].copy()
     frame.insert(1, "class", [ds.class_names[i] for i in ds.labels])
     return frame
+
+
+# ----------------------------------------------------------------------------- test-time views
+TEST_VIEWS: dict[str, str] = {"vflip": "vflip", "blur": "boxblur"}  # view -> operation: the study's TTA
+
+
+def check_views(views: Sequence[str]) -> None:
+    """ValueError naming a test-time view that is not in :data:`TEST_VIEWS`."""
+    for v in views:
+        if v not in TEST_VIEWS:
+            raise ValueError(f"unknown test-time view {v!r}; valid: {', '.join(TEST_VIEWS)}")
+
+
+def view_images(ds: Dataset, view: str) -> np.ndarray:
+    """A Dataset's images as seen by one test-time view (:data:`TEST_VIEWS`) or parameter-free
+    operation (e.g. ``hflip``), made once per Dataset (:meth:`Dataset.derived`): every step reuses them."""
+    op = TEST_VIEWS.get(view, view)
+    check_operation(op)
+    return ds.derived(f"view:{view}", lambda: np.stack([apply_operation(im, op, float("nan")) for im in ds.images]))
+
+
+# ----------------------------------------------------------------------------- training-time augmentation
+Draws = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class TrainAugmentation:
+    """A training-time augmentation of the fine-tuning loop (config ``train_aug``).
+
+    ``draw(n, height, width, generator)`` makes an epoch's random draws for all of its images at
+    once, on the CPU (runs reproduce on any device); ``apply(images, draws, size, backbone,
+    crop_fraction)`` turns a chunk of uint8 images, with their slice of the draws, into the
+    backbone's normalised inputs on the images' device.
+    """
+
+    name: str
+    draw: Callable[[int, int, int, torch.Generator], Draws]
+    apply: Callable[[torch.Tensor, Draws, int, str, float], torch.Tensor]
+    doc: str = ""
+
+
+def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
+               scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+               hflip: bool = True, attempts: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` RandomResizedCrop boxes (``x0, y0, x1, y1``, float, CPU) and horizontal flips (bool, CPU).
+
+    torchvision's ``RandomResizedCrop.get_params``, vectorised: up to ``attempts`` draws of area
+    and aspect ratio per image (integer sides, the first draw that fits the image wins), else the
+    central crop of the largest box whose aspect ratio lies in ``ratio``; integer offsets. Drawn
+    from ``generator`` on the CPU, so runs are reproducible on any device; a training epoch draws
+    all of its boxes at once.
+    """
+    area = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * (height * width)
+    log_ratio = torch.empty(n, attempts).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])),
+                                                  generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(area * aspect).round()
+    h = torch.sqrt(area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1)  # the first draw that fits (0 when none does)
+    rows = torch.arange(n)
+    found = fits.any(1)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fallback_w, fallback_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fallback_w, fallback_h = round(height * ratio[1]), height
+    else:
+        fallback_w, fallback_h = width, height
+    cw = torch.where(found, w[rows, first], torch.tensor(float(fallback_w)))
+    ch = torch.where(found, h[rows, first], torch.tensor(float(fallback_h)))
+    x0 = torch.floor(torch.rand(n, generator=generator) * (width - cw + 1))
+    y0 = torch.floor(torch.rand(n, generator=generator) * (height - ch + 1))
+    x0 = torch.where(found, x0, torch.tensor(float((width - fallback_w) // 2)))
+    y0 = torch.where(found, y0, torch.tensor(float((height - fallback_h) // 2)))
+    flips = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], 1), flips
+
+
+def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int,
+                backbone: str) -> torch.Tensor:
+    """Crop ``boxes`` out of uint8 ``images`` (one box per image), resize to ``size`` (bilinear,
+    roi_align), flip where ``flips``, normalise for ``backbone``. Runs on the images' device."""
+    from torchvision.ops import roi_align
+
+    x = models.unit_images(images)
+    b = x.shape[0]
+    index = torch.arange(b, dtype=torch.float, device=x.device).view(b, 1)
+    rois = torch.cat([index, boxes.to(x.device, torch.float, non_blocking=True)], 1)
+    out = roi_align(x.contiguous(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
+                    aligned=True)
+    flips = flips.to(x.device, non_blocking=True).view(b, 1, 1, 1)
+    return models.normalise(torch.where(flips, out.flip(-1), out), backbone)
+
+
+def _flipped(images: torch.Tensor, draws: Draws, size: int, backbone: str, crop_fraction: float) -> torch.Tensor:
+    views = models.preprocess(images, backbone, size, crop_fraction)
+    flip = draws[0].to(views.device).view(-1, 1, 1, 1)
+    return torch.where(flip, views.flip(-1), views)
+
+
+TRAIN_TIME: dict[str, TrainAugmentation] = {a.name: a for a in (
+    TrainAugmentation("paper", draw_crops, lambda x, d, size, backbone, _: apply_crops(x, d[0], d[1], size, backbone),
+                      "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)"),
+    TrainAugmentation("flip", lambda n, h, w, gen: (torch.rand(n, generator=gen) < 0.5,), _flipped,
+                      "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')"),
+    TrainAugmentation("none", lambda n, h, w, gen: (),
+                      lambda x, d, size, backbone, crop: models.preprocess(x, backbone, size, crop),
+                      "none: the evaluation transform"),
+)}
+
+
+def get_train_augmentation(name: str) -> TrainAugmentation:
+    """A training-time augmentation by name; unknown names list the valid ones."""
+    if name not in TRAIN_TIME:
+        raise ValueError(f"train_aug must be one of {', '.join(map(repr, TRAIN_TIME))}, got {name!r}")
+    return TRAIN_TIME[name]

@@ -43,7 +43,7 @@ class TrainConfig:
     lr_step: int = field(default=30, metadata=_number(1, 100_000))  # lr / 10 every lr_step epochs ("step")
     lr_schedule: str = field(default="step", metadata=_choice("step", "cosine"))
     weight_decay: float = field(default=0.0, metadata=_number(0, 1))
-    train_aug: str = field(default="paper", metadata=_choice("paper", "flip", "none"))  # augment.TRAIN_TIME
+    train_aug: str = "paper"  # finetune: a training-time augmentation of augment.TRAIN_TIME; top: flip or none
     # finetune speed layers (used on CUDA only)
     amp: bool = True
     cuda_graphs: bool = True
@@ -62,7 +62,7 @@ class TrainConfig:
     class_weight: str = field(default="none", metadata=_choice("none", "balanced"))
 
     def __post_init__(self) -> None:
-        from . import models  # the backbone registry; imported here so that this module stays light
+        from . import augment, models  # the registries; imported here so that this module stays light
 
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
@@ -70,15 +70,16 @@ class TrainConfig:
         if not isinstance(cs, (list, tuple)) or not cs or not all(isinstance(c, (int, float)) and c > 0 for c in cs):
             raise ValueError(f"head_cs must be a non-empty list of positive regularisation strengths, got {cs!r}")
         object.__setattr__(self, "head_cs", tuple(cs))
+        augment.get_train_augmentation(self.train_aug)
         spec = models.get_spec(self.backbone)
         if self.input_size < spec.min_input_size:
             raise ValueError(f"input_size {self.input_size} is too small for {self.backbone}: it needs at least "
                              f"{spec.min_input_size} px")
         if self.mode == "top":
             models.check_trained_blocks(self.backbone, self.trained_blocks)
-            if self.train_aug == "paper":
-                raise ValueError("train_aug 'paper' (random resized crops) needs the images, but mode 'top' trains "
-                                 "on cached activations: use 'flip' (exact, cached) or 'none'")
+            if self.train_aug not in ("flip", "none"):
+                raise ValueError(f"train_aug {self.train_aug!r} needs the images, but mode 'top' trains on cached "
+                                 "activations: use 'flip' (exact, cached) or 'none'")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | TrainConfig | None = None) -> TrainConfig:

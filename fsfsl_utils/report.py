@@ -304,10 +304,16 @@ def verdict_rule() -> str:
         "is); every other p in a table is Holm-adjusted over that table."
 
 
+def shared_views(recs: Sequence[dict]) -> list[str]:
+    """The test-time views every record of ``recs`` kept logits of, in the order the records name them
+    (the views themselves are defined in :data:`fsfsl_utils.augment.TEST_VIEWS`)."""
+    return [v for v in recs[0].get("view_logits", {}) if all(v in r.get("view_logits", {}) for r in recs)]
+
+
 def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
     """Scores of ``step`` without and with each test-time view (logits 0.5 original + 0.5 view)."""
     recs = by_step(records)[step]
-    views = [v for v in ("vflip", "blur") if all(v in r.get("view_logits", {}) for r in recs)]
+    views = shared_views(recs)
     ref, tgt = reference_class(recs[0]), target_class(recs[0])
     elpv = on_elpv(recs[0])
     rows = []
@@ -326,7 +332,7 @@ def tta_all(records: Sequence[dict]) -> pd.DataFrame:
     """Every arm with and without each test-time view (mean over seeds, percent): the secondary TTA table."""
     rows = []
     for step, recs in by_step(records).items():
-        views = [v for v in ("vflip", "blur") if all(v in r.get("view_logits", {}) for r in recs)]
+        views = shared_views(recs)
         tgt = target_class(recs[0])
         row = {"step": step, "runs": len(recs)}
         for view in (None, *views):

@@ -108,8 +108,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
-RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "EPOCHS": (0, 10_000), "INPUT_SIZE": (0, 2048),
-          "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED), "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
+# the run-level parameters (training parameters are checked by TrainConfig)
+RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED),
+          "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
 
 
 def check_parameter(name: str, value: object, type_name: str) -> None:
@@ -125,10 +126,14 @@ def check_parameter(name: str, value: object, type_name: str) -> None:
 
 
 def check_training_settings(params: dict) -> None:
-    """The training config the notebooks will resolve, checked now (an input size too small for the
-    backbone fails here, not deep inside a kernel)."""
-    profiles.resolve(str(params.get("PROFILE", "auto")), backbone=params.get("BACKBONE") or None,
-                     input_size=params.get("INPUT_SIZE") or None, epochs=params.get("EPOCHS") or None)
+    """The training config the notebooks will resolve, checked now by :class:`~fsfsl_utils.config.TrainConfig`
+    (a negative EPOCHS, an input size too small for the backbone fail here, not deep inside a kernel)."""
+    names = ("BACKBONE", "INPUT_SIZE", "EPOCHS")  # 0 and "": the profile's value
+    try:
+        profiles.resolve(str(params.get("PROFILE", "auto")), **{n.lower(): params.get(n) or None for n in names})
+    except ValueError as err:
+        named = next((n for n in names if n.lower() in str(err)), None)
+        raise ValueError(f"parameter {named}: {err}" if named else str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

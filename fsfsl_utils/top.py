@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import features, models
+from .augment import view_images
 from .config import TrainConfig
 from .data import Dataset
 from .progress import progress_bar
-from .train import FitResult, TrainingError, class_weights, lr_at, view_images, view_keys
+from .train import FitResult, TrainingError, class_weights, lr_at, view_keys
 
 PREDICT_BATCH = 256
 

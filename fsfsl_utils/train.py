@@ -7,15 +7,17 @@ views, for TTA) and what was done. The config is one flat, typed object
 ``fit_many(jobs)`` runs several fine-tunings at once (one CUDA stream each), each with the
 result it would have alone.
 
-``finetune`` follows pytorch/examples imagenet/main.py: Adam, lr 1e-3, batch 16, lr / 10 every
-30 epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning
-resumes). Unlike that script, images stay on the device as uint8 and are cropped, flipped and
-normalised there, a chunk of an epoch at a time, and the loss is read once per epoch, not per
-step; each epoch's validation runs while the next epoch trains, and checkpoints are written by a
-background thread. On CUDA: bf16 autocast, channels_last, and the training step captured as a
-CUDA graph (``cuda_graphs``, see :class:`TrainStep`), and Adam as one fused kernel
-(``fused_adam``). Off by default: ``compile`` (``torch.compile`` of the model: faster steps, but a
-compilation per training). What each costs and gains is measured in ``benchmarks/RESULTS.md``.
+:func:`finetune` is pytorch/examples imagenet/main.py's recipe as one loop a reader can follow
+(forward, loss, ``loss.backward()``, ``opt.step()``): Adam, lr 1e-3, batch 16, lr / 10 every 30
+epochs, the best validation top-1 checkpoint kept, a checkpoint every epoch (rerunning resumes).
+Its training-time augmentation comes from :data:`fsfsl_utils.augment.TRAIN_TIME`. Unlike that
+script, images stay on the device as uint8 and are cropped, flipped and normalised there, a chunk
+of an epoch at a time, and the loss is read once per epoch, not per step; each epoch's validation
+runs while the next epoch trains, and checkpoints are written by a background thread. On CUDA:
+bf16 autocast, channels_last, and the training step captured as a CUDA graph (``cuda_graphs``,
+see :class:`TrainStep`), and Adam as one fused kernel (``fused_adam``). Off by default:
+``compile`` (``torch.compile`` of the model: faster steps, but a compilation per training). What
+each costs and gains is measured in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ from .config import TrainConfig
 from .data import Dataset
 from .progress import progress_bar
 from .results import atomic_write
-
-TTA_VIEWS = {"vflip": "vflip", "blur": "boxblur"}
 
 
 class TrainingError(RuntimeError):
@@ -89,7 +89,7 @@ def fit(train: Dataset, val: Dataset, config: TrainConfig | dict | None = None, 
         from .top import fit_top  # top builds on this module's helpers
 
         return fit_top(train, val, cfg, seed, views, progress)
-    return _run_to_end(_finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
+    return _run_to_end(finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
 
 
 def _checked(train: Dataset, val: Dataset, config: TrainConfig | dict | None, views: Sequence[str]) -> TrainConfig:
@@ -97,9 +97,7 @@ def _checked(train: Dataset, val: Dataset, config: TrainConfig | dict | None, vi
     cfg = check_config(config or {})
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"training needs images in both parts, got {len(train)} train and {len(val)} validation")
-    for v in views:
-        if v not in TTA_VIEWS:
-            raise ValueError(f"unknown test-time view {v!r}; valid: {', '.join(TTA_VIEWS)}")
+    augment.check_views(views)
     return cfg
 
 
@@ -127,7 +125,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
         if cfg.mode != "finetune":
             results[i] = fit(**job)
             continue
-        runner = _finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
+        runner = finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
                            job["progress"], None)
         dev = models.pick_device(cfg.device)
         turns.append((i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, _OwnRandomness(dev)))
@@ -198,19 +196,11 @@ def _run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
             return done.value
 
 
-def view_images(ds: Dataset, view: str) -> np.ndarray:
-    """A Dataset's images as seen by one test-time view (``TTA_VIEWS``) or parameter-free augmentation
-    operation (e.g. ``hflip``), made once per Dataset (:meth:`Dataset.derived`): every step reuses them."""
-    op = TTA_VIEWS.get(view, view)
-    return ds.derived(f"view:{view}", lambda: np.stack([augment.apply_operation(im, op, float("nan"))
-                                                        for im in ds.images]))
-
-
 def view_keys(ds: Dataset, view: str | None = None) -> list[str]:
     """The feature-cache keys (content hashes) of a Dataset's images or of one view of them, hashed
     once per Dataset."""
     return ds.derived(f"keys:{view}", lambda: features.image_keys(ds.images if view is None
-                                                                  else view_images(ds, view)))
+                                                                  else augment.view_images(ds, view)))
 
 
 # ----------------------------------------------------------------------------- probe
@@ -231,7 +221,7 @@ def _fit_probe(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views:
                progress: bool | None) -> FitResult:
     t0 = time.perf_counter()
     def feat(ds: Dataset, view: str | None = None) -> np.ndarray:
-        imgs = ds.images if view is None else view_images(ds, view)
+        imgs = ds.images if view is None else augment.view_images(ds, view)
         return features.extract(imgs, cfg.backbone, cfg.input_size, cfg.crop_fraction, cfg.weights,
                                 cfg.feature_batch_size, cfg.device, progress=progress, keys=view_keys(ds, view))
 
@@ -300,14 +290,22 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, s
 
 
 # ----------------------------------------------------------------------------- finetune
-def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
-              checkpoint_dir: str | os.PathLike | None, progress: bool | None,
-              on_epoch_end: Callable[[int, dict], None] | None) -> Generator[None, None, FitResult]:
-    """The fine-tuning, as a generator that pauses after every training step and epoch (so that
-    :func:`fit_many` can interleave trainings); its return value is the result."""
+def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
+             checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None,
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> Generator[None, None, FitResult]:
+    """The pytorch/examples imagenet recipe as one loop: per epoch, shuffle and augment, then for each
+    batch forward, loss, ``loss.backward()``, ``opt.step()``; validate; checkpoint; keep the best.
+
+    A generator: it pauses (``yield``) after every step so that :func:`fit_many` can interleave
+    trainings; :func:`fit` runs it to the end and gets the result. Speed layers, each switched by
+    the config and used on CUDA only, do the same work faster: bf16 autocast (``amp``), the step
+    captured as a CUDA graph or compiled (``cuda_graphs``, ``compile``: :class:`TrainStep`),
+    validation on a side stream (:class:`Validation`); checkpoints are written by a background
+    thread (:class:`CheckpointWriter`).
+    """
     dev = models.pick_device(cfg.device)
-    use_amp = bool(cfg.amp) and dev.type == "cuda"
-    graphed = bool(cfg.cuda_graphs) and dev.type == "cuda"
+    use_amp = cfg.amp and dev.type == "cuda"
+    graphed = cfg.cuda_graphs and dev.type == "cuda"
     torch.manual_seed(seed)
     model = models.build_classifier(cfg.backbone, len(train.class_names), cfg.weights)
     model = model.to(dev).to(memory_format=memory_format(cfg.channels_last))
@@ -317,35 +315,16 @@ def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: 
     x_train = torch.from_numpy(train.images).to(dev)
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     x_val = torch.from_numpy(val.images).to(dev)
-    y_val = val.labels
     # on a GPU the validation images are preprocessed once, not once per epoch
     val_inputs = _preprocess_all(x_val, cfg) if dev.type == "cuda" else None
-    start, best_acc, best_state, history = 0, -1.0, None, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    notes: list[str] = []
     run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
-    notes = []
-    state = load_checkpoint(ckpt / "last.pt", dev, notes) if ckpt and (ckpt / "last.pt").exists() else None
-    best_saved = load_checkpoint(ckpt / "best.pt", "cpu", notes) if state is not None else None
-    if state is not None and best_saved is None:
-        notes.append(f"warning: {ckpt / 'best.pt'} is missing or damaged: training {ckpt.name} again from epoch 0")
-        state = None
-    if state is not None:
-        if state["config"] != run_config:
-            diff = sorted(k for k in set(run_config) | set(state["config"])
-                          if run_config.get(k) != state["config"].get(k))
-            raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
-                                "use a new results folder or delete the checkpoint")
-        model.load_state_dict(state["model"])
-        lr = opt.param_groups[0]["lr"]
-        opt.load_state_dict(state["optimizer"])
-        for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
-            group["lr"] = lr
-        start, best_acc, history = state["epoch"], state["best_acc"], state["history"]
-        best_state = best_saved
-        notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {start}")
-    step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=bool(cfg.compile))
+    start, best_acc, best_state, history = _resume(ckpt, model, opt, dev, notes, run_config)
+    fast_step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=cfg.compile) \
+        if graphed or cfg.compile else None
     writer = CheckpointWriter()
-    validation = Validation(model, x_val, y_val, cfg, use_amp, val_inputs)
+    validation = Validation(model, x_val, val.labels, cfg, use_amp, val_inputs)
     if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
         validation.start(model)
 
@@ -367,7 +346,6 @@ def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: 
             on_epoch_end(history[-1]["epoch"], history[-1])
 
     t0 = time.perf_counter()
-    bs = cfg.batch_size
     try:
         for epoch in progress_bar(range(start, cfg.epochs), desc="epochs", enable=progress, initial=start,
                                   total=cfg.epochs):
@@ -378,9 +356,18 @@ def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: 
             perm = torch.randperm(len(x_train), generator=gen).to(dev)
             y_epoch = y_train[perm]
             loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
-            for s, x in _epoch_views(x_train, perm, cfg, gen, bs, chunk=512 if dev.type == "cuda" else bs):
-                loss_sum += step(x, y_epoch[s:s + len(x)]) * len(x)
-                yield
+            for s, x in _epoch_views(x_train, perm, cfg, gen, chunk=512 if dev.type == "cuda" else cfg.batch_size):
+                y = y_epoch[s:s + len(x)]
+                if fast_step is not None:  # the same step as below, as a CUDA graph replay or compiled
+                    loss = fast_step(x, y)
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                        loss = F.cross_entropy(model(x).float(), y, weight=weight)
+                    loss.backward()
+                    opt.step()
+                loss_sum += loss.detach() * len(x)
+                yield  # fit_many: another training's turn
             total = float(loss_sum)
             if not np.isfinite(total):
                 raise _loss_error(total, epoch)
@@ -397,21 +384,47 @@ def _finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: 
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
-    notes += step.notes
-    if step.counts["graph"]:
-        notes.append(f"training steps: {step.counts['graph']} CUDA graph replays, {step.counts['eager']} eager")
+    if fast_step is not None:
+        notes += fast_step.notes
+        if fast_step.counts["graph"]:
+            notes.append(f"training steps: {fast_step.counts['graph']} CUDA graph replays, "
+                         f"{fast_step.counts['eager']} eager")
     last_logits = validation.logits if validation.logits is not None else \
         predict(model, x_val, cfg, use_amp, inputs=val_inputs)
     if best_state is not None:
         model.load_state_dict(best_state)
     val_logits = best_logits if best_logits is not None else predict(model, x_val, cfg, use_amp, inputs=val_inputs)
-    view_logits = {v: predict(model, torch.from_numpy(view_images(val, v)).to(dev), cfg, use_amp)
+    view_logits = {v: predict(model, torch.from_numpy(augment.view_images(val, v)).to(dev), cfg, use_amp)
                    for v in views}
     notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
                  "as pytorch/examples imagenet keeps model_best: chosen on the reported validation images, "
                  "so optimistic; the last epoch's metrics are recorded beside them")
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
                      {"train": train_seconds}, notes, last_logits)
+
+
+def _resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer, dev: torch.device, notes: list[str],
+            run_config: dict) -> tuple[int, float, dict | None, list[dict]]:
+    """Load ``ckpt/last.pt`` (and ``best.pt``) into the model and optimiser when a checkpoint of this
+    config is there: ``(start epoch, best accuracy, best weights, history)``; a fresh start otherwise."""
+    state = load_checkpoint(ckpt / "last.pt", dev, notes) if ckpt and (ckpt / "last.pt").exists() else None
+    best_saved = load_checkpoint(ckpt / "best.pt", "cpu", notes) if state is not None else None
+    if state is not None and best_saved is None:
+        notes.append(f"warning: {ckpt / 'best.pt'} is missing or damaged: training {ckpt.name} again from epoch 0")
+        state = None
+    if state is None:
+        return 0, -1.0, None, []
+    if state["config"] != run_config:
+        diff = sorted(k for k in set(run_config) | set(state["config"]) if run_config.get(k) != state["config"].get(k))
+        raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
+                            "use a new results folder or delete the checkpoint")
+    model.load_state_dict(state["model"])
+    lr = opt.param_groups[0]["lr"]
+    opt.load_state_dict(state["optimizer"])
+    for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
+        group["lr"] = lr
+    notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {state['epoch']}")
+    return state["epoch"], state["best_acc"], best_saved, state["history"]
 
 
 def load_checkpoint(path: Path, device: torch.device | str, notes: list[str]) -> dict | None:
@@ -599,32 +612,22 @@ def _on_side_stream(fn: Callable[[], torch.Tensor], cuda: bool) -> torch.Tensor:
     return out
 
 
-def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, batch_size: int,
-                 chunk: int):
+def _epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, chunk: int):
     """Yield ``(start, batch)`` of training views for one epoch in ``perm`` order (on the images' device).
 
-    The epoch's random draws (crop boxes, flips) come from ``gen`` at once; views are made
-    ``chunk`` images at a time on the images' device (a multiple of the batch size), so a GPU
-    runs a few large augmentation kernels instead of many small ones.
+    The epoch's random draws of the config's training-time augmentation (:data:`augment.TRAIN_TIME`)
+    come from ``gen`` at once; views are made ``chunk`` images at a time on the images' device (a
+    multiple of the batch size), so a GPU runs a few large augmentation kernels instead of many small ones.
     """
-    n, size = len(perm), cfg.input_size
-    if cfg.train_aug == "paper":
-        boxes, flips = models.draw_crops(n, x_train.shape[1], x_train.shape[2], gen)
-    else:
-        boxes, flips = None, (torch.rand(n, generator=gen) < 0.5) if cfg.train_aug == "flip" else None
-    chunk = max(batch_size, chunk // batch_size * batch_size)
-    for c in range(0, n, chunk):
+    aug, bs = augment.get_train_augmentation(cfg.train_aug), cfg.batch_size
+    draws = aug.draw(len(perm), x_train.shape[1], x_train.shape[2], gen)
+    chunk = max(bs, chunk // bs * bs)
+    for c in range(0, len(perm), chunk):
         imgs = x_train[perm[c:c + chunk]]
-        if boxes is not None:
-            views = models.apply_crops(imgs, boxes[c:c + chunk], flips[c:c + chunk], size, cfg.backbone)
-        else:
-            views = models.preprocess(imgs, cfg.backbone, size, cfg.crop_fraction)
-            if flips is not None:
-                flip = flips[c:c + chunk].to(views.device).view(-1, 1, 1, 1)
-                views = torch.where(flip, views.flip(-1), views)
+        views = aug.apply(imgs, tuple(d[c:c + chunk] for d in draws), cfg.input_size, cfg.backbone, cfg.crop_fraction)
         views = views.contiguous(memory_format=memory_format(cfg.channels_last))
-        for s in range(0, len(imgs), batch_size):
-            yield c + s, views[s:s + batch_size]
+        for s in range(0, len(imgs), bs):
+            yield c + s, views[s:s + bs]
 
 
 def _preprocess_all(images: torch.Tensor, cfg: TrainConfig, batch_size: int = 256) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from fsfsl_utils import features, models
+from fsfsl_utils import augment, features, models
 
 
 def test_lite0_weights_really_load():
@@ -62,14 +62,14 @@ def test_preprocess_gray_is_replicated_and_normalised_per_backbone():
     assert torch.allclose(out[0, :, 5, 5], expect, atol=1e-5)
     # the TF-converted EfficientNet-Lite weights take (x - 127) / 128 on 0-255 input
     ramp = torch.tensor([[[0, 127, 255]]], dtype=torch.uint8)
-    lite = models._normalise(models._as_rgb(models._unit(ramp)), models.get_spec("efficientnet_lite0"))
+    lite = models._normalise(models._as_rgb(models.unit_images(ramp)), models.get_spec("efficientnet_lite0"))
     assert torch.allclose(lite[0, 0, 0], torch.tensor([-127 / 128, 0.0, 1.0]), atol=1e-6)
     gen = torch.Generator().manual_seed(0)
-    boxes, flips = models.draw_crops(2, 30, 40, gen)
+    boxes, flips = augment.draw_crops(2, 30, 40, gen)
     assert ((boxes[:, 0] >= 0) & (boxes[:, 2] <= 40) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= 30)).all()
     ramp = torch.arange(40, dtype=torch.uint8).mul(6).expand(2, 30, 40).contiguous()  # left-right ramp
-    same = models.apply_crops(ramp, boxes, torch.tensor([False, False]), 16, "resnet18")
-    mirrored = models.apply_crops(ramp, boxes, torch.tensor([True, False]), 16, "resnet18")
+    same = augment.apply_crops(ramp, boxes, torch.tensor([False, False]), 16, "resnet18")
+    mirrored = augment.apply_crops(ramp, boxes, torch.tensor([True, False]), 16, "resnet18")
     assert same.shape == (2, 3, 16, 16) and torch.equal(mirrored[1], same[1])
     assert torch.equal(mirrored[0], same[0].flip(-1)) and not torch.equal(mirrored[0], same[0])
 
@@ -111,10 +111,10 @@ def test_gray_images_are_resized_once_and_match_their_rgb_copies():
     for size, crop in ((224, 1.0), (224, 224 / 256), (64, 0.9)):
         assert torch.equal(models.preprocess(gray, "efficientnet_lite0", size, crop),
                            models.preprocess(rgb, "efficientnet_lite0", size, crop))
-    boxes, flips = models.draw_crops(6, 300, 300, gen)
-    out = models.apply_crops(gray, boxes, flips, 128, "efficientnet_lite0")
+    boxes, flips = augment.draw_crops(6, 300, 300, gen)
+    out = augment.apply_crops(gray, boxes, flips, 128, "efficientnet_lite0")
     assert out.shape == (6, 3, 128, 128) and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out, models.apply_crops(rgb, boxes, flips, 128, "efficientnet_lite0"))
+    assert torch.equal(out, augment.apply_crops(rgb, boxes, flips, 128, "efficientnet_lite0"))
 
 
 def _stem_statistics(name: str, images: np.ndarray, mean=None, std=None) -> tuple[float, float]:
@@ -127,7 +127,7 @@ def _stem_statistics(name: str, images: np.ndarray, mean=None, std=None) -> tupl
     spec = models.get_spec(name)
     if mean is not None:
         spec = models.BackboneSpec(spec.name, spec.feature_dim, spec.build, spec.flops_224, mean=mean, std=std)
-    x = models._unit(torch.from_numpy(images))
+    x = models.unit_images(torch.from_numpy(images))
     x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
     with torch.no_grad():
         net(models._normalise(models._as_rgb(x), spec))
@@ -164,7 +164,7 @@ def test_random_resized_crop_areas_follow_torchvision():
 
     n = 20_000
     gen = torch.Generator().manual_seed(0)
-    boxes, _ = models.draw_crops(n, 300, 300, gen)
+    boxes, _ = augment.draw_crops(n, 300, 300, gen)
     ours = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 300).all() and (boxes[:, 3] <= 300).all()
     torch.manual_seed(1)

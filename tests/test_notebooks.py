@@ -138,7 +138,7 @@ def test_splits_and_profile_default_seeds(tmp_path):
         == [0, 1, 2, 3, 4]
     settings = experiment.Settings.from_parameters(profile="smoke", seeds=1, splits=2, results_dir=str(tmp_path),
                                                    progress=False)
-    recs = settings.run("01_baseline", analyse=False)
+    recs = settings.run("01_baseline", analyse_images=False)
     assert [r["split_seed"] for r in recs] == [0, 1]
     assert recs[0]["predictions"]["names"] != recs[1]["predictions"]["names"]
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["01_baseline-seed0.json",
@@ -171,7 +171,7 @@ def test_own_imagefolder_through_the_main_job(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["-p", "SEEDS=abc"], "parameter SEEDS must be int, got 'abc'"),
-    (["--epochs", "-1"], "parameter EPOCHS must lie in"),
+    (["--epochs", "-1"], "parameter EPOCHS: epochs must be a number in [1, 10000]"),
     (["--input-size", "20"], "input_size 20 is too small for efficientnet_lite0"),
     (["-p", "SEED=-1"], "parameter SEED must lie in"),
     (["-p", f"SEED={2**70}"], "parameter SEED must lie in"),

@@ -75,7 +75,7 @@ def test_main_job_trains_ahead(tmp_path, capsys):
 
 
 def test_a_failed_train_ahead_leaves_the_training_to_the_notebooks(tmp_path, monkeypatch):
-    def broken(calls, progress=None):
+    def broken(specs, results_dir, store=None, progress=None):
         raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(run.experiment, "train_ahead", broken)
