@@ -159,6 +159,7 @@ def confusion_matrices(records: Sequence[dict]) -> plt.Figure:
 def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, title: str | None = None) -> plt.Figure:
     """Per-class recall by bin, Wilson 95% intervals as error bars, n above each bar."""
     block = result["sensitivity"][feature]
+    own = ax is None  # a figure of its own: laid out here; else the caller lays out its figure
     fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.2))
     ax = ax or fig.add_subplot()
     classes = report.shown_classes(result["class_names"], _bin_counts(block))
@@ -171,7 +172,8 @@ def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, tit
                                                                 v["recall_ci"][1] - v["recall"]] for v in cells]).T
         err = np.clip(err, 0, None)  # rounding can leave -1e-17 at recall 0 or 1
         ax.bar(x, rec, width, yerr=err, capsize=2, color=CLASS_COLORS[c % 4],
-               label=f"{cname} (std {block['std'][cname] or 0:.3f}, p {block['p_value'][cname]:.3f})")
+               label=f"{cname} (std {block['std'][cname] or 0:.3f}" + (
+                   "" if block["p_value"][cname] is None else f", p {block['p_value'][cname]:.3f}") + ")")
         for xi, v in zip(x, cells):
             ax.text(xi, 1.02, str(v["n"]), ha="center", fontsize=6)
     ax.set_xticks(np.arange(len(block["bins"])), [b["label"] for b in block["bins"]], fontsize=7)
@@ -179,7 +181,8 @@ def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, tit
     ax.set_ylabel("recall in bin")
     ax.set_title(title or f"{feature} ({block['binning']} bins)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 

@@ -71,4 +71,7 @@ def describe(resolved: dict) -> str:
               if k in ("mode", "backbone", "input_size") or v != getattr(defaults, k)]
     lines += [f"  {k} = {resolved.get(k)!r}" for k in RUN_KEYS]
     lines += [f"note: {n}" for n in resolved["notes"]]
+    if resolved["profile"] == "smoke":
+        lines.append("note: smoke profile: a few images, tiny inputs, one epoch; the numbers only show that the "
+                     "pipeline runs and mean nothing about the study")
     return "\n".join(lines)

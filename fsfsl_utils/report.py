@@ -64,7 +64,7 @@ def records_table(records: Sequence[dict]) -> pd.DataFrame:
     """Where each record is and its headline numbers."""
     rows = [{"step": r["step"], "seed": r["seed"], "profile": r["profile"], "mode": r["mode"],
              "backbone": r["backbone"], "train": " / ".join(map(str, r["train_counts"].values())),
-             "accuracy": round(r["metrics"]["accuracy"], 4), "wall s": round(r["wall_seconds"], 1),
+             "accuracy %": round(100 * r["metrics"]["accuracy"], 1), "wall s": round(r["wall_seconds"], 1),
              "record": r.get("_path", "")} for r in records]
     return pd.DataFrame(rows)
 
@@ -214,8 +214,8 @@ def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
                      f"kit rec {tgt} %": 100 * r["recall_target"],
                      f"study rec {tgt} %": _pct(study.get("recall_defective")),
                      f"kit F1 {tgt} %": 100 * r["f1_target"],
-                     "kit AUROC": r["auroc"], "seeds": int(r["seeds"])})
-    return pd.DataFrame(rows).set_index("step").round(2)
+                     "kit AUROC %": 100 * r["auroc"], "seeds": int(r["seeds"])})
+    return pd.DataFrame(rows).set_index("step").round(1)
 
 
 def study_effect(a: str, b: str, key: str) -> float | None:
@@ -325,7 +325,7 @@ def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
                      f"recall {tgt} %": 100 * np.mean([s["recall_target"] for s in per_seed]),
                      "study accuracy %": _pct(study.get("accuracy")),
                      f"study recall {tgt} %": _pct(study.get("recall_defective"))})
-    return pd.DataFrame(rows).set_index("view").round(2)
+    return pd.DataFrame(rows).set_index("view").round(1)
 
 
 def tta_all(records: Sequence[dict]) -> pd.DataFrame:
@@ -368,7 +368,7 @@ def operating_points(records: Sequence[dict], normal_recalls: Sequence[float] = 
                     for r in recs]
             row[f"{tgt} recall @ {ref} {100 * nr:.1f}%"] = 100 * float(np.mean(vals))
         rows.append(row)
-    return pd.DataFrame(rows).set_index("step").round(2)
+    return pd.DataFrame(rows).set_index("step").round(1)
 
 
 def conclusions(records: Sequence[dict]) -> list[str]:
@@ -421,6 +421,79 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     return out
 
 
+SMOKE_WARNING = ("Smoke profile: a few images, tiny inputs, one epoch. These numbers only show that the pipeline "
+                 "runs; they mean nothing about the study.")
+
+
+def smoke_warning(records: Sequence[dict]) -> str | None:
+    """:data:`SMOKE_WARNING` when any record comes from the smoke profile, else None."""
+    return SMOKE_WARNING if any(r.get("profile") == "smoke" for r in records) else None
+
+
+def analysis_dir(results_dir: str | os.PathLike) -> Path:
+    """Where an analysis of ``results_dir`` writes its summary, report and figures: the folder itself
+    the first time; once it holds an analysis (``summary.md``), a new ``analysis-<time>`` folder
+    inside it, so that a finished run's analysis is never overwritten."""
+    import datetime as dt
+
+    results_dir = Path(results_dir)
+    if not (results_dir / "summary.md").exists():
+        return results_dir
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(100):
+        folder = results_dir / (f"analysis-{stamp}" if k == 0 else f"analysis-{stamp}-{k + 1}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        print(f"note: {results_dir} already holds an analysis (summary.md): this one goes to {folder}")
+        return folder
+    raise FileExistsError(f"could not create a new analysis folder in {results_dir}")
+
+
+def compare_runs(records: Sequence[dict], reference: Sequence[dict], names: tuple[str, str] = ("this run",
+                                                                                                "reference")
+                 ) -> pd.DataFrame:
+    """Per step present in both: accuracy and target-class recall (mean over seeds, percent) of this run
+    and of a reference run (e.g. the README's), and the difference. Different images or seeds make
+    this a description, not a paired test."""
+    mine, ref = step_table(records), step_table(reference)
+    tgt = target_class(records[0])
+    rows = []
+    for step in [s for s in mine.index if s in ref.index]:
+        row = {"step": step, f"seeds ({names[0]})": int(mine.loc[step, "seeds"]),
+               f"seeds ({names[1]})": int(ref.loc[step, "seeds"])}
+        for key, label in (("accuracy", "accuracy %"), ("recall_target", f"{tgt} recall %")):
+            a, b = 100 * mine.loc[step, key], 100 * ref.loc[step, key]
+            row.update({f"{label} ({names[0]})": a, f"{label} ({names[1]})": b, f"{label} difference": a - b})
+        rows.append(row)
+    if not rows:
+        raise ValueError("the two runs share no step: nothing to compare")
+    return pd.DataFrame(rows).set_index("step").round(1)
+
+
+def styled(frame: pd.DataFrame, note: str | None = None) -> pd.io.formats.style.Styler:
+    """A table as a notebook shows it: points and percents with one decimal, p-values with two
+    significant digits, blanks where there is no number, text (verdicts) wrapped, never cut, and
+    ``note`` (the decision rule, what the intervals are) as the caption beside it."""
+    p_columns = [c for c in frame.columns if str(c) == "p" or str(c).endswith(" p")]
+    sty = frame.style.format(precision=1, na_rep="", thousands=",", escape="html")
+    if p_columns:
+        sty = sty.format("{:.2g}", subset=p_columns, na_rep="", escape="html")
+    sty = sty.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+    sty = sty.set_properties(**{"white-space": "normal", "max-width": "26em", "text-align": "right"})
+    sty = sty.set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 12em;"},
+                                {"selector": "caption", "props": "caption-side: bottom; text-align: left; "
+                                 "font-size: 0.85em; white-space: normal; max-width: 80em;"}])
+    return sty.set_caption(note) if note else sty
+
+
+def conclusions_markdown(records: Sequence[dict]) -> str:
+    """:func:`conclusions` as a Markdown list, the smoke warning (if any) above it: 05's first output."""
+    warning = smoke_warning(records)
+    return "\n".join(([f"**{warning}**", ""] if warning else []) + ["- " + line for line in conclusions(records)])
+
+
 def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None
                   ) -> Path:
     """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically."""
@@ -434,7 +507,9 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
     sections.update(extra or {})
     notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
              "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule()}
-    lines = ["# fsfsl run summary", "", f"Results folder: `{results_dir}`", "", "## Conclusions", ""]
+    warning = smoke_warning(records)
+    lines = ["# fsfsl run summary", "", f"Results folder: `{results_dir}`", ""] + \
+        ([f"**{warning}**", ""] if warning else []) + ["## Conclusions", ""]
     lines += [f"- {c}" for c in conclusions(records)] + [""]
     for title, frame in sections.items():
         lines += [f"## {title}", ""] + ([notes[title], ""] if title in notes else []) + [_markdown(frame), ""]

@@ -33,6 +33,8 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+td { overflow-wrap: break-word; }
 figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: .9em; }
 </style></head><body>
 <h1>fsfsl run {{ run_name }}</h1>
@@ -44,7 +46,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #5
 {% for section in sections %}
 <h2>{{ section.title }}</h2>
 {% if section.note %}<p class="rule">{{ section.note }}</p>{% endif %}
-{{ section.table }}
+<div class="table-wrap">{{ section.table }}</div>
 {% endfor %}
 {% if figures %}<h2>Figures</h2>
 {% for fig in figures %}<figure><img alt="{{ fig.name }}" src="data:image/png;base64,{{ fig.data }}">
@@ -56,14 +58,17 @@ figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #5
 
 
 def write(results_dir: str | os.PathLike, records: Sequence[dict],
-          extra: dict[str, pd.DataFrame] | None = None) -> Path:
-    """``<results_dir>/report.html`` from the run's records and figures, written atomically."""
+          extra: dict[str, pd.DataFrame] | None = None, run_dir: str | os.PathLike | None = None) -> Path:
+    """``<results_dir>/report.html`` from the run's records and figures, written atomically.
+    ``run_dir``: the run folder when the analysis is written elsewhere (:func:`report.analysis_dir`):
+    its figures are shown too, those of ``results_dir`` winning."""
     results_dir = Path(results_dir)
-    page = render(results_dir, records, extra)
+    page = render(results_dir, records, extra, run_dir)
     return atomic_write(results_dir / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
-def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None) -> str:
+def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None,
+           run_dir: str | os.PathLike | None = None) -> str:
     """The page as a string (see :func:`write`)."""
     if not records:
         raise ValueError(f"no run records for a report in {results_dir}")
@@ -72,8 +77,7 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
     meta = (f"profile {first.get('profile', '?')}, backbone {first.get('backbone', '?')}, "
             f"up to {seeds} seed(s) per step, data {first.get('data_origin', first.get('source', '?'))} "
             f"({first.get('labels', '?')} labels)")
-    warning = ("Smoke profile: a few images, tiny inputs, one epoch; the numbers only show that the "
-               "pipeline runs and mean nothing about the study.") if first.get("profile") == "smoke" else ""
+    warning = report.smoke_warning(records) or ""
     sections = [
         {"title": "The kit beside the study", "note": "", "table": _table(report.study_comparison(records))},
         {"title": "Every arm over seeds", "note": report.INTERVALS_NOTE, "table": _table(report.arm_table(records))},
@@ -83,16 +87,18 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
     sections += [{"title": title, "note": "", "table": _table(frame)} for title, frame in (extra or {}).items()]
     sections.append({"title": "Defect recall at fixed normal recall", "table": _table(report.operating_points(records)),
                      "note": "Threshold chosen on the validation set itself: optimistic."})
-    figures = [{"name": p.stem, "data": base64.b64encode(p.read_bytes()).decode("ascii")}
-               for p in sorted((results_dir / "figures").glob("*.png"))]
+    pngs = {p.stem: p for folder in ([Path(run_dir)] if run_dir else []) + [results_dir]
+            for p in sorted((folder / "figures").glob("*.png"))}
+    figures = [{"name": name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+               for name, path in sorted(pngs.items())]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(
-        run_name=results_dir.name, meta=meta, warning=warning, conclusions=report.conclusions(records),
+        run_name=Path(run_dir or results_dir).name, meta=meta, warning=warning, conclusions=report.conclusions(records),
         rule=report.verdict_rule(), sections=sections, figures=figures, n_records=len(records),
         written=dt.datetime.now().isoformat(timespec="seconds"))
 
 
 def _table(frame: pd.DataFrame) -> Markup:
-    """A DataFrame as an HTML table: cells escaped, missing values as a dash, floats to 4 digits."""
-    html = frame.to_html(escape=True, na_rep="-", border=0, float_format=lambda v: f"{v:.4g}")
-    return Markup(html)
+    """A DataFrame as an HTML table, formatted as the notebooks show it (:func:`report.styled`: cells
+    escaped, blanks for missing numbers, one decimal for points, text wrapped)."""
+    return Markup(report.styled(frame).to_html())

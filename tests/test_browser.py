@@ -114,12 +114,18 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
             caption = page.locator("text=images in the brightness bin").first
             caption.wait_for(timeout=30_000)
             before = caption.inner_text()
-            assert "0% - 20%" in before
-            page.locator(".widget-toggle-button", has_text="40% - 60%").first.click()
+            target = "0% - 20%" if "40% - 60%" in before else "40% - 60%"   # a bin other than the weakest shown
+            page.locator(".widget-toggle-button", has_text=target).first.click()
             page.wait_for_function("() => [...document.querySelectorAll('.widget-html-content')]"
-                                   ".some(e => e.innerText.includes('brightness bin 40% - 60%'))", timeout=30_000)
+                                   f".some(e => e.innerText.includes('brightness bin {target}'))", timeout=30_000)
             after = page.locator("text=images in the brightness bin").first.inner_text()
-            assert after != before and "40% - 60%" in after
+            assert after != before and target in after
+            enlarge = page.locator("button", has_text="enlarge")
+            if enlarge.count():                                  # the bin has images: enlarge the first
+                large_before = page.locator(".widget-image:visible").count()
+                enlarge.first.click()
+                page.wait_for_function(f"() => [...document.querySelectorAll('.widget-image')].filter("
+                                       f"e => e.offsetParent !== null).length > {large_before}", timeout=30_000)
             gallery = page.locator(".widget-image")
             assert gallery.count() > 0
             assert page.locator("text=Error displaying widget").count() == 0
@@ -140,3 +146,38 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
         finally:
             browser.close()
     assert (out / "sensitivity_explorer.png").stat().st_size > 10_000
+
+
+def test_report_html_renders_in_chromium(tmp_path):
+    """report.html of a smoke run in Chromium: it renders, every image loads, nothing is fetched, no
+    horizontal scroll at 1280 px, and the first screen holds the verdicts."""
+    import matplotlib.pyplot as plt
+    from playwright.sync_api import sync_playwright
+
+    from fsfsl_utils import experiment, plots, report_html
+
+    store = experiment.DataStore()
+    recs = [experiment.run_step(step, tmp_path, store=store, profile="smoke", seed=0, progress=False,
+                                analyse_images=False).record for step in ("01_baseline", "04_balanced_augment")]
+    for name, fig in (("05_confusion", plots.confusion_matrices(recs)), ("05_scores", plots.metric_bars(recs))):
+        plots.save(fig, tmp_path, name)
+        plt.close(fig)
+    path = report_html.write(tmp_path, recs)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        try:
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            images = page.evaluate("() => [...document.images].map(i => [i.complete, i.naturalWidth])")
+            assert len(images) == 2 and all(done and width > 100 for done, width in images)
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+            first_screen = page.evaluate("() => [...document.querySelectorAll('h2, li')].filter("
+                                         "e => e.getBoundingClientRect().top < 900).map(e => e.innerText).join(' ')")
+            assert "Verdicts" in first_screen and "Primary: 04_balanced_augment vs 01_baseline" in first_screen
+            assert requests == []
+            page.screenshot(path=str(tmp_path / "report.png"))
+        finally:
+            browser.close()

@@ -12,9 +12,10 @@ from fsfsl_utils import augment, experiment, metrics, report, sensitivity, widge
 @pytest.fixture(scope="module")
 def smoke_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("widget_runs")
-    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=out, progress=False).record
-            for step in ("01_baseline", "04_balanced_augment")]
-    return recs, experiment.validation_split(recs[0])
+    store = experiment.DataStore()
+    recs = [experiment.run_step(step, out, store=store, profile="smoke", seed=seed, progress=False).record
+            for step in ("01_baseline", "04_balanced_augment") for seed in (0, 1)]
+    return recs, experiment.validation_split(recs[0], store)
 
 
 def test_sensitivity_explorer_gallery_follows_the_bin(smoke_records):
@@ -23,6 +24,9 @@ def test_sensitivity_explorer_gallery_follows_the_bin(smoke_records):
     rec = records[0]
     assert ex.plotted == {c: [b["per_class"][c]["recall"] for b in rec["sensitivity"]["brightness"]["bins"]]
                           for c in rec["class_names"]}
+    recalls = [2.0 if b["per_class"]["defective"]["recall"] is None else b["per_class"]["defective"]["recall"]
+               for b in rec["sensitivity"]["brightness"]["bins"]]
+    assert ex.cls.value == "defective" and ex.bin.value == ex.bin.options[int(np.argmin(recalls))]  # weakest bin
     idx, _ = sensitivity.assign_bins(np.asarray(rec["feature_values"]["brightness"]), 5, "quantile")
     labels = np.asarray(rec["predictions"]["labels"])
     seen = set()
@@ -33,18 +37,61 @@ def test_sensitivity_explorer_gallery_follows_the_bin(smoke_records):
         assert all(d["label"] == "defective" for d in ex.items)
         assert [d["correct"] for d in ex.items] == sorted(d["correct"] for d in ex.items)  # wrong first
         assert len(ex.gallery.children) == min(len(expected), widgets.GALLERY_SIZE)
+        values = rec["feature_values"]["brightness"]
+        assert all(d["value"] == values[rec["predictions"]["names"].index(d["name"])] for d in ex.items)
         seen |= expected
     assert seen == {n for n, lab in zip(rec["predictions"]["names"], labels) if lab == 1}
     ex.cls.value = "normal"
     assert all(d["label"] == "normal" for d in ex.items)
-    ex.record.value = widgets.label(records[1])
+    ex.record.value = widgets.label(records[2])
     assert ex.plotted["normal"] == [b["per_class"]["normal"]["recall"]
-                                    for b in records[1]["sensitivity"]["brightness"]["bins"]]
+                                    for b in records[2]["sensitivity"]["brightness"]["bins"]]
     ex.feature.value = "clarity"
     assert "clarity" in ex.caption.value
     fig = ex.static_figure()
-    assert len(fig.axes) >= 2
+    assert len(fig.axes) >= 2 and not fig._suptitle
     plt.close(fig)
+
+
+def test_sensitivity_explorer_pools_the_seeds_of_a_step(smoke_records):
+    """'all seeds (pooled)': per bin, the recall of every seed's predictions together; the gallery
+    lists each image once with how many seeds got it wrong."""
+    records, val = smoke_records
+    ex = widgets.SensitivityExplorer(records, val)
+    pooled = "01_baseline all seeds (pooled)"
+    assert pooled in ex.record.options
+    ex.record.value = pooled
+    seeds = [r for r in records if r["step"] == "01_baseline"]
+    for c in ("normal", "defective"):
+        for b in range(len(ex.bin.options)):
+            cells = [r["sensitivity"]["brightness"]["bins"][b]["per_class"][c] for r in seeds]
+            if all(x["recall"] is not None for x in cells):
+                assert ex.plotted[c][b] == pytest.approx(np.mean([x["recall"] for x in cells]))
+    ex.cls.value = "defective"
+    ex.bin.value = ex.bin.options[0]
+    singles = [{d["name"]: d["correct"] for d in widgets.gallery_items(r, "brightness", ex.bin.value, "defective")}
+               for r in seeds]
+    assert {d["name"] for d in ex.items} == set(singles[0])
+    for d in ex.items:
+        assert d["runs"] == 2 and d["wrong_in"] == sum(not s[d["name"]] for s in singles)
+    assert [d["wrong_in"] for d in ex.items] == sorted((d["wrong_in"] for d in ex.items), reverse=True)
+    fig = ex.static_figure()
+    plt.close(fig)
+
+
+def test_gallery_pages_and_enlarges():
+    images = {f"im{i}": np.full((8, 8), i, np.uint8) for i in range(30)}
+    gallery = widgets.Gallery(images)
+    gallery.set([(name, [name, "caption"]) for name in images])
+    assert len(gallery.box.children) == widgets.GALLERY_SIZE and gallery.more.layout.display == ""
+    gallery.more.click()
+    gallery.more.click()
+    assert len(gallery.box.children) == 30 and gallery.more.layout.display == "none"
+    gallery.box.children[13].children[-1].click()          # the 14th tile's "enlarge" button
+    assert gallery.enlarged == "im13" and gallery.large.layout.display == ""
+    assert gallery.large.value == widgets.png(images["im13"])
+    gallery.set([])
+    assert gallery.enlarged is None and gallery.large.layout.display == "none"
 
 
 def test_augmentation_previewer_sliders(smoke_records, small):
@@ -60,27 +107,44 @@ def test_augmentation_previewer_sliders(smoke_records, small):
     assert {train.labels[i] for i in pv.picks} == {0, 1}
     pv.clarity.value = 3.0
     assert np.array_equal(pv.current["clarity"][1], augment.apply_operation(train.images[pv.picks[1]], "clarity", 3))
+    assert "outside the training range" in pv.describe("brightness")
+    pv.brightness.value = 1.1
+    assert "within the training range" in pv.describe("brightness")
+    pv.brightness.value = 1.0
+    assert pv.describe("brightness").endswith("(unchanged)")
+    assert "1.08-1.13" in pv.marks["brightness"].value and "unchanged" in pv.marks["brightness"].value
+    assert pv.brightness.layout.width == f"{pv.SLIDER_WIDTH}px"
+    first = list(pv.picks)
+    pv.other.click()
+    assert pv.picks != first and {train.labels[i] for i in pv.picks} == {0, 1}
+    assert np.array_equal(pv.current["original"][0], train.images[pv.picks[0]])
 
 
 def test_run_comparison(smoke_records):
     records, val = smoke_records
     cmp = widgets.RunComparison(records, val)
-    a, b = records[1], records[0]
+    a, b = records[2], records[0]          # the default: 04 balanced vs 01 baseline, both seed 0
+    assert (cmp.a.value, cmp.b.value) == (widgets.label(a), widgets.label(b))
     labels, la = report.record_arrays(a)
     _, lb = report.record_arrays(b)
     ra, rb = la.argmax(1) == labels, lb.argmax(1) == labels
     names = np.asarray(a["predictions"]["names"])
     assert cmp.diff["a_only"] == names[ra & ~rb].tolist() and cmp.diff["b_only"] == names[~ra & rb].tolist()
     assert cmp.test == metrics.mcnemar(labels, la, lb)
-    assert cmp.table.loc["accuracy", f"A: {widgets.label(a)}"] == pytest.approx(ra.mean(), abs=1e-4)
-    cmp.a.value = widgets.label(records[0])        # same record on both sides: nothing differs
-    assert cmp.diff == {"a_only": [], "b_only": []} and cmp.test["p_value"] == 1.0
-    assert "no evidence" in cmp.test_html.value
+    assert cmp.table.loc["accuracy", f"A: {widgets.label(a)}"] == pytest.approx(100 * ra.mean(), abs=0.05)
+    assert "recall_target" not in cmp.table.index and "recall_defective" in cmp.table.index  # each score once
+    assert len(cmp.gallery_a.entries) == len(cmp.diff["a_only"])
+    cmp.a.value = widgets.label(records[0])        # same record on both sides: said, not tested
+    assert cmp.diff == {"a_only": [], "b_only": []} and cmp.test is None
+    assert "same run" in cmp.test_html.value
+    fig = cmp.static_figure()
+    plt.close(fig)
 
 
 def test_names_placed_in_html_are_escaped():
     """A file named like markup shows as text: no tag reaches the widget's HTML."""
     crafted = "<img src=x onerror=alert(1)>.png"
-    tile = widgets._tile(np.zeros((8, 8), np.uint8), crafted)
+    tile = widgets._tile(np.zeros((8, 8), np.uint8), [crafted, "second line"])
     value = tile.children[1].value
+    assert "<br>second line" in value
     assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;.png" in value
