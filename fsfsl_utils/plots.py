@@ -234,10 +234,30 @@ def feature_histograms(record: dict, features: Sequence[str] = ("brightness", "c
 
 
 def sensitivity_before_after(before: dict, after: dict, feature: str) -> plt.Figure:
-    """The same feature's recall-by-bin for two records side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)
-    sensitivity_bars(before, feature, axes[0], f"{before['step']}: {feature}")
-    sensitivity_bars(after, feature, axes[1], f"{after['step']}: {feature}")
+    """One feature's recall by bin for two records on one axis, per class: before dashed with open
+    markers, after solid (Wilson 95% intervals as error bars), so each bin's change reads directly."""
+    block = after["sensitivity"][feature]
+    classes = report.shown_classes(after["class_names"], _bin_counts(block))
+    x = np.arange(len(block["bins"]))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for c, cname in enumerate(classes):
+        for rec, when, style, shift in ((before, "before", "--", -0.05), (after, "after", "-", 0.05)):
+            cells = [b["per_class"][cname] for b in rec["sensitivity"][feature]["bins"]]
+            y = np.array([np.nan if v["recall"] is None else v["recall"] for v in cells])
+            err = np.clip(np.array([[0, 0] if v["recall_ci"] is None else
+                                    [v["recall"] - v["recall_ci"][0], v["recall_ci"][1] - v["recall"]]
+                                    for v in cells]).T, 0, None)
+            ax.errorbar(x + shift, y, yerr=err, linestyle=style, marker="o", capsize=2, color=CLASS_COLORS[c % 4],
+                        markerfacecolor="white" if when == "before" else CLASS_COLORS[c % 4],
+                        label=f"{cname}, {when}: {rec['step']}")
+    ax.set_xticks(x, [b["label"] for b in block["bins"]], fontsize=7)
+    ax.set_xlabel(f"{feature} bin ({block['binning']}, {FEATURE_UNITS.get(feature, '')})", fontsize=8)
+    ax.set_ylabel("recall in bin")
+    ax.set_ylim(0, 1.05)
+    n = len(after["predictions"]["labels"])
+    ax.set_title(f"{feature}: recall by bin before and after, seed {after['seed']}, n = {n} validation images",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

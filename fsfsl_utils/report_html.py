@@ -52,6 +52,9 @@ figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #5
 {% for fig in figures %}<figure><img alt="{{ fig.name }}" src="data:image/png;base64,{{ fig.data }}">
 <figcaption>{{ fig.name }}</figcaption></figure>
 {% endfor %}{% endif %}
+{% if notebooks %}<h2>Notebooks</h2>
+<p class="rule">The executed notebooks of this run (open them in JupyterLab to drill into any image):</p>
+<ul>{% for nb in notebooks %}<li><a href="{{ nb.href }}">{{ nb.name }}</a></li>{% endfor %}</ul>{% endif %}
 <p class="meta">Written {{ written }} by fsfsl from {{ n_records }} run records.</p>
 </body></html>
 """
@@ -91,10 +94,13 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
             for p in sorted((folder / "figures").glob("*.png"))}
     figures = [{"name": name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
                for name, path in sorted(pngs.items())]
+    run = Path(run_dir or results_dir)
+    notebooks = [{"name": p.name, "href": Path(os.path.relpath(p, results_dir)).as_posix()}
+                 for p in sorted((run / "notebooks").glob("*.ipynb"))]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(
         run_name=Path(run_dir or results_dir).name, meta=meta, warning=warning, conclusions=report.conclusions(records),
-        rule=report.verdict_rule(), sections=sections, figures=figures, n_records=len(records),
+        rule=report.verdict_rule(), sections=sections, figures=figures, notebooks=notebooks, n_records=len(records),
         written=dt.datetime.now().isoformat(timespec="seconds"))
 
 

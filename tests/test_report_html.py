@@ -18,6 +18,8 @@ def test_report_is_self_contained_verdicts_first_and_escaped(tmp_path):
     fig = plots.confusion_matrices(recs)
     plots.save(fig, tmp_path, "<img src=x onerror=alert(1)>")      # a hostile figure name
     plt.close(fig)
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_baseline.ipynb").write_text("{}")
     path = report_html.write(tmp_path, recs)
     page = path.read_text(encoding="utf-8")
     assert path == tmp_path / "report.html"
@@ -28,6 +30,9 @@ def test_report_is_self_contained_verdicts_first_and_escaped(tmp_path):
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"]  # images inline, nothing fetched
     assert "http://" not in page and "https://" not in page
+    assert '<a href="notebooks/01_baseline.ipynb">01_baseline.ipynb</a>' in page   # the executed notebooks
+    again = report_html.render(tmp_path / "analysis-2", recs, run_dir=tmp_path)   # a later analysis links up
+    assert '<a href="../notebooks/01_baseline.ipynb">' in again
     assert ">NaN<" not in page and ">nan<" not in page               # unpublished numbers show blank
 
 
