@@ -209,12 +209,13 @@ def save_record(record: dict, spec: StepSpec, results_dir: Path, started: float 
 
 def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None, *, store: DataStore | None = None,
              progress: bool | None = None, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
-             **spec_args: object) -> StepRun:
+             ran_on: dict | None = None, **spec_args: object) -> StepRun:
     """Run one study step and write its record: split, expand, fit, evaluate and analyse, record.
 
     ``spec``: a :class:`StepSpec`, or a step name with :meth:`StepSpec.build`'s arguments
     (``profile=``, ``seed=``, ``epochs=``, ...). ``store``: where the images come from (a new
-    one decodes them). ``views``: test-time views whose logits the record keeps."""
+    one decodes them). ``views``: test-time views whose logits the record keeps. ``ran_on``: where
+    it ran (backend, node, GPU), kept in the record."""
     started = time.perf_counter()
     spec = _spec_of(spec, spec_args)
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
@@ -223,7 +224,10 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
     fit = train.fit(expanded, val, spec.config, seed=spec.seed, views=views,
                     checkpoint_dir=spec.checkpoint_dir(out_dir), progress=progress)
     analysis = analyse(spec, fit, val, out_dir) if analyse_images else None
-    record = save_record(make_record(spec, train_part, expanded, val, fit, analysis), spec, out_dir, started)
+    record = make_record(spec, train_part, expanded, val, fit, analysis)
+    if ran_on is not None:
+        record["ran_on"] = ran_on
+    record = save_record(record, spec, out_dir, started)
     return StepRun(record, fit, val, spec)
 
 
@@ -349,15 +353,18 @@ class Settings:
     results_dir: Path = field(default_factory=resolve_results_dir)
     progress: bool = True
     resolved: dict = field(default_factory=dict)
+    backend: str = "local"  # where settings.run trains: "local" (this process) or "ray" (fsfsl_utils.runner)
+    ray_address: str = ""  # "": a local Ray cluster
     store: DataStore = field(default_factory=DataStore, repr=False)
-    head_c: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)  # probe: C per (step, split)
+    # probe: per (step, split seed), the C chosen by cross-validation and the seed that chose it
+    head_c: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
     _started: dict[StepSpec, float] = field(default_factory=dict, repr=False)  # when each yielded spec began
 
     @classmethod
     def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
                         seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
                         limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
-                        progress: bool = True) -> Settings:
+                        progress: bool = True, backend: str = "local", ray_address: str = "") -> Settings:
         """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
         errors name the parameter.
 
@@ -368,6 +375,8 @@ class Settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_label_policy(labels)
+        if backend not in ("local", "ray"):
+            raise ValueError(f"BACKEND must be 'local' or 'ray', got {backend!r}")
         if data != "elpv" and not Path(data).expanduser().is_dir() \
                 and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
@@ -376,7 +385,8 @@ class Settings:
         overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
         settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
-                       results_dir=resolve_results_dir(results_dir), progress=progress)
+                       results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
+                       ray_address=ray_address)
         settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
                                              **overrides)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
@@ -384,14 +394,16 @@ class Settings:
         return settings
 
     def describe(self) -> str:
+        where = "this process" if self.backend == "local" else f"Ray ({self.ray_address or 'a local cluster'})"
         return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds}; split seeds: {self.split_seeds}",
-                          f"data: {self.source} ({self.labels} labels)", f"results: {self.results_dir}"])
+                          f"data: {self.source} ({self.labels} labels)", f"results: {self.results_dir}",
+                          f"trainings run in: {where}"])
 
     def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
         split_seed = self.split_seeds[0] if split_seed is None else split_seed
         return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
 
-    def specs(self, step: str, **config: object) -> Iterator[StepSpec]:
+    def specs(self, step: str, seeds: Sequence[int] | None = None, **config: object) -> Iterator[StepSpec]:
         """The trainings of ``step``, one per split and seed, yielded one at a time (``config``:
         TrainConfig fields to change).
 
@@ -400,11 +412,11 @@ class Settings:
         history says ``C_from: given in head_cs``): the choice costs seconds, a fit with a given
         strength under one."""
         for j in self.split_seeds:
-            for s in self.seeds:
+            for s in self.seeds if seeds is None else seeds:
                 spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
                                       limit_per_class=self.limit_per_class, **{**self.overrides, **config})
-                c = self.head_c.get((step, j))
-                if c is not None and spec.config.mode == "probe" and "head_cs" not in config:
+                c, chooser = self.head_c.get((step, j), (None, None))
+                if c is not None and s != chooser and spec.config.mode == "probe" and "head_cs" not in config:
                     spec = spec.replace(config=spec.config.replace(head_cs=(c,)))
                 self._started[spec] = time.perf_counter()
                 yield spec
@@ -412,26 +424,37 @@ class Settings:
     def record(self, spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
                fit: train.FitResult, analysis: dict | None = None) -> dict:
         """Write the record of one of :meth:`specs`'s trainings into this notebook's results folder."""
-        record = make_record(spec, train_part, expanded, val, fit, analysis)
-        self._chose(spec, record)
-        return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
+        from .runner import where
 
-    def run_spec(self, spec: StepSpec, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS) -> StepRun:
-        """Run one training with this notebook's data and results folder (:func:`run_step`)."""
-        self._started.pop(spec, None)
-        run = run_step(spec, self.results_dir, store=self.store, progress=self.progress,
-                       analyse_images=analyse_images, views=views)
-        self._chose(spec, run.record)
-        return run
+        record = make_record(spec, train_part, expanded, val, fit, analysis)
+        record["ran_on"] = {"backend": "local", **where()}
+        self._note(record)
+        return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
 
     def run(self, step: str, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
             **config: object) -> list[dict]:
-        """Run ``step`` once per split and seed; returns the records."""
-        return [self.run_spec(spec, analyse_images, views).record for spec in self.specs(step, **config)]
+        """Run ``step`` once per split and seed with this notebook's backend (:mod:`fsfsl_utils.runner`);
+        returns the records. A training whose record is already in the results folder is returned, not
+        run again (an interrupted study resumes). The first seed of each split runs first: the probe's
+        regularisation chosen there is given to the later seeds."""
+        from .runner import make_runner
 
-    def _chose(self, spec: StepSpec, record: dict) -> None:
+        runner = make_runner(self.backend, self.ray_address, self.progress, store=self.store)
+        first = list(self.specs(step, seeds=self.seeds[:1], **config))
+        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note)
+        rest = list(self.specs(step, seeds=self.seeds[1:], **config))
+        done += runner.run(rest, self.results_dir, analyse_images, views, on_record=self._note)
+        for spec in first + rest:
+            self._started.pop(spec, None)
+        order = {(s.split_seed, s.seed): i for i, s in enumerate(sorted(first + rest,
+                                                                        key=lambda s: (s.split_seed, s.seed)))}
+        return sorted(done, key=lambda r: order[(r["split_seed"], r["seed"])])
+
+    def _note(self, record: dict) -> None:
         if record["mode"] == "probe":
-            self.head_c.setdefault((spec.step, spec.split_seed), record["history"][0]["C"])
+            if record["history"][0].get("C_from", "").startswith("cross-validation"):
+                self.head_c.setdefault((record["step"], record["split_seed"]), (record["history"][0]["C"],
+                                                                                 record["seed"]))
 
     def run_controls(self) -> list[dict]:
         """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""

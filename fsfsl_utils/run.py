@@ -90,7 +90,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone or "",
              "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0,
              "DATA": args.data if args.data == "elpv" else str(Path(args.data).resolve()),  # not the kernel's folder
-             "PROGRESS": bool(args.progress), "WIDGETS": False}
+             "PROGRESS": bool(args.progress), "WIDGETS": False, "BACKEND": args.backend,
+             "RAY_ADDRESS": args.ray_address}
     extra = parse_params(args.param or [])
     declared = {n: notebook_parameters(n) for n in names}
     everywhere = set().union(*declared.values())
@@ -104,6 +105,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
         if spec is not None:
             check_parameter(name, value, spec["inferred_type_name"])
     check_training_settings(merged)
+    check_backend(str(merged.get("BACKEND", "local")), str(merged.get("RAY_ADDRESS", "")))
     return [(n, {k: v for k, v in merged.items() if k in declared[n]}) for n in names]
 
 
@@ -123,6 +125,19 @@ def check_parameter(name: str, value: object, type_name: str) -> None:
         lo, hi = RANGES[name]
         if not lo <= value <= hi:
             raise ValueError(f"parameter {name} must lie in [{lo}, {hi}], got {value!r}")
+
+
+def check_backend(backend: str, address: str) -> None:
+    """BACKEND names a runner, and a given RAY_ADDRESS answers (before any kernel starts)."""
+    from . import runner
+
+    if backend not in runner.BACKENDS:
+        raise ValueError(f"parameter BACKEND must be one of {', '.join(runner.BACKENDS)}, got {backend!r}")
+    if backend == "ray" and address:
+        try:
+            runner.check_reachable(address, timeout_s=3.0)
+        except ConnectionError as err:
+            raise ValueError(str(err)) from None
 
 
 def check_training_settings(params: dict) -> None:
@@ -150,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
     parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
     parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
+    parser.add_argument("--backend", default="local", choices=("local", "ray"),
+                        help="where the trainings run: this machine, one after another (local), or as Ray tasks (ray)")
+    parser.add_argument("--ray-address", default="",
+                        help="--backend ray: the cluster's host:port (default: one local Ray cluster for the job)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                         help="continue an unfinished run (default: the newest under --out) with its own parameters")
     parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
@@ -270,8 +289,12 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
                   + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
         timings["train_ahead"] = time.perf_counter() - t0
     try:
-        status = _run_notebooks(steps, run_dir, timings, completed,
-                                lambda: atomic_write_json(run_dir / "run.json", progress_record("running")))
+        cluster_steps, stop_cluster = shared_ray_cluster(steps)
+        try:
+            status = _run_notebooks(cluster_steps, run_dir, timings, completed,
+                                    lambda: atomic_write_json(run_dir / "run.json", progress_record("running")))
+        finally:
+            stop_cluster()
     except KeyboardInterrupt:
         status = "interrupted"
     info = progress_record(status)
@@ -290,6 +313,23 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
         print(text.split("## Every arm")[0].strip())  # the conclusions and the kit beside the study
         print(f"\nfull summary: {summary}")
     return 0 if status == "ok" else 1
+
+
+def shared_ray_cluster(steps: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], Callable[[], None]]:
+    """``BACKEND='ray'`` without ``RAY_ADDRESS``: one local Ray cluster for the whole job, started
+    here, its address given to every notebook, stopped by the returned function (not one cluster per
+    kernel, and none left behind). Otherwise the steps as they are and a function that does nothing."""
+    if not any(p.get("BACKEND") == "ray" and not p.get("RAY_ADDRESS") for _, p in steps):
+        return steps, lambda: None
+    import ray
+
+    from . import runner
+
+    runner.connect(None)
+    address = ray.get_runtime_context().gcs_address
+    print(f"Ray: a local cluster for this job at {address}", flush=True)
+    return ([(n, {**p, "RAY_ADDRESS": address} if p.get("BACKEND") == "ray" and not p.get("RAY_ADDRESS") else p)
+             for n, p in steps], runner.shutdown)
 
 
 def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float], completed: list[str],

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("FSFSL_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from fsfsl_utils import data  # noqa: E402
+from fsfsl_utils import data, experiment  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,3 +40,26 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("FSFSL_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def store() -> experiment.DataStore:
+    """Decoded data shared by the session's trainings (decoding ELPV takes seconds)."""
+    return experiment.DataStore()
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory, store) -> list[experiment.StepRun]:
+    """Smoke trainings of 01 and 04, seeds 0 and 1, with the sensitivity analysis: the records the
+    report, figure and widget tests read."""
+    out = tmp_path_factory.mktemp("smoke_runs")
+    return [experiment.run_step(step, out, store=store, profile="smoke", seed=seed, progress=False)
+            for step in ("01_baseline", "04_balanced_augment") for seed in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory) -> str:
+    """A pack of 16 ELPV cells per class: a training's data that loads in a moment (Ray tasks)."""
+    ds = data.load_elpv("study", limit_per_class=16, seed=0)
+    return str(data.write_pack(ds, tmp_path_factory.mktemp("pack") / "tiny.fsfslpack", origin="elpv",
+                               labels="study", progress=False))

@@ -148,17 +148,15 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
     assert (out / "sensitivity_explorer.png").stat().st_size > 10_000
 
 
-def test_report_html_renders_in_chromium(tmp_path):
+def test_report_html_renders_in_chromium(smoke_runs, tmp_path):
     """report.html of a smoke run in Chromium: it renders, every image loads, nothing is fetched, no
     horizontal scroll at 1280 px, and the first screen holds the verdicts."""
     import matplotlib.pyplot as plt
     from playwright.sync_api import sync_playwright
 
-    from fsfsl_utils import experiment, plots, report_html
+    from fsfsl_utils import plots, report_html
 
-    store = experiment.DataStore()
-    recs = [experiment.run_step(step, tmp_path, store=store, profile="smoke", seed=0, progress=False,
-                                analyse_images=False).record for step in ("01_baseline", "04_balanced_augment")]
+    recs = [run.record for run in smoke_runs]
     for name, fig in (("05_confusion", plots.confusion_matrices(recs)), ("05_scores", plots.metric_bars(recs))):
         plots.save(fig, tmp_path, name)
         plt.close(fig)

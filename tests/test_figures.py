@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pytest
 from PIL import Image
 
 from fsfsl_utils import experiment, plots, sensitivity
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figure_runs")
-    store = experiment.DataStore()
-    runs = [experiment.run_step(step, out, store=store, profile="smoke", seed=0, progress=False)
-            for step in ("01_baseline", "04_balanced_augment")]
-    return runs, store, out
 
 
 def titles(fig: plt.Figure) -> list[str]:
@@ -24,8 +14,8 @@ def titles(fig: plt.Figure) -> list[str]:
     return found + ([fig._suptitle.get_text()] if fig._suptitle is not None else [])
 
 
-def test_every_figure_has_a_title_and_150_dpi(runs, tmp_path):
-    steps, store, _ = runs
+def test_every_figure_has_a_title_and_150_dpi(smoke_runs, store, tmp_path):
+    steps = smoke_runs
     records = [r.record for r in steps]
     first, balanced = records[0], records[-1]
     train_part, val = store.split(limit_per_class=16)

@@ -70,10 +70,10 @@ def test_analysis_found_all_four_steps(smoke_run):
     assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
-def test_same_seed_same_metrics(smoke_run, tmp_path):
+def test_same_seed_same_metrics(smoke_run, tmp_path, store):
     """The notebook's record and a direct run with the same seed agree to the last digit."""
     notebook_record = next(r for r in results.load_records(smoke_run) if r["step"] == "02_flip")
-    again = experiment.run_step("02_flip", profile="smoke", seed=0, results_dir=tmp_path, progress=False,
+    again = experiment.run_step("02_flip", profile="smoke", seed=0, results_dir=tmp_path, progress=False, store=store,
                                 analyse_images=False).record
     assert again["metrics"] == notebook_record["metrics"]
     assert np.array_equal(again["predictions"]["logits"], notebook_record["predictions"]["logits"])
@@ -207,7 +207,7 @@ def test_interrupted_and_unwritable_runs_end_in_one_line(tmp_path, monkeypatch, 
     assert len(err) == 1 and "run.json cannot be written" in err[0]
 
 
-def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys):
+def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys, store):
     """A job killed in its second notebook (run.json left 'running', as kill -9 leaves it) resumes with
     --resume: the finished notebook is kept, the rest runs, and the records equal a step run alone."""
     real = papermill.execute_notebook
@@ -236,7 +236,7 @@ def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys):
     assert info["status"] == "ok" and info["completed"] == ["01_baseline", "02_flip"]
     assert any(n.startswith("resumed at") for n in info["notes"])
     record = json.loads((folder / "records" / "02_flip-seed0.json").read_text())
-    alone = experiment.run_step("02_flip", profile="smoke", limit_per_class=6, results_dir=tmp_path / "alone",
+    alone = experiment.run_step("02_flip", tmp_path / "alone", store=store, profile="smoke", limit_per_class=6,
                                 progress=False, analyse_images=False).record
     assert record["predictions"] == alone["predictions"] and record["metrics"] == alone["metrics"]
     assert run.main(["--out", str(tmp_path), "--resume"]) == 2            # nothing left to resume

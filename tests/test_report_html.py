@@ -12,9 +12,8 @@ import pytest
 from fsfsl_utils import experiment, plots, report, report_html
 
 
-def test_report_is_self_contained_verdicts_first_and_escaped(tmp_path):
-    recs = [experiment.run_step(step, profile="smoke", seed=0, results_dir=tmp_path, progress=False,
-                                analyse_images=False).record for step in ("01_baseline", "04_balanced_augment")]
+def test_report_is_self_contained_verdicts_first_and_escaped(smoke_runs, tmp_path):
+    recs = [run.record for run in smoke_runs]
     fig = plots.confusion_matrices(recs)
     plots.save(fig, tmp_path, "<img src=x onerror=alert(1)>")      # a hostile figure name
     plt.close(fig)
@@ -36,10 +35,9 @@ def test_report_is_self_contained_verdicts_first_and_escaped(tmp_path):
     assert ">NaN<" not in page and ">nan<" not in page               # unpublished numbers show blank
 
 
-def test_report_tables_read_whole(tmp_path):
+def test_report_tables_read_whole(smoke_runs, tmp_path):
     """Every section is there; no cell is cut ("...") or NaN; points carry one decimal; p two digits."""
-    recs = [experiment.run_step(step, tmp_path, profile="smoke", seed=0, progress=False,
-                                analyse_images=False).record for step in ("01_baseline", "04_balanced_augment")]
+    recs = [run.record for run in smoke_runs]
     page = report_html.render(tmp_path, recs)
     for title in ("Verdicts", "The kit beside the study", "Every arm over seeds", "Paired effects",
                   "Defect recall at fixed normal recall"):
@@ -70,8 +68,7 @@ def test_a_finished_run_is_never_overwritten(tmp_path, capsys):
     assert (tmp_path / "summary.md").read_text() == "the first analysis"
 
 
-def test_a_run_beside_a_reference_run(tmp_path):
-    store = experiment.DataStore()
+def test_a_run_beside_a_reference_run(tmp_path, store):
     mine = [experiment.run_step("01_baseline", tmp_path / "a", store=store, profile="smoke", seed=0,
                                 progress=False, analyse_images=False).record]
     ref = [experiment.run_step(step, tmp_path / "b", store=store, profile="smoke", seed=s, progress=False,

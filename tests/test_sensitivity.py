@@ -171,18 +171,18 @@ def test_precomputed_feature_values_are_used():
 
 
 @pytest.mark.parametrize("profile, size", [("cpu", 96), ("cpu-finetune", 64), ("smoke", 80), ("paper", 48)])
-def test_sweep_at_no_change_reproduces_the_record(profile, size, tmp_path, cache_dir):
+def test_sweep_at_no_change_reproduces_the_record(profile, size, tmp_path, cache_dir, store):
     """One prediction path: the model a step trained, asked again through the sweep's predictor at
     brightness x1.0, gives the record's own logits (probe, top blocks and fine-tune, a non-default input size,
     the fine-tune profile's center crop included)."""
     from fsfsl_utils import experiment
 
-    run = experiment.run_step("01_baseline", profile=profile, input_size=size, limit_per_class=12, epochs=1,
-                              backbone="efficientnet_lite0", results_dir=tmp_path, progress=False,
+    run = experiment.run_step("01_baseline", tmp_path, store=store, profile=profile, input_size=size,
+                              limit_per_class=12, epochs=1, backbone="efficientnet_lite0", progress=False,
                               analyse_images=False, views=())
     record = run.record
     assert record["config"]["input_size"] == size
-    val = experiment.validation_split(record)
+    val = experiment.validation_split(record, store)
     assert val.names == run.val.names
     logits = np.asarray(record["predictions"]["logits"])
     np.testing.assert_allclose(experiment.predictor(run.fit, run.spec.config)(val.images), logits, atol=2e-4)

@@ -10,11 +10,8 @@ from fsfsl_utils import augment, experiment, metrics, report, sensitivity, widge
 
 
 @pytest.fixture(scope="module")
-def smoke_records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("widget_runs")
-    store = experiment.DataStore()
-    recs = [experiment.run_step(step, out, store=store, profile="smoke", seed=seed, progress=False).record
-            for step in ("01_baseline", "04_balanced_augment") for seed in (0, 1)]
+def smoke_records(smoke_runs, store):
+    recs = [run.record for run in smoke_runs]
     return recs, experiment.validation_split(recs[0], store)
 
 

@@ -1,0 +1,49 @@
+"""Ray with two worker nodes (ray.cluster_utils.Cluster), one removed while the study runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import ray
+import torch
+
+from fsfsl_utils import experiment, runner
+
+
+def test_a_node_removed_mid_study_loses_nothing(tiny_pack, tmp_path):
+    """Two worker nodes (ray.cluster_utils.Cluster), one removed while the study runs: Ray retries its
+    tasks on the other; every record is there once, valid, and equal to the local runner's."""
+
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    keep = cluster.add_node(num_cpus=1)
+    lost = cluster.add_node(num_cpus=1)
+    todo = [experiment.StepSpec.build("02_flip", "smoke", seed=s, source=tiny_pack) for s in range(4)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}})
+
+        def remove_soon() -> None:
+            time.sleep(8)  # tasks are running on both nodes by then
+            cluster.remove_node(lost)
+
+        threading.Thread(target=remove_soon, daemon=True).start()
+        records = runner.RayRunner(num_cpus=1, num_gpus=0).run(todo, tmp_path / "ray", analyse_images=False)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    del keep
+    files = sorted(p.name for p in (tmp_path / "ray" / "records").iterdir())
+    assert files == [f"02_flip-seed{s}.json" for s in range(4)]                     # once each, nothing half-written
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = runner.LocalRunner().run(todo, tmp_path / "local", analyse_images=False)
+    finally:
+        torch.set_num_threads(threads)
+    for r, lo in zip(records, local):
+        assert r["metrics"] == lo["metrics"] and np.array_equal(r["predictions"]["logits"], lo["predictions"]["logits"])
