@@ -27,9 +27,12 @@ def test_a_node_removed_mid_study_loses_nothing(tiny_pack, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}})
 
+        removed: list[float] = []
+
         def remove_soon() -> None:
             time.sleep(8)  # tasks are running on both nodes by then
             cluster.remove_node(lost)
+            removed.append(time.time())
 
         threading.Thread(target=remove_soon, daemon=True).start()
         records = runner.RayRunner(num_cpus=1, num_gpus=0).run(todo, tmp_path / "ray", analyse_images=False)
@@ -37,6 +40,10 @@ def test_a_node_removed_mid_study_loses_nothing(tiny_pack, tmp_path):
         ray.shutdown()
         cluster.shutdown()
     del keep
+    import datetime as dt
+
+    finished = [dt.datetime.fromisoformat(r["created"]).timestamp() for r in records]
+    assert removed and max(finished) > removed[0], "the study ended before the node was removed: nothing was tested"
     files = sorted(p.name for p in (tmp_path / "ray" / "records").iterdir())
     assert files == [f"02_flip-seed{s}.json" for s in range(4)]                     # once each, nothing half-written
     threads = torch.get_num_threads()
