@@ -4,7 +4,7 @@
 
 Every ``records/*.json`` of one run must exist in the other with equal metrics, per-image logits,
 view logits, history, sensitivity and settings; ``summary.json`` is compared the same way. Times,
-dates, paths and library versions are left out. A record written with a fuller config (defaults
+dates, paths, library versions and where a training ran are left out. A record written with a fuller config (defaults
 spelled out) still matches when every key the older one had keeps its value. Exit status 0 when
 the runs match, 1 with the differences listed.
 """
@@ -17,8 +17,8 @@ import math
 import sys
 from pathlib import Path
 
-VOLATILE = {"created", "wall_seconds", "timings", "_path", "versions", "seconds", "elapsed", "started", "finished",
-            "run_dir", "results_dir", "path", "date"}
+VOLATILE = {"created", "wall_seconds", "timings", "_path", "versions", "ran_on", "seconds", "elapsed", "started",
+            "finished", "run_dir", "results_dir", "path", "date"}
 
 
 def differences(before: object, after: object, where: str = "") -> list[str]:
@@ -48,8 +48,8 @@ def differences(before: object, after: object, where: str = "") -> list[str]:
     return [] if before == after else [f"{where}: {str(before)[:80]} -> {str(after)[:80]}"]
 
 
-def compare_runs(before: Path, after: Path) -> list[str]:
-    """All differences between two run folders' records and summaries."""
+def compare_runs(before: Path, after: Path, summaries: bool = True) -> list[str]:
+    """All differences between two run folders' records (and summaries unless ``summaries`` is False)."""
     names = sorted({p.name for p in (before / "records").glob("*.json")} |
                    {p.name for p in (after / "records").glob("*.json")})
     if not names:
@@ -61,7 +61,7 @@ def compare_runs(before: Path, after: Path) -> list[str]:
             out.append(f"{name}: only in {'after' if b.is_file() else 'before'}")
             continue
         out += [f"{name}{d}" for d in differences(json.loads(a.read_text()), json.loads(b.read_text()))]
-    if (before / "summary.json").is_file():
+    if summaries and (before / "summary.json").is_file():
         out += [f"summary.json{d}" for d in differences(json.loads((before / "summary.json").read_text()),
                                                         json.loads((after / "summary.json").read_text()))]
     return out
@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    parser.add_argument("--records-only", action="store_true",
+                        help="leave summary.json out (when the report's format changed between the runs)")
     args = parser.parse_args(argv)
-    diffs = compare_runs(args.before, args.after)
+    diffs = compare_runs(args.before, args.after, summaries=not args.records_only)
     n = len(list((args.before / "records").glob("*.json")))
     if diffs:
         print(f"{len(diffs)} difference(s) between {args.before} and {args.after}:")
