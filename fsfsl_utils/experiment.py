@@ -375,8 +375,10 @@ class Settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_label_policy(labels)
-        if backend not in ("local", "ray"):
-            raise ValueError(f"BACKEND must be 'local' or 'ray', got {backend!r}")
+        from .runner import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         if data != "elpv" and not Path(data).expanduser().is_dir() \
                 and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
@@ -446,9 +448,7 @@ class Settings:
         done += runner.run(rest, self.results_dir, analyse_images, views, on_record=self._note)
         for spec in first + rest:
             self._started.pop(spec, None)
-        order = {(s.split_seed, s.seed): i for i, s in enumerate(sorted(first + rest,
-                                                                        key=lambda s: (s.split_seed, s.seed)))}
-        return sorted(done, key=lambda r: order[(r["split_seed"], r["seed"])])
+        return sorted(done, key=lambda r: (r["split_seed"], r["seed"]))
 
     def _note(self, record: dict) -> None:
         if record["mode"] == "probe":

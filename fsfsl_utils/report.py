@@ -9,6 +9,8 @@ plain-language conclusion generated from the numbers, and ``summary.md``.
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -434,8 +436,6 @@ def analysis_dir(results_dir: str | os.PathLike) -> Path:
     """Where an analysis of ``results_dir`` writes its summary, report and figures: the folder itself
     the first time; once it holds an analysis (``summary.md``), a new ``analysis-<time>`` folder
     inside it, so that a finished run's analysis is never overwritten."""
-    import datetime as dt
-
     results_dir = Path(results_dir)
     if not (results_dir / "summary.md").exists():
         return results_dir
@@ -485,7 +485,7 @@ def styled(frame: pd.DataFrame, note: str | None = None) -> pd.io.formats.style.
     sty = sty.set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 12em;"},
                                 {"selector": "caption", "props": "caption-side: bottom; text-align: left; "
                                  "font-size: 0.85em; white-space: normal; max-width: 80em;"}])
-    return sty.set_caption(note) if note else sty
+    return sty.set_caption(html.escape(note)) if note else sty
 
 
 def conclusions_markdown(records: Sequence[dict]) -> str:

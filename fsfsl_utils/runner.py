@@ -204,7 +204,7 @@ def make_runner(backend: str = "local", ray_address: str | None = None, progress
     """The runner of a backend name (``store``: the local runner's decoded data); ValueError names
     the parameter."""
     if backend not in BACKENDS:
-        raise ValueError(f"BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "local":
         return LocalRunner(progress, store)
     return RayRunner(ray_address or None, num_gpus, num_cpus, progress=progress)

@@ -253,10 +253,12 @@ class SensitivityExplorer:
                  features: Sequence[str] = ("brightness", "clarity", "contrast")):
         if not records:
             raise ValueError("SensitivityExplorer needs at least one run record")
-        self.groups: dict[str, list[dict]] = {label(r): [r] for r in records}
+        # label -> (the record shown: one run's, or a step's seeds pooled, made once; the runs behind it)
+        self.groups: dict[str, tuple[dict, list[dict]]] = {label(r): (r, [r]) for r in records}
         for recs in report.by_step(report.same_split(records)).values():
             if len(recs) > 1:
-                self.groups[label(pooled_record(recs))] = recs
+                pooled = pooled_record(recs)
+                self.groups[label(pooled)] = (pooled, recs)
         self.images = _images_of(images)
         first = records[0]
         feats = [f for f in features if f in first["sensitivity"]]
@@ -284,8 +286,7 @@ class SensitivityExplorer:
     @property
     def current(self) -> dict:
         """The record shown: one run's, or the pooled record of a step's seeds."""
-        recs = self.groups[self.record.value]
-        return recs[0] if len(recs) == 1 else pooled_record(recs)
+        return self.groups[self.record.value][0]
 
     def _refresh_all(self, change: dict | None = None) -> None:
         rec, feature = self.current, self.feature.value
@@ -304,7 +305,7 @@ class SensitivityExplorer:
         self._refresh_gallery()
 
     def _refresh_gallery(self, change: dict | None = None) -> None:
-        recs, feature = self.groups[self.record.value], self.feature.value
+        recs, feature = self.groups[self.record.value][1], self.feature.value
         self.items = gallery_items(recs[0], feature, self.bin.value, self.cls.value) if len(recs) == 1 else \
             pooled_items(recs, feature, self.bin.value, self.cls.value)
         wrong = sum(not d["correct"] for d in self.items)
@@ -439,13 +440,13 @@ class RunComparison:
         self.table = compare_table(ra, rb)
         self.table_html.value = self.table.to_html(escape=True)
         self.diff = disagreements(ra, rb)
+        labels, la = report.record_arrays(ra)
+        _, lb = report.record_arrays(rb)
         if self.a.value == self.b.value:
             self.test = None
             self.test_html.value = ("<b style='color:#a00'>A and B are the same run: choose two different runs "
                                     "to compare.</b>")
         else:
-            labels, la = report.record_arrays(ra)
-            _, lb = report.record_arrays(rb)
             self.test = metrics.mcnemar(labels, la, lb)
             verdict = "a difference" if self.test["p_value"] < 0.05 else "no evidence of a difference"
             seeds = "same seed and split" if (ra["seed"], ra["split_seed"]) == (rb["seed"], rb["split_seed"]) else \
@@ -453,14 +454,13 @@ class RunComparison:
             self.test_html.value = (f"exact McNemar on the same {len(labels)} validation images ({seeds}): A alone "
                                     f"right on {self.test['a_only']}, B alone on {self.test['b_only']}, "
                                     f"p = {self.test['p_value']:.3g} ({verdict} at 0.05)")
-        pa, pb = (metrics.softmax(report.record_arrays(r)[1]) for r in (ra, rb))
-        names, classes = ra["predictions"]["names"], ra["class_names"]
-        where = {n: i for i, n in enumerate(names)}
-        true = report.record_arrays(ra)[0]
+        pa, pb = metrics.softmax(la), metrics.softmax(lb)
+        classes = ra["class_names"]
+        where = {n: i for i, n in enumerate(ra["predictions"]["names"])}
 
         def caption(n: str) -> list[str]:
             i = where[n]
-            return [n, f"true {classes[true[i]]}", f"A: {classes[pa[i].argmax()]} {pa[i].max():.2f}",
+            return [n, f"true {classes[labels[i]]}", f"A: {classes[pa[i].argmax()]} {pa[i].max():.2f}",
                     f"B: {classes[pb[i].argmax()]} {pb[i].max():.2f}"]
 
         self.gallery_a.set([(n, caption(n)) for n in self.diff["a_only"]])

@@ -99,7 +99,7 @@ def test_settings_run_through_ray_resumes(cluster, tiny_pack, tmp_path):
 
 
 def test_bad_backend_and_unreachable_address_fail_fast(tmp_path):
-    with pytest.raises(ValueError, match="BACKEND must be 'local' or 'ray'"):
+    with pytest.raises(ValueError, match="BACKEND must be one of 'local', 'ray'"):
         experiment.Settings.from_parameters(profile="smoke", results_dir=str(tmp_path), backend="spark")
     t0 = time.perf_counter()
     with pytest.raises(ConnectionError, match="no Ray cluster answers at RAY_ADDRESS='127.0.0.1:9'"):
