@@ -21,7 +21,9 @@ are not executed there (papermill and Jupyter are not on that machine): 05 reads
 On the GPU machine (the pack and the EfficientNet-Lite0 wheels in ``.whl``; when they exceed one call's
 carry, send the pack as ``split -b 40M`` parts over two calls and ``cat`` them together there)::
 
-    python3 benchmarks/paper_rerun.py --data data/elpv-study.fsfslpack --out $OUT --budget 500
+    python3 benchmarks/paper_rerun.py --data data/elpv-study.fsfslpack --out $OUT --budget 500 [--pack 5]
+
+(``--pack 5``: the seeds of an arm as one network, once ``benchmarks/pack_check.py`` has measured it on a GPU.)
 
 CPU dry run (tests/test_paper_rerun.py)::
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", default="1,2,3", help="which groups to run, e.g. 2 (a second call)")
     parser.add_argument("--arms", default="",
                         help="only these arms of the chosen groups, comma-separated (e.g. 03_full_augment)")
+    parser.add_argument("--pack", type=int, default=1,
+                        help="up to this many seeds of an arm as one packed network (fsfsl_utils.packed)")
     parser.add_argument("--budget", type=float, default=500.0,
                         help="seconds the whole run may take: a group that would end later is skipped")
     args = parser.parse_args(argv)
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                k: header[k] for k in ("origin", "labels", "shape", "images_sha256")}},
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
            "versions": {"python": platform.python_version(), "torch": torch.__version__},
-           "budget_s": args.budget, "groups": [], "skipped": []}
+           "budget_s": args.budget, "pack": args.pack, "groups": [], "skipped": []}
     train_counts = settings.load_split()[0].counts()
     epochs = settings.resolved["config"].epochs
     rate = per_record = None  # seconds per training image-epoch and per record, measured on the first group
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"group {number}: skipped (estimated {estimate:.0f} s, {elapsed:.0f} s used)", flush=True)
             continue
         t0 = time.perf_counter()
-        experiment.train_ahead(specs, settings.results_dir, settings.store, progress=False)
+        experiment.train_ahead(specs, settings.results_dir, settings.store, progress=False, pack=args.pack)
         t1 = time.perf_counter()
         records = [experiment.run_step(spec, settings.results_dir, store=settings.store, progress=False).record
                    for spec in specs]

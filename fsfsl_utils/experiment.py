@@ -232,21 +232,29 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
 
 
 def train_ahead(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store: DataStore | None = None,
-                progress: bool | None = None) -> int:
+                progress: bool | None = None, pack: int = 1) -> int:
     """Fine-tune the trainings of ``specs`` all at once (:func:`fsfsl_utils.train.fit_many`: one CUDA
-    stream each, each result as if alone) into their checkpoint folders; :func:`run_step` then
+    stream each, each result as if alone; ``pack`` > 1: up to that many seeds of one arm as one packed
+    network, :mod:`fsfsl_utils.packed`) into their checkpoint folders; :func:`run_step` then
     resumes from the finished checkpoints and only predicts and records. Only checkpointed
     (paper-profile) trainings are done ahead; returns how many."""
-    specs = [s for s in specs if s.checkpointed]
+    jobs = ahead_jobs(specs, results_dir, store, progress)
+    train.fit_many(jobs, progress=progress, pack=pack)
+    return len(jobs)
+
+
+def ahead_jobs(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store: DataStore | None = None,
+               progress: bool | None = None) -> list[dict]:
+    """:func:`fsfsl_utils.train.fit_many` jobs of the checkpointed trainings among ``specs`` (their
+    data split and expanded, their checkpoint folders under ``results_dir``), as :func:`train_ahead` runs them."""
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
     store = store or DataStore()
     jobs = []
-    for spec in specs:
+    for spec in (s for s in specs if s.checkpointed):
         train_part, val = store.split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class)
         jobs.append({"train": expand(spec, train_part, progress), "val": val, "config": spec.config,
                      "seed": spec.seed, "views": (), "checkpoint_dir": spec.checkpoint_dir(out_dir)})
-    train.fit_many(jobs, progress=progress)
-    return len(jobs)
+    return jobs
 
 
 SWEEP_LEVELS = {"brightness": (0.6, 0.8, 1.0, 1.2, 1.4), "clarity": (0.0, 0.5, 1.0, 2.0, 3.0)}

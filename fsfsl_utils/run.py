@@ -1,6 +1,7 @@
 """The main job: run notebooks 01-05 headlessly with papermill into a new run folder.
 
-    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [--[no-]train-ahead] [-p NAME=VALUE ...]
+    python -m fsfsl_utils.run [--profile auto] [--seeds 1] [--out runs] [--[no-]train-ahead] [--pack N]
+                              [-p NAME=VALUE ...]
 
 Each run gets ``<out>/<timestamp>/`` with the executed notebooks, run records, figures,
 ``summary.md`` / ``summary.json`` and ``run.json`` (timings, peak memory). An earlier run is
@@ -8,7 +9,8 @@ never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad argu
 ``--train-ahead`` first fine-tunes what notebooks 01-04 will train, all at once
 (:func:`fsfsl_utils.experiment.train_ahead`); the notebooks then resume from the checkpoints.
 It is the default for the paper profile on CUDA, where the trainings share the GPU (timings:
-``benchmarks/RESULTS.md``); ``--no-train-ahead`` turns it off.
+``benchmarks/RESULTS.md``); ``--no-train-ahead`` turns it off. ``--pack N`` trains up to N seeds of
+one arm ahead as one packed network (:mod:`fsfsl_utils.packed`; each member's result is its own).
 """
 
 from __future__ import annotations
@@ -175,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="paper profile: fine-tune every training of 01-04 at once first (one CUDA stream "
                              "each, each result as if alone); the notebooks then resume from the checkpoints "
                              "(default: on for the paper profile on CUDA)")
+    parser.add_argument("--pack", type=int, default=1, metavar="N",
+                        help="training ahead: up to N seeds of one arm fine-tuned as one packed network "
+                             "(fsfsl_utils.packed; each member's result is its own; default 1: none packed)")
     args = parser.parse_args(argv)
     if os.environ.get("FSFSL_CACHE"):  # relative to where the job started, not to each kernel's folder
         os.environ["FSFSL_CACHE"] = str(Path(os.environ["FSFSL_CACHE"]).expanduser().resolve())
@@ -182,14 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = ensure_writable_dir(Path(args.out).expanduser().resolve(), "runs folder")
         if args.resume:
             run_dir, earlier = unfinished_run(out, args.resume)
-            return execute(list(earlier["parameters"].items()), run_dir, earlier.get("train_first", False), earlier)
+            return execute(list(earlier["parameters"].items()), run_dir, earlier.get("train_first", False), earlier,
+                           pack=earlier.get("pack", 1))
+        if args.pack < 1:
+            raise ValueError(f"--pack must be at least 1 (trainings per packed network), got {args.pack}")
         steps = plan(args)
         run_dir = new_run_dir(out)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
-    return execute(steps, run_dir, train_first=train_first)
+    return execute(steps, run_dir, train_first=train_first, pack=args.pack)
 
 
 def unfinished_run(out: Path, which: str) -> tuple[Path, dict]:
@@ -241,8 +249,9 @@ def training_specs(steps: list[tuple[str, dict]], run_dir: Path) -> list[experim
 
 
 def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = False,
-            earlier: dict | None = None) -> int:
-    """Run the planned notebooks in order (``train_first``: their fine-tunings at once, before);
+            earlier: dict | None = None, pack: int = 1) -> int:
+    """Run the planned notebooks in order (``train_first``: their fine-tunings at once, before, up to
+    ``pack`` seeds of an arm as one packed network);
     stop at the first failure. ``run.json`` is written before the first notebook and after each one
     (status ``running`` and the notebooks completed), so a killed job can be resumed: ``earlier``
     (the run.json of that job) keeps its completed notebooks, and trainings resume from their
@@ -267,7 +276,7 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
         return {"status": status, "completed": completed, "seconds": timings,
                 "total_seconds": time.perf_counter() - t_all + (earlier or {}).get("total_seconds", 0.0),
                 "peak_rss_mib_of_kernels": round(peak_kib / 1024, 1),
-                "parameters": {n: p for n, p in steps}, "train_first": train_first, "notes": notes,
+                "parameters": {n: p for n, p in steps}, "train_first": train_first, "pack": pack, "notes": notes,
                 "finished" if status != "running" else "updated": dt.datetime.now().isoformat(timespec="seconds")}
 
     try:
@@ -279,13 +288,14 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
         t0 = time.perf_counter()
         try:
             done = experiment.train_ahead(training_specs(steps, run_dir), run_dir,
-                                          progress=any(p.get("PROGRESS") for _, p in steps))
+                                          progress=any(p.get("PROGRESS") for _, p in steps), pack=pack)
         except Exception as err:  # noqa: BLE001 - the notebooks can still train their own (or resume)
             notes.append(f"training ahead failed ({type(err).__name__}: {err}); each notebook trained its own, "
                          "resuming from any checkpoint written before the failure")
             print(f"      {notes[-1]}", file=sys.stderr, flush=True)
         else:
-            print(f"trained ahead: {done} fine-tunings at once in {time.perf_counter() - t0:.0f} s"
+            packing = f", up to {pack} per packed network" if pack > 1 else ""
+            print(f"trained ahead: {done} fine-tunings at once{packing} in {time.perf_counter() - t0:.0f} s"
                   + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
         timings["train_ahead"] = time.perf_counter() - t0
     try:

@@ -101,7 +101,7 @@ def _checked(train: Dataset, val: Dataset, config: TrainConfig | dict | None, vi
     return cfg
 
 
-def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResult]:
+def fit_many(jobs: Sequence[dict], progress: bool | None = None, pack: int = 1) -> list[FitResult]:
     """Several trainings at once: each job is :func:`fit`'s keyword arguments (``train``, ``val``,
     ``config``, ``seed``, ``views``, ``checkpoint_dir``); returns their results in order.
 
@@ -109,42 +109,74 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None) -> list[FitResu
     training's small kernels beside another's. Each keeps its own random-number state, so every
     result equals that of :func:`fit` run alone (the same numbers on a CPU; on a GPU up to the
     nondeterminism of its kernels). Probe and top jobs run one after another.
+
+    ``pack`` > 1: up to ``pack`` fine-tunings with the same config and the same numbers of images
+    (the seeds of one arm) train as one packed network (:mod:`fsfsl_utils.packed`), which then
+    takes its turns like one training; each member's result is still its own.
     """
+    from . import packed  # packed builds on this module
+
+    if not isinstance(pack, int) or isinstance(pack, bool) or pack < 1:
+        raise ValueError(f"pack must be a whole number >= 1 (trainings per packed network), got {pack!r}")
     results: list[FitResult | None] = [None] * len(jobs)
-    turns = []
+    finetunes: list[tuple[int, dict, TrainConfig]] = []
     for i, job in enumerate(jobs):
         job = {"progress": progress, **job}
         unknown = set(job) - {"train", "val", "config", "seed", "views", "checkpoint_dir", "progress"}
         if unknown:
             raise ValueError(f"job {i}: unknown fit argument(s) {sorted(unknown)}")
-        views = job.get("views", ("vflip", "blur"))
         try:
-            cfg = _checked(job["train"], job["val"], job.get("config"), views)
+            cfg = _checked(job["train"], job["val"], job.get("config"), job.setdefault("views", ("vflip", "blur")))
         except ValueError as err:
             raise ValueError(f"job {i}: {err}") from None
         if cfg.mode != "finetune":
             results[i] = fit(**job)
-            continue
-        runner = finetune(job["train"], job["val"], cfg, job.get("seed", 0), views, job.get("checkpoint_dir"),
-                           job["progress"], None)
+        else:
+            finetunes.append((i, job, cfg))
+    turns = []
+    for group in _packs(finetunes, pack):
+        cfg, first = group[0][2], group[0][1]
+        if len(group) == 1:
+            runner = finetune(first["train"], first["val"], cfg, first.get("seed", 0), first["views"],
+                              first.get("checkpoint_dir"), first["progress"], None)
+        else:
+            runner = packed.finetune_packed([j["train"] for _, j, _ in group], [j["val"] for _, j, _ in group], cfg,
+                                            [j.get("seed", 0) for _, j, _ in group], first["views"],
+                                            [j.get("checkpoint_dir") for _, j, _ in group], first["progress"])
         dev = models.pick_device(cfg.device)
-        turns.append((i, runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None, _OwnRandomness(dev)))
+        turns.append(([i for i, _, _ in group], runner, torch.cuda.Stream(dev) if dev.type == "cuda" else None,
+                      _OwnRandomness(dev)))
     saved = _OwnRandomness.save_defaults()
     try:
         while turns:
             for turn in list(turns):
-                i, runner, stream, randomness = turn
+                indices, runner, stream, randomness = turn
                 randomness.enter()  # this training's random numbers, as if it ran alone
                 try:
                     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                         next(runner)
                 except StopIteration as done:
-                    results[i] = done.value
+                    for i, result in zip(indices, done.value if isinstance(done.value, list) else [done.value]):
+                        results[i] = result
                     turns.remove(turn)
                 randomness.leave()
     finally:
         _OwnRandomness.restore_defaults(saved)
     return results  # type: ignore[return-value]
+
+
+def _packs(finetunes: list[tuple[int, dict, TrainConfig]], pack: int) -> list[list[tuple[int, dict, TrainConfig]]]:
+    """The fine-tunings in groups that train as one network: up to ``pack`` with the same config,
+    views, class names and numbers of images, in job order; a group of one trains alone."""
+    from .packed import unpackable_reason
+
+    groups: dict[tuple, list] = {}
+    for entry in finetunes:
+        i, job, cfg = entry
+        key = (cfg, tuple(job["views"]), len(job["train"]), len(job["val"]), tuple(job["train"].class_names)) \
+            if pack > 1 and unpackable_reason(cfg) is None else (i,)
+        groups.setdefault(key, []).append(entry)
+    return [members[s:s + pack] for members in groups.values() for s in range(0, len(members), pack)]
 
 
 class _OwnRandomness:
@@ -396,11 +428,15 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
     val_logits = best_logits if best_logits is not None else predict(model, x_val, cfg, use_amp, inputs=val_inputs)
     view_logits = {v: predict(model, torch.from_numpy(augment.view_images(val, v)).to(dev), cfg, use_amp)
                    for v in views}
-    notes.append(f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
-                 "as pytorch/examples imagenet keeps model_best: chosen on the reported validation images, "
-                 "so optimistic; the last epoch's metrics are recorded beside them")
+    notes.append(best_epoch_note(best_acc))
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
                      {"train": train_seconds}, notes, last_logits)
+
+
+def best_epoch_note(best_acc: float) -> str:
+    return (f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
+            "as pytorch/examples imagenet keeps model_best: chosen on the reported validation images, "
+            "so optimistic; the last epoch's metrics are recorded beside them")
 
 
 def _resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer, dev: torch.device, notes: list[str],
@@ -490,8 +526,7 @@ def set_lr(opt: torch.optim.Optimizer, value: float) -> None:
 class _Graph:
     """One captured training step: its static inputs, the loss it refreshes, and its replay."""
 
-    x: torch.Tensor
-    y: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
     loss: torch.Tensor
     replay: Callable[[], None]
 
@@ -508,14 +543,20 @@ class TrainStep:
     not yet captured run eagerly and ``notes`` says why. With ``compiled`` the model's forward and
     backward at the recipe's batch go through ``torch.compile`` (static shapes) first. The returned
     loss is a device tensor, valid until the next step.
+
+    ``loss(net, x, y, *extra)`` replaces the recipe's weighted cross-entropy (a packed training,
+    :mod:`fsfsl_utils.packed`, returns one loss per member; their sum is what is differentiated);
+    a step is then called with the same ``extra`` tensors, which a graph copies in like ``x`` and ``y``.
     """
 
     WARMUP = 3
     MAX_GRAPHS = 2
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, weight: torch.Tensor | None, use_amp: bool,
-                 batch_size: int, graphed: bool, compiled: bool = False):
+                 batch_size: int, graphed: bool, compiled: bool = False,
+                 loss: Callable[..., torch.Tensor] | None = None):
         self.model, self.opt, self.weight, self.use_amp = model, opt, weight, use_amp
+        self.loss = loss or self._cross_entropy
         self.batch_size, self.graphed = batch_size, graphed
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model, dynamic=False) if compiled else model
         self.device_type = next(model.parameters()).device.type
@@ -524,11 +565,15 @@ class TrainStep:
         self.counts = {"eager": 0, "graph": 0}
         self.notes: list[str] = []
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _cross_entropy(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(x).float(), y, weight=self.weight)
+
+    def _forward_backward(self, *inputs: torch.Tensor) -> torch.Tensor:
         # no autocast weight cache: a captured step must cast the weights it reads on every replay
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
-            loss = F.cross_entropy(self._net_for(len(x))(x).float(), y, weight=self.weight)
-        loss.backward()
+            loss = self.loss(self._net_for(len(inputs[0])), *inputs)
+        (loss if loss.ndim == 0 else loss.sum()).backward()
         self.opt.step()
         return loss.detach()
 
@@ -537,41 +582,42 @@ class TrainStep:
         compilation per training, not two)."""
         return self.net if batch == self.batch_size else self.model
 
-    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _eager(self, *inputs: torch.Tensor) -> torch.Tensor:
         # after a capture the gradients live in the graph's memory: zero them in place, never drop them
         self.opt.zero_grad(set_to_none=not self.graphs)
         self.counts["eager"] += 1
-        if self._net_for(len(x)) is self.model:
-            return self._forward_backward(x, y)
+        if self._net_for(len(inputs[0])) is self.model:
+            return self._forward_backward(*inputs)
         try:  # compilation happens in the first steps of each batch size, before the optimiser steps
-            return self._forward_backward(x, y)
+            return self._forward_backward(*inputs)
         except torch._dynamo.exc.TorchDynamoException as err:
             self.net = self.model
             self.notes.append(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                               "training the model uncompiled")
             self.opt.zero_grad(set_to_none=not self.graphs)
-            return self._forward_backward(x, y)
+            return self._forward_backward(*inputs)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        graph = self.graphs.get(len(y))
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        inputs = (x, y, *extra)
+        graph = self.graphs.get(len(x))
         if graph is None:
             if not self.graphed or len(self.graphs) >= self.MAX_GRAPHS:
-                return self._eager(x, y)
-            warmed = self.warmed.get(len(y), 0)
+                return self._eager(*inputs)
+            warmed = self.warmed.get(len(x), 0)
             if warmed < self.WARMUP:
-                self.warmed[len(y)] = warmed + 1
-                return _on_side_stream(lambda: self._eager(x, y), x.is_cuda)
-            graph = self._capture(x, y)
+                self.warmed[len(x)] = warmed + 1
+                return _on_side_stream(lambda: self._eager(*inputs), x.is_cuda)
+            graph = self._capture(inputs)
             if graph is None:
-                return self._eager(x, y)
-        graph.x.copy_(x)
-        graph.y.copy_(y)
+                return self._eager(*inputs)
+        for static, given in zip(graph.inputs, inputs):
+            static.copy_(given)
         graph.replay()
         self.counts["graph"] += 1
         return graph.loss
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> _Graph | None:
-        static_x, static_y = x.clone(), y.clone()
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> _Graph | None:
+        static = tuple(t.clone() for t in inputs)
         first = not self.graphs
         if first:  # backward inside the first capture allocates the gradients all graphs share
             self.opt.zero_grad(set_to_none=True)
@@ -579,17 +625,17 @@ class TrainStep:
         def step() -> torch.Tensor:
             if not first:  # later graphs zero the shared gradients in place, then accumulate into them
                 self.opt.zero_grad(set_to_none=False)
-            return self._forward_backward(static_x, static_y)
+            return self._forward_backward(*static)
 
         try:
             replay, loss = capture_graph(step)
         except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
             self.graphed = False
-            self.notes.append(f"CUDA graph capture (batch of {len(y)}) failed ({type(err).__name__}: {err}); "
-                              "steps not captured yet run eagerly")
+            self.notes.append(f"CUDA graph capture (batch of {len(inputs[0])}) failed ({type(err).__name__}: "
+                              f"{err}); steps not captured yet run eagerly")
             return None
-        self.graphs[len(y)] = _Graph(static_x, static_y, loss, replay)
-        return self.graphs[len(y)]
+        self.graphs[len(inputs[0])] = _Graph(static, loss, replay)
+        return self.graphs[len(inputs[0])]
 
 
 def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
@@ -682,11 +728,14 @@ class Validation:
         with torch.no_grad():
             torch._foreach_copy_(list(self.model.state_dict().values()), list(model.state_dict().values()))
         if self.stream is None:
-            self.pending = device_logits(self.model, self.x_val, self.cfg, self.use_amp, inputs=self.inputs)
+            self.pending = self._logits()
             return
         self.stream.wait_stream(torch.cuda.current_stream(self.x_val.device))  # the weights are copied
         with torch.cuda.stream(self.stream):
-            self.pending = device_logits(self.model, self.x_val, self.cfg, self.use_amp, inputs=self.inputs)
+            self.pending = self._logits()
+
+    def _logits(self) -> torch.Tensor:
+        return device_logits(self.model, self.x_val, self.cfg, self.use_amp, inputs=self.inputs)
 
     def finish(self) -> float | None:
         """Accuracy of the weights given to the last ``start`` (None if nothing is pending)."""

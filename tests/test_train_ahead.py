@@ -67,16 +67,22 @@ TINY_MAIN_JOB = ["--profile", "paper", "--seeds", "1", "--backbone", "efficientn
 
 
 def test_main_job_trains_ahead(tmp_path, capsys):
-    assert run.main([*TINY_MAIN_JOB, "--out", str(tmp_path)]) == 0
-    assert "trained ahead: 1 fine-tunings at once" in capsys.readouterr().out
+    """Two seeds of 01 trained ahead as one packed network (--pack 2), then recorded by the notebook."""
+    job = list(TINY_MAIN_JOB)
+    job[job.index("--seeds") + 1] = "2"
+    assert run.main([*job, "--pack", "2", "--out", str(tmp_path)]) == 0
+    assert "trained ahead: 2 fine-tunings at once, up to 2 per packed network" in capsys.readouterr().out
     folder = next(tmp_path.iterdir())
-    record = json.loads((folder / "records" / "01_baseline-seed0.json").read_text())
-    assert any("resumed from" in n for n in record["notes"])
-    assert "train_ahead" in json.loads((folder / "run.json").read_text())["seconds"]
+    for seed in (0, 1):
+        record = json.loads((folder / "records" / f"01_baseline-seed{seed}.json").read_text())
+        assert any("resumed from" in n for n in record["notes"])
+    info = json.loads((folder / "run.json").read_text())
+    assert "train_ahead" in info["seconds"] and info["pack"] == 2
+    assert run.main([*TINY_MAIN_JOB, "--pack", "0", "--out", str(tmp_path)]) == 2
 
 
 def test_a_failed_train_ahead_leaves_the_training_to_the_notebooks(tmp_path, monkeypatch):
-    def broken(specs, results_dir, store=None, progress=None):
+    def broken(specs, results_dir, store=None, progress=None, pack=1):
         raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(run.experiment, "train_ahead", broken)
@@ -94,7 +100,7 @@ def test_the_main_job_trains_ahead_by_default_only_for_the_paper_profile_on_cuda
     assert run.train_ahead_by_default("paper") and run.train_ahead_by_default("auto")  # auto -> paper on CUDA
     assert not run.train_ahead_by_default("cpu") and not run.train_ahead_by_default("smoke")
     seen = {}
-    monkeypatch.setattr(run, "execute", lambda steps, run_dir, train_first: seen.setdefault("first", train_first))
+    monkeypatch.setattr(run, "execute", lambda steps, run_dir, train_first, pack: seen.setdefault("first", train_first))
     for flag, expected in (([], True), (["--no-train-ahead"], False)):
         seen.clear()
         run.main(["--profile", "paper", "--notebooks", "01_baseline", "--out", str(tmp_path), *flag])

@@ -1,0 +1,410 @@
+"""Packed fine-tuning: several trainings of one recipe (the seeds of one arm) as one network.
+
+At the recipe's batch of 16 a fine-tuning step of EfficientNet-Lite0 leaves a GPU mostly idle: it
+is bound by kernel launches, not by arithmetic. Packing ``M`` trainings into one network keeps the
+number of kernels and makes each one ``M`` times larger (the idea of Packed-Ensembles, Laurent et
+al., ICLR 2023). Every convolution gets ``M`` times the channels and ``M`` times the groups, so
+member ``m``'s channels only ever meet member ``m``'s channels; batch norm works per channel, hence
+per member; Adam works per element, hence per member. Member ``m``'s images are channels
+``3m .. 3m+2`` of the input and its weights the ``m``-th slice (dimension 0) of every tensor,
+under the parameter names of :class:`~fsfsl_utils.models.Classifier`. The loss is the sum of the
+members' losses, so each member's gradient is its own.
+
+Each member keeps its own random numbers: its shuffles and augmentation come from its own
+generator as in :func:`fsfsl_utils.train.finetune`, and EfficientNet's stochastic depth is drawn
+in the same calls a training alone makes, from a generator seeded as that training seeds its
+global one. The draws are made before each step and enter it as a tensor, so a CUDA graph of the
+packed step replays with each step's own draws. The forward pass is the members' own, bit for bit;
+gradients are too where the grouped kernels sum in the single kernels' order: on a CPU with one
+thread at small batches and inputs, so there every member's result equals that training run alone
+(``tests/test_packed.py``). Elsewhere (several threads, larger batches, where oneDNN reduces a
+grouped 1x1 convolution's weight gradient in another order; any GPU) they differ by rounding
+(about 1e-6 of a gradient), which training then amplifies as it amplifies any rounding: the
+results agree within a tolerance that ``benchmarks/pack_check.py`` measures.
+
+Checkpoints are written per member in :func:`~fsfsl_utils.train.finetune`'s format, so a member
+resumes, or is recorded, as if it had trained alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment, models, train
+from .config import TrainConfig
+from .data import Dataset
+from .progress import progress_bar
+
+PACKABLE_BACKBONES = ("efficientnet_lite0",)
+
+
+def unpackable_reason(cfg: TrainConfig) -> str | None:
+    """Why trainings of ``cfg`` cannot be packed, or None when they can."""
+    if cfg.mode != "finetune":
+        return f"only fine-tunings are packed, not mode {cfg.mode!r}"
+    if cfg.backbone not in PACKABLE_BACKBONES:
+        return f"packing supports {', '.join(PACKABLE_BACKBONES)}, not {cfg.backbone!r}"
+    if cfg.compile:
+        return "a packed network is not compiled (compile=True)"
+    return None
+
+
+def _has_skip(block: nn.Module) -> bool:
+    """Whether an MBConv block adds its input back (and so draws stochastic depth in training)."""
+    args = block._block_args
+    return bool(block.id_skip and args.stride == 1 and args.input_filters == args.output_filters)
+
+
+class PackedClassifier(nn.Module):
+    """``M`` EfficientNet-Lite :class:`~fsfsl_utils.models.Classifier` s as one network.
+
+    ``forward(x, uniforms)`` takes ``B x 3M x H x W`` (member ``m`` on channels ``3m .. 3m+2``) and,
+    in training, the stochastic-depth draws of :func:`draw_uniforms`; it returns ``B x M x K`` logits.
+    """
+
+    def __init__(self, members: Sequence[models.Classifier]):
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("a packed network needs at least one member")
+        if not all(isinstance(m.backbone, models._LiteFeatures) for m in members):
+            raise ValueError(f"packing supports {', '.join(PACKABLE_BACKBONES)} classifiers only")
+        n = self.members = len(members)
+        self.features, self.classes = members[0].head.in_features, members[0].head.out_features
+        states = [m.state_dict() for m in members]
+        if any(s.keys() != states[0].keys() or any(s[k].shape != v.shape for k, v in states[0].items())
+               for s in states):
+            raise ValueError("packed members must have the same architecture and number of classes")
+        net = copy.deepcopy(members[0])  # the structure and the parameter names
+        for prefix, module in net.named_modules():
+            if isinstance(module, nn.Conv2d):
+                module.in_channels, module.out_channels, module.groups = \
+                    module.in_channels * n, module.out_channels * n, module.groups * n
+            elif isinstance(module, nn.BatchNorm2d):
+                module.num_features *= n
+            elif isinstance(module, nn.Linear):
+                module.out_features *= n
+            for store in (module._parameters, module._buffers):
+                for key, tensor in store.items():
+                    if tensor is None:
+                        continue
+                    stacked = pack_tensors([s[f"{prefix}.{key}" if prefix else key] for s in states])
+                    store[key] = nn.Parameter(stacked, tensor.requires_grad) \
+                        if isinstance(tensor, nn.Parameter) else stacked
+        self.backbone, self.head = net.backbone, net.head
+        net = self.backbone.net
+        if any(b.has_se for b in net._blocks):
+            raise ValueError("packing does not support squeeze-and-excitation blocks (EfficientNet-Lite has none)")
+        self.rates = []  # each block's stochastic-depth rate, computed as EfficientNet's extract_features does
+        for idx in range(len(net._blocks)):
+            rate = net._global_params.drop_connect_rate
+            if rate:
+                rate *= float(idx) / len(net._blocks)
+            self.rates.append(rate)
+        self.drop_sites = sum(1 for b, r in zip(net._blocks, self.rates) if r and _has_skip(b))
+
+    def forward(self, x: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+        net = self.backbone.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        site = 0
+        for block, rate in zip(net._blocks, self.rates):
+            inputs = x
+            if block._block_args.expand_ratio != 1:
+                x = block._swish(block._bn0(block._expand_conv(x)))
+            x = block._swish(block._bn1(block._depthwise_conv(x)))
+            x = block._bn2(block._project_conv(x))
+            if _has_skip(block):
+                if rate and self.training:
+                    if uniforms is None or site >= len(uniforms):
+                        raise ValueError(f"training a packed network needs {self.drop_sites} stochastic-depth "
+                                         "draws per step (draw_uniforms)")
+                    x = self._drop_connect(x, rate, uniforms[site])
+                    site += 1
+                x = x + inputs
+        x = net._swish(net._bn1(net._conv_head(x)))
+        feats = x.mean(dim=(2, 3))
+        f, k = self.features, self.classes
+        return torch.stack([F.linear(feats[:, m * f:(m + 1) * f], self.head.weight[m * k:(m + 1) * k],
+                                     self.head.bias[m * k:(m + 1) * k]) for m in range(self.members)], dim=1)
+
+    def _drop_connect(self, x: torch.Tensor, rate: float, uniform: torch.Tensor) -> torch.Tensor:
+        """EfficientNet's drop_connect per member: ``uniform`` (``B x M``) holds each member's draws,
+        made in the activations' dtype (as drop_connect draws them) by :func:`finetune_packed`."""
+        keep = 1 - rate
+        mask = torch.floor(uniform.to(x.dtype) + keep).view(len(x), self.members, 1, 1, 1)
+        return (x.unflatten(1, (self.members, -1)) / keep * mask).flatten(1, 2)
+
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        """Member ``m``'s weights as a :class:`~fsfsl_utils.models.Classifier` state dict (views)."""
+        return unpack_tensors(self.state_dict(), m, self.members)
+
+
+def pack_tensors(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The members' tensors stacked on dimension 0; a scalar (batch norm's step count, Adam's step)
+    is shared and must be equal in all."""
+    if tensors[0].ndim == 0:
+        if any(not torch.equal(t, tensors[0]) for t in tensors):
+            raise ValueError("packed members must have taken the same number of steps")
+        return tensors[0].clone()
+    return torch.cat(list(tensors))
+
+
+def unpack_tensors(state: dict, m: int, members: int) -> dict:
+    """Member ``m``'s slice of every tensor of a packed state dict (scalars as they are)."""
+    return {k: v if v.ndim == 0 else v.chunk(members)[m] for k, v in state.items()}
+
+
+def member_optimizer_state(state: dict, m: int, members: int) -> dict:
+    """Member ``m``'s part of a packed Adam's ``state_dict()`` (what its own Adam would hold)."""
+    return {"state": {i: unpack_tensors(s, m, members) for i, s in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def pack_optimizer_states(states: Sequence[dict]) -> dict:
+    """The packed Adam state of the members' Adam ``state_dict()`` s (resuming packed)."""
+    return {"state": {i: {k: pack_tensors([s["state"][i][k] for s in states]) for k in st}
+                      for i, st in states[0]["state"].items()},
+            "param_groups": states[0]["param_groups"]}
+
+
+def draw_uniforms(generators: Sequence[torch.Generator], sites: int, batch: int, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """One step's stochastic-depth draws, ``sites x batch x M``: member ``m`` draws from its own
+    generator, one ``batch x 1 x 1 x 1`` call per site in block order, as EfficientNet's
+    drop_connect does on the global generator of a training alone."""
+    if sites == 0:
+        return torch.empty(0, batch, len(generators), dtype=dtype, device=device)
+    columns = [torch.cat([torch.rand((batch, 1, 1, 1), generator=g, dtype=dtype, device=device).view(batch)
+                          for _ in range(sites)]) for g in generators]
+    return torch.stack(columns, 1).view(sites, batch, len(generators))
+
+
+def packed_loss(weights: Sequence[torch.Tensor | None]) -> Callable[..., torch.Tensor]:
+    """The members' weighted cross-entropies (``M``), for :class:`~fsfsl_utils.train.TrainStep`."""
+    def loss(net: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             uniforms: torch.Tensor) -> torch.Tensor:
+        logits = net(x, uniforms)
+        return torch.stack([F.cross_entropy(logits[:, m].float(), y[:, m], weight=w) for m, w in enumerate(weights)])
+    return loss
+
+
+def packed_logits(model: PackedClassifier, images: Sequence[torch.Tensor], cfg: TrainConfig, use_amp: bool = False,
+                  batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (``N x M x K``, float32, on the device) of each member on its own uint8 images, through
+    the eval transform in batches of :func:`fsfsl_utils.train.device_logits`' size (``inputs``: the
+    packed, transformed images)."""
+    model.eval()
+    outs = []
+    if inputs is not None:
+        batch_size = max(batch_size, 256)
+    with torch.inference_mode(), torch.autocast(images[0].device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for s in range(0, len(images[0]), batch_size):
+            x = inputs[s:s + batch_size] if inputs is not None else torch.cat(
+                [models.preprocess(im[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
+                 for im in images], 1).contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).float())
+    return torch.cat(outs)
+
+
+class PackedValidation(train.Validation):
+    """:class:`~fsfsl_utils.train.Validation` of a packed network: each member on its own
+    validation images; ``finish()`` gives one accuracy per member and ``logits`` is ``M x N x K``."""
+
+    def __init__(self, model: PackedClassifier, x_vals: Sequence[torch.Tensor], y_vals: Sequence[np.ndarray],
+                 cfg: TrainConfig, use_amp: bool, inputs: torch.Tensor | None):
+        super().__init__(model, x_vals[0], y_vals[0], cfg, use_amp, inputs)
+        self.x_vals, self.y_vals = list(x_vals), [np.asarray(y) for y in y_vals]
+
+    def _logits(self) -> torch.Tensor:
+        return packed_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
+
+    def finish(self) -> list[float] | None:  # type: ignore[override]
+        if self.pending is None:
+            return None
+        if self.stream is not None:
+            torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
+        self.logits = self.pending.cpu().numpy().astype(np.float64).transpose(1, 0, 2)
+        self.pending = None
+        return [float((lg.argmax(1) == y).mean()) for lg, y in zip(self.logits, self.y_vals)]
+
+
+def check_packable(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: TrainConfig) -> None:
+    """ValueError unless these trainings can be packed: one packable config, the same numbers of
+    training and validation images and the same classes in every member."""
+    reason = unpackable_reason(cfg)
+    if reason:
+        raise ValueError(f"cannot pack: {reason}")
+    for what, parts in (("training", trains), ("validation", vals)):
+        if len({len(p) for p in parts}) != 1:
+            raise ValueError(f"cannot pack: the members' {what} images differ in number "
+                             f"({sorted({len(p) for p in parts})})")
+    if len({tuple(p.class_names) for p in (*trains, *vals)}) != 1:
+        raise ValueError("cannot pack: the members' class names differ")
+
+
+def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: TrainConfig, seeds: Sequence[int],
+                    views: Sequence[str], checkpoint_dirs: Sequence[str | Path | None] | None = None,
+                    progress: bool | None = None) -> Generator[None, None, list[train.FitResult]]:
+    """:func:`fsfsl_utils.train.finetune` of ``len(seeds)`` trainings as one packed network; a
+    generator (it pauses after every step) whose value is each member's ``FitResult``, as the
+    member would have it alone. Members whose checkpoints stand at different epochs are trained
+    one after another instead (each resumes alone)."""
+    n = len(seeds)
+    if not n == len(trains) == len(vals):
+        raise ValueError(f"{len(seeds)} seeds for {len(trains)} training and {len(vals)} validation parts")
+    check_packable(trains, vals, cfg)
+    ckpts = [Path(c) if c else None for c in (checkpoint_dirs or [None] * n)]
+    dev = models.pick_device(cfg.device)
+    use_amp = cfg.amp and dev.type == "cuda"
+    graphed = cfg.cuda_graphs and dev.type == "cuda"
+    members, member_opts, resumed = [], [], []
+    for seed, tr, va, ckpt in zip(seeds, trains, vals, ckpts):
+        torch.manual_seed(seed)  # the head's initial weights, as a training alone draws them
+        model = models.build_classifier(cfg.backbone, len(tr.class_names), cfg.weights)
+        model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
+        opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+        notes: list[str] = []
+        run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(tr), "n_val": len(va)}
+        members.append(model)
+        member_opts.append(opt)
+        resumed.append((*train._resume(ckpt, model, opt, dev, notes, run_config), notes, run_config))
+    starts = {r[0] for r in resumed}
+    pending = {bool(r[3]) and "val_accuracy" not in r[3][-1] for r in resumed}
+    if len(starts) > 1 or len(pending) > 1:  # resume each where it stopped, one after another
+        del members, member_opts
+        alone = []
+        for tr, va, seed, ckpt in zip(trains, vals, seeds, ckpts):
+            alone.append((yield from train.finetune(tr, va, cfg, seed, views, ckpt, progress)))
+        return alone
+    start = starts.pop()
+    best_acc = [r[1] for r in resumed]
+    best_state = [r[2] for r in resumed]
+    history = [r[3] for r in resumed]
+    notes = [r[4] for r in resumed]
+    run_configs = [r[5] for r in resumed]
+
+    model = PackedClassifier(members).to(dev).to(memory_format=train.memory_format(cfg.channels_last))
+    opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+    if start > 0:
+        lr = opt.param_groups[0]["lr"]
+        opt.load_state_dict(pack_optimizer_states([o.state_dict() for o in member_opts]))
+        for group in opt.param_groups:  # keep the lr object a captured graph reads
+            group["lr"] = lr
+    del member_opts
+    weights = [torch.tensor(train.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
+               if cfg.class_weight == "balanced" else None for tr in trains]
+    loss_of = packed_loss(weights)
+    x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
+    y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]
+    shared: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
+    x_vals = [shared.setdefault(id(va), torch.from_numpy(va.images).to(dev)) for va in vals]
+    member_inputs = None
+    if dev.type == "cuda":  # on a GPU validation images are transformed once, each set once
+        transformed: dict[int, torch.Tensor] = {}
+        for x in x_vals:
+            if id(x) not in transformed:
+                transformed[id(x)] = train._preprocess_all(x, cfg)
+        member_inputs = [transformed[id(x)] for x in x_vals]
+    val_inputs = torch.cat(member_inputs, 1).contiguous(memory_format=train.memory_format(cfg.channels_last)) \
+        if member_inputs is not None else None
+    fast_step = train.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of) if graphed else None
+    draw_dtype = torch.bfloat16 if use_amp else torch.float32
+    writer = train.CheckpointWriter()
+    validation = PackedValidation(model, x_vals, [va.labels for va in vals], cfg, use_amp, val_inputs)
+    if pending.pop():
+        validation.start(model)
+    best_logits: list[np.ndarray | None] = [None] * n
+
+    def settle() -> None:
+        """Finish the pending validation: each member's accuracy, best epoch and best checkpoint."""
+        accs = validation.finish()
+        if accs is None:
+            return
+        state = None
+        for m, acc in enumerate(accs):
+            history[m][-1]["val_accuracy"] = acc
+            if acc > best_acc[m]:
+                state = state if state is not None else validation.model.state_dict()
+                best_acc[m], best_logits[m] = acc, validation.logits[m]
+                best_state[m] = train.cpu_copy(unpack_tensors(state, m, n))
+                if ckpts[m]:
+                    writer.save(best_state[m], ckpts[m] / "best.pt")
+
+    t0 = time.perf_counter()
+    try:
+        for epoch in progress_bar(range(start, cfg.epochs), desc=f"epochs ({n} packed)", enable=progress,
+                                  initial=start, total=cfg.epochs):
+            gens = [torch.Generator().manual_seed(seed * 100_003 + epoch) for seed in seeds]
+            drops = [torch.Generator(device=dev).manual_seed(seed * 100_003 + epoch) for seed in seeds]
+            train.set_lr(opt, train.lr_at(cfg, epoch))
+            model.train()
+            perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(x_trains, gens)]
+            y_epochs = [y[p] for y, p in zip(y_trains, perms)]
+            loss_sum = torch.zeros(n, device=dev)
+            chunk = 512 if dev.type == "cuda" else cfg.batch_size
+            batches = zip(*(train._epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(x_trains, perms, gens)))
+            for parts in batches:
+                s, size = parts[0][0], len(parts[0][1])
+                x = torch.cat([v for _, v in parts], 1).contiguous(memory_format=train.memory_format(cfg.channels_last))
+                y = torch.stack([ye[s:s + size] for ye in y_epochs], 1)
+                u = draw_uniforms(drops, model.drop_sites, size, draw_dtype, dev)
+                if fast_step is not None:
+                    losses = fast_step(x, y, u)
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                        losses = loss_of(model, x, y, u)
+                    losses.sum().backward()
+                    opt.step()
+                loss_sum += losses.detach() * size
+                yield
+            totals = loss_sum.tolist()
+            for total in totals:
+                if not np.isfinite(total):
+                    raise train._loss_error(total, epoch)
+            settle()
+            packed_state, opt_state = model.state_dict(), opt.state_dict()
+            for m in range(n):
+                history[m].append({"epoch": epoch + 1, "train_loss": totals[m] / len(x_trains[m]),
+                                   "lr": train.lr_at(cfg, epoch)})
+                if ckpts[m]:
+                    writer.save({"epoch": epoch + 1, "model": unpack_tensors(packed_state, m, n),
+                                 "optimizer": member_optimizer_state(opt_state, m, n), "best_acc": best_acc[m],
+                                 "history": history[m], "config": run_configs[m]}, ckpts[m] / "last.pt")
+            validation.start(model)
+            yield
+        settle()
+    finally:
+        writer.close()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    train_seconds = time.perf_counter() - t0
+    step_notes = list(fast_step.notes) if fast_step is not None else []
+    if fast_step is not None and fast_step.counts["graph"]:
+        step_notes.append(f"training steps: {fast_step.counts['graph']} CUDA graph replays, "
+                          f"{fast_step.counts['eager']} eager")
+    results = []
+    for m, member in enumerate(members):
+        member.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
+        inputs = member_inputs[m] if member_inputs is not None else None
+        last_logits = validation.logits[m] if validation.logits is not None else \
+            train.predict(member, x_vals[m], cfg, use_amp, inputs=inputs)
+        if best_state[m] is not None:
+            member.load_state_dict(best_state[m])
+        val_logits = best_logits[m] if best_logits[m] is not None else \
+            train.predict(member, x_vals[m], cfg, use_amp, inputs=inputs)
+        view_logits = {v: train.predict(member, torch.from_numpy(augment.view_images(vals[m], v)).to(dev), cfg,
+                                        use_amp) for v in views}
+        member_notes = notes[m] + step_notes + [
+            f"trained packed: {n} trainings of this config as one network (fsfsl_utils.packed), seeds "
+            f"{list(seeds)}", train.best_epoch_note(best_acc[m])]
+        results.append(train.FitResult("finetune", val_logits, view_logits, member, str(dev), history[m],
+                                       {"train": train_seconds}, member_notes, last_logits))
+    return results
