@@ -13,7 +13,7 @@ SPLITS  ?= 1
 RUN_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 
-.PHONY: setup reproduce test test-browser browser-deps lint bench lab clean-venv
+.PHONY: setup reproduce test test-browser test-slow browser-deps lint bench lab clean-venv
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP) browser-deps
 
 test-browser: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -m browser
+
+# The CPU dry runs of the scripts for a lent GPU (gpu_check.sh, paper_rerun.py, ray_gpu_check.py,
+# pack_check.py), about 2.5 minutes: run before spending device time.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 # The browser test drives JupyterLab in Debian's Chromium (Playwright's own browser download
 # cannot work offline). Installed here when missing and we are root; otherwise say how.

@@ -281,7 +281,10 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         del members, member_opts
         alone = []
         for tr, va, seed, ckpt in zip(trains, vals, seeds, ckpts):
-            alone.append((yield from train.finetune(tr, va, cfg, seed, views, ckpt, progress)))
+            result = yield from train.finetune(tr, va, cfg, seed, views, ckpt, progress)
+            result.notes.append(f"not packed: the checkpoints of seeds {list(seeds)} stand at different epochs "
+                                f"({sorted(starts)}); each resumed alone")
+            alone.append(result)
         return alone
     start = starts.pop()
     best_acc = [r[1] for r in resumed]

@@ -104,6 +104,7 @@ def test_paper_falls_back_to_the_defaults_when_the_chosen_variant_breaks(monkeyp
         bench.bench_paper("cpu", 1, True, 1e9, report=lambda r: None, variant=bench.step_variants(False)[0])
 
 
+@pytest.mark.slow  # a script for a lent GPU: make test-slow runs its dry run before a device session
 def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
     """benchmarks/gpu_check.sh is run once per lent GPU, with no second try: its CPU dry run keeps it
     from rotting (same workloads and flags, tiny sizes)."""

@@ -13,6 +13,7 @@ import pytest
 from fsfsl_utils import experiment
 
 
+@pytest.mark.slow  # a script for a lent GPU: make test-slow runs its dry run before a device session
 def test_pack_check_dry_run_on_cpu(tmp_path):
     root = experiment.project_root()
     env = {**os.environ, "FSFSL_PROGRESS": "0", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}

@@ -96,6 +96,8 @@ def test_an_interrupted_packed_run_resumes_to_the_same_result(parts, tmp_path, o
         (dirs[1] / name).unlink()
     mixed = train._run_to_end(packed.finetune_packed([tr_a, tr_b], [va, va], cfg, [0, 1], (), dirs, False))
     assert not any("trained packed" in n for r in mixed for n in r.notes)  # one finished, one from the start
+    assert all(any("not packed: the checkpoints of seeds [0, 1] stand at different epochs ([0, 3])" in n
+                   for n in r.notes) for r in mixed)
     for res, ref in zip(mixed, resumed):
         _same_fit(res, ref)
 

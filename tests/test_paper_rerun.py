@@ -8,9 +8,12 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
 from fsfsl_utils import data, experiment
 
 
+@pytest.mark.slow  # a script for a lent GPU: make test-slow runs its dry run before a device session
 def test_paper_rerun_dry_run_on_cpu(tmp_path):
     pack = data.write_pack(data.load_elpv("study", limit_per_class=16, seed=0), tmp_path / "tiny.fsfslpack",
                            origin="elpv", labels="study", progress=False)

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fsfsl_utils import experiment
 
 
+@pytest.mark.slow  # a script for a lent GPU: make test-slow runs its dry run before a device session
 def test_ray_gpu_check_dry_run_on_cpu(tmp_path):
     root = experiment.project_root()
     env = {**os.environ, "FSFSL_PROGRESS": "0", "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled",
