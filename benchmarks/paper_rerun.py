@@ -23,7 +23,8 @@ carry, send the pack as ``split -b 40M`` parts over two calls and ``cat`` them t
 
     python3 benchmarks/paper_rerun.py --data data/elpv-study.fsfslpack --out $OUT --budget 500 [--pack 5]
 
-(``--pack 5``: the seeds of an arm as one network, once ``benchmarks/pack_check.py`` has measured it on a GPU.)
+(``--pack 5``: the seeds of an arm as one network, once ``benchmarks/pack_check.py`` has measured it on a GPU;
+the groups are then 1. every seed of 01 and 04, 2. every seed of the four other arms.)
 
 CPU dry run (tests/test_paper_rerun.py)::
 
@@ -49,12 +50,18 @@ ARMS = tuple(experiment.STEPS)
 PRIMARY = ("01_baseline", "04_balanced_augment")
 
 
-def groups(seeds: int) -> list[list[tuple[str, int]]]:
+def groups(seeds: int, by_arm: bool = False) -> list[list[tuple[str, int]]]:
     """The (step, seed) trainings in the order they run: seed 0 of every arm, then the primary
-    comparison's other seeds, then the other arms' other seeds."""
-    later = range(1, seeds)
-    out = [[(step, 0) for step in ARMS], [(s, k) for s in PRIMARY for k in later],
-           [(s, k) for s in ARMS if s not in PRIMARY for k in later]]
+    comparison's other seeds, then the other arms' other seeds. ``by_arm`` (packed training, whose
+    networks hold the seeds of one arm): every seed of the primary comparison's two arms, then every
+    seed of the four other arms."""
+    if by_arm:
+        out = [[(s, k) for s in PRIMARY for k in range(seeds)],
+               [(s, k) for s in ARMS if s not in PRIMARY for k in range(seeds)]]
+    else:
+        later = range(1, seeds)
+        out = [[(step, 0) for step in ARMS], [(s, k) for s in PRIMARY for k in later],
+               [(s, k) for s in ARMS if s not in PRIMARY for k in later]]
     return [g for g in out if g]
 
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = settings.resolved["config"].epochs
     rate = per_record = None  # seconds per training image-epoch and per record, measured on the first group
     wanted = {int(g) for g in args.groups.split(",")}
-    for number, group in enumerate(groups(args.seeds), start=1):
+    for number, group in enumerate(groups(args.seeds, by_arm=args.pack > 1), start=1):
         group = [(step, seed) for step, seed in group if not arms or step in arms]
         if number not in wanted or not group:
             continue
