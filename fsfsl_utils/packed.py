@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,36 @@ def check_packable(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Trai
         raise ValueError("cannot pack: the members' class names differ")
 
 
+@dataclass
+class _Member:
+    """One training of a packed network: its own model (built and resumed as a training alone would
+    be, later given its result's weights), its optimiser until packed, and its bookkeeping."""
+
+    model: models.Classifier
+    opt: torch.optim.Optimizer | None
+    start: int
+    best_acc: float
+    best_state: dict | None
+    history: list[dict]
+    notes: list[str]
+    run_config: dict
+    ckpt: Path | None
+
+
+def _resumed_member(seed: int, tr: Dataset, va: Dataset, ckpt: Path | None, cfg: TrainConfig, dev: torch.device,
+                    graphed: bool) -> _Member:
+    """A member's model and optimiser as :func:`fsfsl_utils.train.finetune` makes them, resumed from
+    its checkpoint when there is one."""
+    torch.manual_seed(seed)  # the head's initial weights, as a training alone draws them
+    model = models.build_classifier(cfg.backbone, len(tr.class_names), cfg.weights)
+    model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
+    opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+    notes: list[str] = []
+    run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(tr), "n_val": len(va)}
+    start, best_acc, best_state, history = train._resume(ckpt, model, opt, dev, notes, run_config)
+    return _Member(model, opt, start, best_acc, best_state, history, notes, run_config, ckpt)
+
+
 def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: TrainConfig, seeds: Sequence[int],
                     views: Sequence[str], checkpoint_dirs: Sequence[str | Path | None] | None = None,
                     progress: bool | None = None) -> Generator[None, None, list[train.FitResult]]:
@@ -264,21 +295,12 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     dev = models.pick_device(cfg.device)
     use_amp = cfg.amp and dev.type == "cuda"
     graphed = cfg.cuda_graphs and dev.type == "cuda"
-    members, member_opts, resumed = [], [], []
-    for seed, tr, va, ckpt in zip(seeds, trains, vals, ckpts):
-        torch.manual_seed(seed)  # the head's initial weights, as a training alone draws them
-        model = models.build_classifier(cfg.backbone, len(tr.class_names), cfg.weights)
-        model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
-        opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
-        notes: list[str] = []
-        run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(tr), "n_val": len(va)}
-        members.append(model)
-        member_opts.append(opt)
-        resumed.append((*train._resume(ckpt, model, opt, dev, notes, run_config), notes, run_config))
-    starts = {r[0] for r in resumed}
-    pending = {bool(r[3]) and "val_accuracy" not in r[3][-1] for r in resumed}
+    members = [_resumed_member(seed, tr, va, ckpt, cfg, dev, graphed)
+               for seed, tr, va, ckpt in zip(seeds, trains, vals, ckpts)]
+    starts = {m.start for m in members}
+    pending = {bool(m.history) and "val_accuracy" not in m.history[-1] for m in members}
     if len(starts) > 1 or len(pending) > 1:  # resume each where it stopped, one after another
-        del members, member_opts
+        del members
         alone = []
         for tr, va, seed, ckpt in zip(trains, vals, seeds, ckpts):
             result = yield from train.finetune(tr, va, cfg, seed, views, ckpt, progress)
@@ -287,27 +309,27 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
             alone.append(result)
         return alone
     start = starts.pop()
-    best_acc = [r[1] for r in resumed]
-    best_state = [r[2] for r in resumed]
-    history = [r[3] for r in resumed]
-    notes = [r[4] for r in resumed]
-    run_configs = [r[5] for r in resumed]
 
-    model = PackedClassifier(members).to(dev).to(memory_format=train.memory_format(cfg.channels_last))
+    model = PackedClassifier([m.model for m in members])
+    model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
     opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
     if start > 0:
         lr = opt.param_groups[0]["lr"]
-        opt.load_state_dict(pack_optimizer_states([o.state_dict() for o in member_opts]))
+        opt.load_state_dict(pack_optimizer_states([m.opt.state_dict() for m in members]))
         for group in opt.param_groups:  # keep the lr object a captured graph reads
             group["lr"] = lr
-    del member_opts
+    for member in members:
+        member.opt = None  # packed from here on
     weights = [torch.tensor(train.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
                if cfg.class_weight == "balanced" else None for tr in trains]
     loss_of = packed_loss(weights)
     x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
     y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]
-    shared: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
-    x_vals = [shared.setdefault(id(va), torch.from_numpy(va.images).to(dev)) for va in vals]
+    on_device: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
+    for va in vals:
+        if id(va) not in on_device:
+            on_device[id(va)] = torch.from_numpy(va.images).to(dev)
+    x_vals = [on_device[id(va)] for va in vals]
     member_inputs = None
     if dev.type == "cuda":  # on a GPU validation images are transformed once, each set once
         transformed: dict[int, torch.Tensor] = {}
@@ -331,14 +353,14 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         if accs is None:
             return
         state = None
-        for m, acc in enumerate(accs):
-            history[m][-1]["val_accuracy"] = acc
-            if acc > best_acc[m]:
+        for m, (member, acc) in enumerate(zip(members, accs)):
+            member.history[-1]["val_accuracy"] = acc
+            if acc > member.best_acc:
                 state = state if state is not None else validation.model.state_dict()
-                best_acc[m], best_logits[m] = acc, validation.logits[m]
-                best_state[m] = train.cpu_copy(unpack_tensors(state, m, n))
-                if ckpts[m]:
-                    writer.save(best_state[m], ckpts[m] / "best.pt")
+                member.best_acc, best_logits[m] = acc, validation.logits[m]
+                member.best_state = train.cpu_copy(unpack_tensors(state, m, n))
+                if member.ckpt:
+                    writer.save(member.best_state, member.ckpt / "best.pt")
 
     t0 = time.perf_counter()
     try:
@@ -374,13 +396,13 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
                     raise train._loss_error(total, epoch)
             settle()
             packed_state, opt_state = model.state_dict(), opt.state_dict()
-            for m in range(n):
-                history[m].append({"epoch": epoch + 1, "train_loss": totals[m] / len(x_trains[m]),
-                                   "lr": train.lr_at(cfg, epoch)})
-                if ckpts[m]:
+            for m, member in enumerate(members):
+                member.history.append({"epoch": epoch + 1, "train_loss": totals[m] / len(x_trains[m]),
+                                       "lr": train.lr_at(cfg, epoch)})
+                if member.ckpt:
                     writer.save({"epoch": epoch + 1, "model": unpack_tensors(packed_state, m, n),
-                                 "optimizer": member_optimizer_state(opt_state, m, n), "best_acc": best_acc[m],
-                                 "history": history[m], "config": run_configs[m]}, ckpts[m] / "last.pt")
+                                 "optimizer": member_optimizer_state(opt_state, m, n), "best_acc": member.best_acc,
+                                 "history": member.history, "config": member.run_config}, member.ckpt / "last.pt")
             validation.start(model)
             yield
         settle()
@@ -395,19 +417,20 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
                           f"{fast_step.counts['eager']} eager")
     results = []
     for m, member in enumerate(members):
-        member.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
+        net = member.model
+        net.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
         inputs = member_inputs[m] if member_inputs is not None else None
         last_logits = validation.logits[m] if validation.logits is not None else \
-            train.predict(member, x_vals[m], cfg, use_amp, inputs=inputs)
-        if best_state[m] is not None:
-            member.load_state_dict(best_state[m])
+            train.predict(net, x_vals[m], cfg, use_amp, inputs=inputs)
+        if member.best_state is not None:
+            net.load_state_dict(member.best_state)
         val_logits = best_logits[m] if best_logits[m] is not None else \
-            train.predict(member, x_vals[m], cfg, use_amp, inputs=inputs)
-        view_logits = {v: train.predict(member, torch.from_numpy(augment.view_images(vals[m], v)).to(dev), cfg,
+            train.predict(net, x_vals[m], cfg, use_amp, inputs=inputs)
+        view_logits = {v: train.predict(net, torch.from_numpy(augment.view_images(vals[m], v)).to(dev), cfg,
                                         use_amp) for v in views}
-        member_notes = notes[m] + step_notes + [
+        notes = member.notes + step_notes + [
             f"trained packed: {n} trainings of this config as one network (fsfsl_utils.packed), seeds "
-            f"{list(seeds)}", train.best_epoch_note(best_acc[m])]
-        results.append(train.FitResult("finetune", val_logits, view_logits, member, str(dev), history[m],
-                                       {"train": train_seconds}, member_notes, last_logits))
+            f"{list(seeds)}", train.best_epoch_note(member.best_acc)]
+        results.append(train.FitResult("finetune", val_logits, view_logits, net, str(dev), member.history,
+                                       {"train": train_seconds}, notes, last_logits))
     return results
