@@ -4,9 +4,10 @@
 
 Every ``records/*.json`` of one run must exist in the other with equal metrics, per-image logits,
 view logits, history, sensitivity and settings; ``summary.json`` is compared the same way. Times,
-dates, paths, library versions and where a training ran are left out. A record written with a fuller config (defaults
-spelled out) still matches when every key the older one had keeps its value. Exit status 0 when
-the runs match, 1 with the differences listed.
+dates, paths (the run folder's own path inside texts too), library versions and where a training
+ran are left out. A record written with a fuller config (defaults spelled out) still matches when
+every key the older one had keeps its value. Exit status 0 when the runs match, 1 with the
+differences listed.
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ def compare_runs(before: Path, after: Path, summaries: bool = True) -> list[str]
         if not a.is_file() or not b.is_file():
             out.append(f"{name}: only in {'after' if b.is_file() else 'before'}")
             continue
-        out += [f"{name}{d}" for d in differences(json.loads(a.read_text()), json.loads(b.read_text()))]
+        out += [f"{name}{d}" for d in differences(_read(a, before), _read(b, after))]
     if summaries and (before / "summary.json").is_file():
-        out += [f"summary.json{d}" for d in differences(json.loads((before / "summary.json").read_text()),
-                                                        json.loads((after / "summary.json").read_text()))]
+        out += [f"summary.json{d}" for d in differences(_read(before / "summary.json", before),
+                                                        _read(after / "summary.json", after))]
     return out
+
+
+def _read(path: Path, run_dir: Path) -> object:
+    """A JSON file of a run, its run folder's own path written as ``<run>`` (notes name checkpoints in it)."""
+    return json.loads(path.read_text().replace(str(run_dir.resolve()), "<run>"))
 
 
 def main(argv: list[str] | None = None) -> int:
