@@ -10,8 +10,10 @@ today's path, then the study's 30 trainings packed.
    logit difference, the share of validation images with the same prediction and both accuracies.
    Grouped kernels may sum gradients in another order than the single ones (on a CPU with one
    thread at small sizes they do not: ``tests/test_packed.py`` checks bit for bit), and training
-   amplifies rounding, so the check is against a tolerance: first-epoch logits within
-   ``--tolerance``, and final accuracies compared with the seeds' spread.
+   amplifies rounding, so the check is against a tolerance: after one epoch, packed and alone
+   logits within the larger of ``--tolerance`` and twice the difference between the same
+   trainings run alone twice (a GPU's own nondeterminism); final accuracies are compared with the
+   seeds' spread.
 2. All trainings of the study (six arms, or ``--arms``, x ``--seeds``) trained ahead packed
    (``experiment.train_ahead(pack=N)``), timed; issue 16's target is 360 s on one H200. It starts
    only when the rate measured in 1 says it ends within ``--budget`` seconds.
@@ -107,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     first = [{**j, "checkpoint_dir": None} for j in first]
     labels = first[0]["val"].labels
     _, alone = timed_fits(first, 1)
+    _, again = timed_fits(first, 1)  # the same trainings alone once more: the device's own nondeterminism
     _, packed = timed_fits(first, args.pack)
     result["first_epoch"] = compare(alone, packed, labels)
+    result["first_epoch_alone_twice"] = compare(alone, again, labels)
     worst = max(r["max_logit_difference"] for r in result["first_epoch"])
-    result["first_epoch_within_tolerance"] = worst <= args.tolerance
-    print(f"first epoch: largest logit difference packed vs alone {worst:.3g} (tolerance {args.tolerance})",
-          flush=True)
+    rerun = max(r["max_logit_difference"] for r in result["first_epoch_alone_twice"])
+    limit = max(args.tolerance, 2 * rerun)
+    result["first_epoch_limit"] = limit
+    result["first_epoch_within_tolerance"] = worst <= limit
+    print(f"first epoch: largest logit difference packed vs alone {worst:.3g}, alone vs alone {rerun:.3g} "
+          f"(limit: the larger of {args.tolerance} and twice the latter)", flush=True)
     # 1b. the whole recipe of 01, today's path vs packed, side by side
     jobs = experiment.ahead_jobs(specs_of(["01_baseline"]), out / "side-by-side", store, progress=False)
     jobs = [{**j, "checkpoint_dir": None} for j in jobs]
