@@ -196,24 +196,6 @@ def packed_loss(weights: Sequence[torch.Tensor | None]) -> Callable[..., torch.T
     return loss
 
 
-def packed_logits(model: PackedClassifier, images: Sequence[torch.Tensor], cfg: TrainConfig, use_amp: bool = False,
-                  batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (``N x M x K``, float32, on the device) of each member on its own uint8 images, through
-    the eval transform in batches of :func:`fsfsl_utils.train.device_logits`' size (``inputs``: the
-    packed, transformed images)."""
-    model.eval()
-    outs = []
-    if inputs is not None:
-        batch_size = max(batch_size, 256)
-    with torch.inference_mode(), torch.autocast(images[0].device.type, dtype=torch.bfloat16, enabled=use_amp):
-        for s in range(0, len(images[0]), batch_size):
-            x = inputs[s:s + batch_size] if inputs is not None else torch.cat(
-                [models.preprocess(im[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
-                 for im in images], 1).contiguous(memory_format=torch.channels_last)
-            outs.append(model(x).float())
-    return torch.cat(outs)
-
-
 class PackedValidation(train.Validation):
     """:class:`~fsfsl_utils.train.Validation` of a packed network: each member on its own
     validation images; ``finish()`` gives one accuracy per member and ``logits`` is ``M x N x K``."""
@@ -224,7 +206,7 @@ class PackedValidation(train.Validation):
         self.x_vals, self.y_vals = list(x_vals), [np.asarray(y) for y in y_vals]
 
     def _logits(self) -> torch.Tensor:
-        return packed_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
+        return train.device_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
 
     def finish(self) -> list[float] | None:  # type: ignore[override]
         if self.pending is None:

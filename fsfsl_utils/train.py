@@ -690,17 +690,25 @@ def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, use_amp: b
     return device_logits(model, images, cfg, use_amp, batch_size, inputs).cpu().numpy().astype(np.float64)
 
 
-def device_logits(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, use_amp: bool = False,
-                  batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`predict`'s logits as a float32 tensor on the images' device (no wait for the device)."""
+def device_logits(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], cfg: TrainConfig,
+                  use_amp: bool = False, batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`predict`'s logits as a float32 tensor on the images' device (no wait for the device).
+
+    ``images`` may be a list, one per member of a packed network (:mod:`fsfsl_utils.packed`): each
+    batch is then the members' transformed images side by side on the channel axis."""
+    members = list(images) if isinstance(images, (list, tuple)) else [images]
     model.eval()
     outs = []
     if inputs is not None:
         batch_size = max(batch_size, 256)
-    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        for s in range(0, len(images), batch_size):
-            x = inputs[s:s + batch_size] if inputs is not None else \
-                models.preprocess(images[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
+    with torch.inference_mode(), torch.autocast(members[0].device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for s in range(0, len(members[0]), batch_size):
+            if inputs is not None:
+                x = inputs[s:s + batch_size]
+            else:
+                parts = [models.preprocess(im[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
+                         for im in members]
+                x = parts[0] if len(parts) == 1 else torch.cat(parts, 1).contiguous(memory_format=torch.channels_last)
             outs.append(model(x).float())
     return torch.cat(outs)
 

@@ -139,8 +139,7 @@ def test_what_cannot_be_packed_is_refused_or_trained_alone(parts):
     # fit_many packs only what can be packed: sizes differ here, so each trains alone
     jobs = [{"train": tr, "val": va, "config": {**TINY, "epochs": 1}, "seed": 0, "views": ()}
             for tr in (tr_a, tr_a.subset(np.arange(12)))]
-    assert [groups for groups in map(len, train._packs([(i, {**j, "views": ()}, cfg) for i, j in enumerate(jobs)],
-                                                       4))] == [1, 1]
+    assert [len(g) for g in train._packs([(i, {**j, "views": ()}, cfg) for i, j in enumerate(jobs)], 4)] == [1, 1]
     assert [len(g) for g in train._packs([(i, {"train": tr_a, "val": va, "views": ()}, cfg) for i in range(5)], 2)] \
         == [2, 2, 1]
 

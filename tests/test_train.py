@@ -77,14 +77,14 @@ def test_finetune_resume_matches_uninterrupted(tiny, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False, on_epoch_end=crash)
-    stopped = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    stopped = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert stopped["epoch"] == 1 and "val_accuracy" not in stopped["history"][-1]  # validated on resume
     seen = []
     resumed = train.fit(tr, va, TINY, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False,
                         on_epoch_end=lambda epoch, row: seen.append((epoch, row["val_accuracy"])))
     assert seen == [(h["epoch"], h["val_accuracy"]) for h in full.history]
     assert any("resumed" in n for n in resumed.notes)
-    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=False)["model"] for run in "ab"}
+    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in "ab"}
     for k, a in last["a"].items():  # the weights after the last epoch
         assert torch.equal(a, last["b"][k]), k
     np.testing.assert_array_equal(full.val_logits, resumed.val_logits)
@@ -347,7 +347,7 @@ def test_fit_many_gives_each_training_what_fit_gives_alone(tiny, tmp_path):
             np.testing.assert_array_equal(res.view_logits[v], alone.view_logits[v])
         for (k, a), b in zip(alone.model.state_dict().items(), res.model.state_dict().values()):
             assert torch.equal(a, b), k  # the kept (best-epoch) weights
-    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=False) for run in ("together", "alone")}
+    last = {run: torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("together", "alone")}
     assert last["together"]["epoch"] == 3
     for k, a in last["alone"]["model"].items():  # the weights after the last epoch
         assert torch.equal(a, last["together"]["model"][k]), k
