@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,17 @@ def _publish(path: Path, write: Callable[[Path], object], next_free: Callable[[P
                 path = next_free(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def discard_orphan_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that writers of ``path`` left when they were killed mid-write (a process
+    killed by its node's death cannot clean up after itself); returns them. Call it only when no
+    writer of ``path`` is running, e.g. once every training of a study has returned."""
+    path = Path(path)
+    orphans = sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -143,6 +143,8 @@ class RayRunner:
             next(ticks, None)
             if on_record:
                 on_record(out[i])
+        for record in out:  # a task whose node died mid-write left a temp file; its retry wrote the record
+            results.discard_orphan_temps(record["_path"])
         return out  # type: ignore[return-value]
 
 

@@ -114,6 +114,28 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_temp_files_of_killed_writers_are_discarded_and_nothing_else(tmp_path):
+    """A writer killed mid-write (SIGKILL: no finally runs) leaves its hidden temp file; once no writer
+    of that record runs, discard_orphan_temps removes it and only it."""
+    import subprocess
+    import sys
+
+    target = results.atomic_write_json(tmp_path / "a[1].json", {"v": 1})  # glob characters in the name
+    other = results.atomic_write_json(tmp_path / "b.json", {"v": 2})
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys; from fsfsl_utils import results\n"
+        "die = lambda tmp: (tmp.write_text('half'), os.kill(os.getpid(), signal.SIGKILL))\n"
+        "results.atomic_write(sys.argv[1], die)"),
+        str(target)], capture_output=True)
+    assert killed.returncode == -9
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].name.startswith(".a[1].json.")
+    assert results.discard_orphan_temps(other) == []
+    assert results.discard_orphan_temps(target) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a[1].json", "b.json"]
+    assert json.loads(target.read_text()) == {"v": 1}
+
+
 def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_umask(tmp_path, monkeypatch):
     target = results.atomic_write_json(tmp_path / "r.json", {"v": 1})
     assert target.stat().st_mode & 0o777 == 0o666 & ~results.current_umask()  # as open() would make it, not 0600
