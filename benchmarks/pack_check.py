@@ -18,8 +18,10 @@ today's path, then the study's 30 trainings packed.
    (``experiment.train_ahead(pack=N)``), timed; issue 16's target is 360 s on one H200. It starts
    only when the rate measured in 1 says it ends within ``--budget`` seconds.
 
-Writes ``OUT/pack_check.json``. ``--synthetic`` makes an ELPV-shaped random pack here (a training's
-time depends on counts and shapes, not on pixel values).
+Writes ``OUT/pack_check.json`` after every stage (a run cut off by a time limit keeps what it
+measured; ``study.started`` without ``study.seconds`` means step 2 did not finish).
+``--synthetic`` makes an ELPV-shaped random pack here (a training's time depends on counts and
+shapes, not on pixel values).
 
 CPU dry run (tests/test_pack_check.py)::
 
@@ -62,6 +64,12 @@ def compare(alone: list[train.FitResult], packed: list[train.FitResult], labels:
                      "accuracy_alone": float((a.last_logits.argmax(1) == labels).mean()),
                      "accuracy_packed": float((b.last_logits.argmax(1) == labels).mean())})
     return rows
+
+
+def save(out: Path, result: dict, t_start: float) -> None:
+    """Write ``OUT/pack_check.json`` as measured so far (atomically), with the seconds since the start."""
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(out / "pack_check.json", result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = max(args.tolerance, 2 * rerun)
     result["first_epoch_limit"] = limit
     result["first_epoch_within_tolerance"] = worst <= limit
+    save(out, result, t_start)  # written after every stage: a run cut off by its time limit keeps what it measured
     print(f"first epoch: largest logit difference packed vs alone {worst:.3g}, alone vs alone {rerun:.3g} "
           f"(limit: the larger of {args.tolerance} and twice the latter)", flush=True)
     # 1b. the whole recipe of 01, today's path vs packed, side by side
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                               "seed_spread_of_accuracy": spread,
                               "largest_accuracy_difference": max(abs(r["accuracy_alone"] - r["accuracy_packed"])
                                                                  for r in rows)}
+    save(out, result, t_start)
     print(f"01 baseline, {len(jobs)} seeds: streams {t_alone:.1f} s, packed {t_packed:.1f} s "
           f"({t_alone / t_packed:.2f}x)", flush=True)
     # 2. the study's trainings, packed, when the measured rate says they fit
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
     result["study"] = {"trainings": len(study), "image_epochs": image_epochs, "estimated_s": round(estimate, 1)}
     if elapsed + estimate <= args.budget:
+        result["study"]["started"] = True
+        save(out, result, t_start)
         t0 = time.perf_counter()
         done = experiment.train_ahead(study, out / "study", store, progress=False, pack=args.pack)
         if torch.cuda.is_available():
@@ -158,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result["study"]["skipped"] = f"estimated {estimate:.0f} s with {elapsed:.0f} s used (budget {args.budget:.0f})"
         print(f"study: skipped, {result['study']['skipped']}", flush=True)
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    atomic_write_json(out / "pack_check.json", result)
+    save(out, result, t_start)
     print(json.dumps({k: result[k] for k in ("gpu", "first_epoch_within_tolerance", "study", "wall_s")}), flush=True)
     return 0
 

