@@ -18,7 +18,7 @@
 # Call 1, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh pack
 # Call 2 at once (the machine stays warm 30 s and keeps /tmp/site), no carry, timeout_s 300:
 #                                                     bash benchmarks/device_checks.sh ray
-# Each writes its JSON and a log to $OUT (the trainings' checkpoints stay in $WORK on the machine).
+# (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the trainings' checkpoints stay in $WORK on the machine).
 # Arguments after the check's name go to its script after the defaults below, so they override them.
 # Dry run on a CPU (tests/test_device_checks.py):
 #   PYTHON=.venv/bin/python DEVICE=cpu INSTALL=0 OUT=/tmp/o WORK=/tmp/w bash benchmarks/device_checks.sh pack --tiny ...
@@ -26,23 +26,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository's root: the scripts and the kit are found from there
 check="${1:-}"; shift || true
 PY="${PYTHON:-python3}"; DEVICE="${DEVICE:-cuda}"; SITE="${SITE:-/tmp/site}"
-OUT="${OUT:-/tmp/out}"; WORK="${WORK:-/tmp/fsfsl-work}"
+OUT="${OUT:-/tmp/out}"; WORK="${WORK:-/tmp/fsfsl-work}"; CARRIED="${CARRIED:-.}"  # where .whl and .whl-ray are
 case "$check" in
-    pack|ray) ;;
-    *) echo "usage: device_checks.sh pack|ray [arguments for its script]" >&2; exit 2 ;;
+    pack|ray|install) ;;
+    *) echo "usage: device_checks.sh pack|ray|install [arguments for its script]" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT" "$WORK"
 if [ "${INSTALL:-1}" != 0 ] && [ ! -e "$SITE/.fsfsl-installed" ]; then
     # wheels the machine's image lacks (KINDS.md lists what it has), then Ray core from its bundle
     shopt -s nullglob
-    wheels=(.whl/*.whl .whl-ray/*.whl)
-    bundles=(.whl-ray/ray-*-slim.tar.xz)
+    mkdir -p "$SITE"
+    wheels=("$CARRIED"/.whl/*.whl "$CARRIED"/.whl-ray/*.whl)
+    bundles=("$CARRIED"/.whl-ray/ray-*-slim.tar.xz)
     if [ ${#wheels[@]} -gt 0 ]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
     fi
-    for bundle in "${bundles[@]}"; do tar -xJf "$bundle" -C "$SITE"; done
+    for bundle in "${bundles[@]}"; do  # Python's own xz, not an xz program the image may lack
+        "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='tar')" \
+            "$bundle" "$SITE"
+    done
     touch "$SITE/.fsfsl-installed"
+    echo "installed ${#wheels[@]} wheel(s) and ${#bundles[@]} bundle(s) into $SITE"
 fi
+[ "$check" != install ] || exit 0
 export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0 FSFSL_CACHE="$WORK/cache"
 device=()
 [ "$DEVICE" = cuda ] || device=(--device "$DEVICE")

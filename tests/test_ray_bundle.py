@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -91,5 +92,42 @@ def test_device_checks_names_its_checks(tmp_path):
     env = {**os.environ, "INSTALL": "0", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
     for args in ([], ["packed"]):
         done = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2 and "usage: device_checks.sh pack|ray" in done.stderr
+        assert done.returncode == 2 and "usage: device_checks.sh pack|ray|install" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_device_checks_installs_the_carried_wheels_and_bundle_once(tmp_path):
+    """What call 1 does first on the device machine: the wheels of .whl and .whl-ray installed with
+    pip, Ray's bundle unpacked beside them (executables stay executable); call 2 installs nothing."""
+    carried = tmp_path / "carried"
+    (carried / ".whl").mkdir(parents=True)
+    (carried / ".whl-ray").mkdir()
+    with zipfile.ZipFile(carried / ".whl" / "demo_fsfsl-0.1-py3-none-any.whl", "w") as wheel:
+        files = {"demo_fsfsl/__init__.py": "ANSWER = 42\n",
+                 "demo_fsfsl-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: demo-fsfsl\nVersion: 0.1\n",
+                 "demo_fsfsl-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n"}
+        record = "demo_fsfsl-0.1.dist-info/RECORD"
+        files[record] = "".join(f"{name},,\n" for name in [*files, record])
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    with tarfile.open(carried / ".whl-ray" / "ray-9.9.9-slim.tar.xz", "w:xz", preset=0) as bundle:
+        for name, text, mode in (("ray/__init__.py", b"__version__ = '9.9.9'\n", 0o644),
+                                 ("ray/core/raylet", b"#!/bin/sh\necho raylet\n", 0o755)):
+            entry = tarfile.TarInfo(name)
+            entry.size, entry.mode = len(text), mode
+            bundle.addfile(entry, io.BytesIO(text))
+    script = experiment.project_root() / "benchmarks" / "device_checks.sh"
+    site = tmp_path / "site"
+    env = {**os.environ, "PYTHON": sys.executable, "SITE": str(site), "CARRIED": str(carried),
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    first = subprocess.run(["bash", str(script), "install"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"installed 1 wheel(s) and 1 bundle(s) into {site}" in first.stdout
+    assert os.access(site / "ray" / "core" / "raylet", os.X_OK)
+    found = subprocess.run([sys.executable, "-c", "import demo_fsfsl, ray; print(demo_fsfsl.ANSWER, ray.__version__, "
+                            "ray.__file__)"], env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,
+                           text=True, timeout=60)
+    assert found.stdout.split()[:2] == ["42", "9.9.9"] and found.stdout.split()[2].startswith(str(site))
+    again = subprocess.run(["bash", str(script), "install"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "installed" not in again.stdout  # the warm machine keeps what call 1 put there
