@@ -32,7 +32,7 @@ def test_pack_check_dry_run_on_cpu(tmp_path):
     assert result["first_epoch_within_tolerance"] and result["first_epoch_limit"] == 0.05
     assert all(r["max_logit_difference"] == 0.0 for r in result["first_epoch_alone_twice"])  # a CPU repeats itself
     side = result["side_by_side"]
-    assert side["trainings"] == 2 and side["streams_s"] > 0 and side["packed_s"] > 0
+    assert side["trainings"] == 2 and side["epochs"] == 1 and side["streams_s"] > 0 and side["packed_s"] > 0
     assert all(r["max_logit_difference"] < 1e-3 for r in side["per_seed"])
     assert result["study"]["trained"] == 4 and result["study"]["seconds"] > 0  # two arms x two seeds
 
