@@ -14,14 +14,15 @@
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-ray \
 #       jsonschema jsonschema-specifications referencing rpds-py
 #   python3 benchmarks/ray_bundle.py /tmp/raywhl/ray-2.60.0-*.whl --out .whl-ray
-# (.whl 17 MiB + .whl-ray 24 MiB + the tree 9 MiB: under the 64 MiB a call carries.)
+# (.whl 17 MiB + .whl-ray 21 MiB + the tracked tree 9 MiB: under the 64 MiB a call carries.)
 # Call 1, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh pack
 # Call 2 at once (the machine stays warm 30 s and keeps /tmp/site), no carry, timeout_s 250, when
 # status says at least 270 s of device time are left:  bash benchmarks/device_checks.sh ray
 # LIMIT (seconds) caps a check's script (default: pack 560, ray 240), for a session with less time.
-# (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the trainings' checkpoints stay in $WORK on the machine).
+# (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the
+# trainings' checkpoints stay in $WORK on the machine).
 # Arguments after the check's name go to its script after the defaults below, so they override them.
-# Dry run on a CPU (tests/test_device_checks.py):
+# Dry runs on a CPU (tests/test_pack_check.py, test_ray_gpu_check.py, test_ray_bundle.py):
 #   PYTHON=.venv/bin/python DEVICE=cpu INSTALL=0 OUT=/tmp/o WORK=/tmp/w bash benchmarks/device_checks.sh pack --tiny ...
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository's root: the scripts and the kit are found from there
