@@ -708,7 +708,8 @@ def device_logits(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor
             else:
                 parts = [models.preprocess(im[s:s + batch_size], cfg.backbone, cfg.input_size, cfg.crop_fraction)
                          for im in members]
-                x = parts[0] if len(parts) == 1 else torch.cat(parts, 1).contiguous(memory_format=torch.channels_last)
+                x = parts[0] if len(parts) == 1 else \
+                    torch.cat(parts, 1).contiguous(memory_format=memory_format(cfg.channels_last))
             outs.append(model(x).float())
     return torch.cat(outs)
 
