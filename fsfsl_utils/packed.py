@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, models, train
+from . import models, train
 from .config import TrainConfig
 from .data import Dataset
 from .progress import progress_bar
@@ -296,10 +296,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
     opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
     if start > 0:
-        lr = opt.param_groups[0]["lr"]
-        opt.load_state_dict(pack_optimizer_states([m.opt.state_dict() for m in members]))
-        for group in opt.param_groups:  # keep the lr object a captured graph reads
-            group["lr"] = lr
+        train.load_optimizer_state(opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
     for member in members:
         member.opt = None  # packed from here on
     weights = [torch.tensor(train.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
@@ -348,8 +345,8 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     try:
         for epoch in progress_bar(range(start, cfg.epochs), desc=f"epochs ({n} packed)", enable=progress,
                                   initial=start, total=cfg.epochs):
-            gens = [torch.Generator().manual_seed(seed * 100_003 + epoch) for seed in seeds]
-            drops = [torch.Generator(device=dev).manual_seed(seed * 100_003 + epoch) for seed in seeds]
+            gens = [torch.Generator().manual_seed(train.epoch_seed(seed, epoch)) for seed in seeds]
+            drops = [torch.Generator(device=dev).manual_seed(train.epoch_seed(seed, epoch)) for seed in seeds]
             train.set_lr(opt, train.lr_at(cfg, epoch))
             model.train()
             perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(x_trains, gens)]
@@ -393,23 +390,14 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
-    step_notes = list(fast_step.notes) if fast_step is not None else []
-    if fast_step is not None and fast_step.counts["graph"]:
-        step_notes.append(f"training steps: {fast_step.counts['graph']} CUDA graph replays, "
-                          f"{fast_step.counts['eager']} eager")
+    step_notes = fast_step.summary_notes() if fast_step is not None else []
     results = []
     for m, member in enumerate(members):
         net = member.model
         net.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
-        inputs = member_inputs[m] if member_inputs is not None else None
-        last_logits = validation.logits[m] if validation.logits is not None else \
-            train.predict(net, x_vals[m], cfg, use_amp, inputs=inputs)
-        if member.best_state is not None:
-            net.load_state_dict(member.best_state)
-        val_logits = best_logits[m] if best_logits[m] is not None else \
-            train.predict(net, x_vals[m], cfg, use_amp, inputs=inputs)
-        view_logits = {v: train.predict(net, torch.from_numpy(augment.view_images(vals[m], v)).to(dev), cfg,
-                                        use_amp) for v in views}
+        val_logits, view_logits, last_logits = train.final_logits(
+            net, x_vals[m], vals[m], views, cfg, use_amp, member_inputs[m] if member_inputs is not None else None,
+            validation.logits[m] if validation.logits is not None else None, member.best_state, best_logits[m])
         notes = member.notes + step_notes + [
             f"trained packed: {n} trainings of this config as one network (fsfsl_utils.packed), seeds "
             f"{list(seeds)}", train.best_epoch_note(member.best_acc)]

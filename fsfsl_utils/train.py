@@ -381,8 +381,8 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
     try:
         for epoch in progress_bar(range(start, cfg.epochs), desc="epochs", enable=progress, initial=start,
                                   total=cfg.epochs):
-            torch.manual_seed(seed * 100_003 + epoch)  # stateless per epoch: resuming gives the same run
-            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            torch.manual_seed(epoch_seed(seed, epoch))  # stateless per epoch: resuming gives the same run
+            gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
             set_lr(opt, lr_at(cfg, epoch))
             model.train()
             perm = torch.randperm(len(x_train), generator=gen).to(dev)
@@ -417,20 +417,34 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
     if fast_step is not None:
-        notes += fast_step.notes
-        if fast_step.counts["graph"]:
-            notes.append(f"training steps: {fast_step.counts['graph']} CUDA graph replays, "
-                         f"{fast_step.counts['eager']} eager")
-    last_logits = validation.logits if validation.logits is not None else \
-        predict(model, x_val, cfg, use_amp, inputs=val_inputs)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    val_logits = best_logits if best_logits is not None else predict(model, x_val, cfg, use_amp, inputs=val_inputs)
-    view_logits = {v: predict(model, torch.from_numpy(augment.view_images(val, v)).to(dev), cfg, use_amp)
-                   for v in views}
+        notes += fast_step.summary_notes()
+    val_logits, view_logits, last_logits = final_logits(model, x_val, val, views, cfg, use_amp, val_inputs,
+                                                        validation.logits, best_state, best_logits)
     notes.append(best_epoch_note(best_acc))
     return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
                      {"train": train_seconds}, notes, last_logits)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a training's random draws in ``epoch``: a function of the two alone, so a resumed
+    or packed training draws what the same training run alone from the start draws."""
+    return seed * 100_003 + epoch
+
+
+def final_logits(model: nn.Module, x_val: torch.Tensor, val: Dataset, views: Sequence[str], cfg: TrainConfig,
+                 use_amp: bool, inputs: torch.Tensor | None, last: np.ndarray | None, best_state: dict | None,
+                 best: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """A finished training's ``(validation logits, view logits, last epoch's logits)``: ``last`` (or
+    predicted with the model's weights now, the last epoch's), then the best epoch's weights
+    (``best_state``) are loaded and give the validation logits (``best``, or predicted) and each test-time
+    view's."""
+    last = last if last is not None else predict(model, x_val, cfg, use_amp, inputs=inputs)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val_logits = best if best is not None else predict(model, x_val, cfg, use_amp, inputs=inputs)
+    view_logits = {v: predict(model, torch.from_numpy(augment.view_images(val, v)).to(x_val.device), cfg, use_amp)
+                   for v in views}
+    return val_logits, view_logits, last
 
 
 def best_epoch_note(best_acc: float) -> str:
@@ -455,12 +469,18 @@ def _resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer, dev
         raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
                             "use a new results folder or delete the checkpoint")
     model.load_state_dict(state["model"])
-    lr = opt.param_groups[0]["lr"]
-    opt.load_state_dict(state["optimizer"])
-    for group in opt.param_groups:  # loading replaces the group's lr object: keep the one a graph reads
-        group["lr"] = lr
+    load_optimizer_state(opt, state["optimizer"])
     notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {state['epoch']}")
     return state["epoch"], state["best_acc"], best_saved, state["history"]
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping the learning-rate object (loading replaces it; a captured
+    graph reads the one it was captured with)."""
+    lr = opt.param_groups[0]["lr"]
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def load_checkpoint(path: Path, device: torch.device | str, notes: list[str]) -> dict | None:
@@ -564,6 +584,12 @@ class TrainStep:
         self.warmed: dict[int, int] = {}  # eager warm-up steps per batch size
         self.counts = {"eager": 0, "graph": 0}
         self.notes: list[str] = []
+
+    def summary_notes(self) -> list[str]:
+        """What a record says of these steps: why a capture or compilation fell back, how many replays."""
+        counts = [f"training steps: {self.counts['graph']} CUDA graph replays, {self.counts['eager']} eager"] \
+            if self.counts["graph"] else []
+        return [*self.notes, *counts]
 
     def _cross_entropy(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                        y: torch.Tensor) -> torch.Tensor:
