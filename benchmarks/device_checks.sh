@@ -2,8 +2,8 @@
 # The two GPU measurements still open, for a session lent a GPU by the device tool: packed
 # fine-tuning against the 6-minute target (issue 16, benchmarks/pack_check.py) and the paper
 # profile through Ray at 4 trainings per GPU beside the local runner (issue 17,
-# benchmarks/ray_gpu_check.py). Two calls on one warm machine, at most about 14 minutes of device
-# time with its start (the calls' limits; the H200 runs in benchmarks/RESULTS.md suggest less).
+# benchmarks/ray_gpu_check.py). One call on the device machine (`all`: at most about 12 minutes of
+# device time with the machine's start), or two (`pack`, then `ray`: about 14).
 #
 # Here, once, before the device calls (`make test-slow` first: it dry-runs this script):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -15,15 +15,21 @@
 #       jsonschema jsonschema-specifications referencing rpds-py
 #   python3 benchmarks/ray_bundle.py /tmp/raywhl/ray-2.60.0-*.whl --out .whl-ray
 # (.whl 17 MiB + .whl-ray 21 MiB + the tracked tree 9 MiB: under the 64 MiB a call carries.)
-# Call 1, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh pack
-# Call 2 at once (the machine stays warm 30 s and keeps /tmp/site), no carry, timeout_s 250, when
-# status says at least 270 s of device time are left:  bash benchmarks/device_checks.sh ray
-# LIMIT (seconds) caps a check's script (default: pack 560, ray 240), for a session with less time.
+# The call, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh all
+# It runs the pack check with the whole LIMIT (default 570 s; its 30 trainings start only when the
+# rate it measured says they end 40 s before it), then the Ray check when RAY_MIN (150) seconds of
+# LIMIT are left; ray.log says so when they are not. Then, and only then, a second call at once (the
+# machine stays warm 30 s and keeps /tmp/site; after that a fresh one needs the carry again), when
+# status says at least 270 s of device time are left, no carry, timeout_s 250:
+#   bash benchmarks/device_checks.sh ray
+# `pack` and `ray` run one check each (LIMIT default: pack 560, ray 240).
 # (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the
 # trainings' checkpoints stay in $WORK on the machine).
-# Arguments after the check's name go to its script after the defaults below, so they override them.
-# Dry runs on a CPU (tests/test_pack_check.py, test_ray_gpu_check.py, test_ray_bundle.py):
-#   PYTHON=.venv/bin/python DEVICE=cpu INSTALL=0 OUT=/tmp/o WORK=/tmp/w bash benchmarks/device_checks.sh pack --tiny ...
+# Arguments after the check's name go to its script after the defaults below, so they override them
+# (with `all`: PACK_ARGS and RAY_ARGS).
+# Dry runs on a CPU (tests/test_pack_check.py runs `all`; test_ray_gpu_check.py, test_ray_bundle.py):
+#   PYTHON=.venv/bin/python DEVICE=cpu INSTALL=0 OUT=/tmp/o WORK=/tmp/w PACK_ARGS="--tiny ..." \
+#       RAY_ARGS="--profile smoke ..." bash benchmarks/device_checks.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository's root: the scripts and the kit are found from there
 check="${1:-}"; shift || true
@@ -31,7 +37,8 @@ PY="${PYTHON:-python3}"; DEVICE="${DEVICE:-cuda}"; SITE="${SITE:-/tmp/site}"
 OUT="${OUT:-/tmp/out}"; WORK="${WORK:-/tmp/fsfsl-work}"; CARRIED="${CARRIED:-.}"  # where .whl and .whl-ray are
 case "$check" in
     pack|ray|install) ;;
-    *) echo "usage: device_checks.sh pack|ray|install [arguments for its script]" >&2; exit 2 ;;
+    all) if [ $# -gt 0 ]; then echo "device_checks.sh all: give its scripts' arguments in PACK_ARGS and RAY_ARGS" >&2; exit 2; fi ;;
+    *) echo "usage: device_checks.sh pack|ray|all|install [arguments for its script]" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT" "$WORK"
 if [ "${INSTALL:-1}" != 0 ] && [ ! -e "$SITE/.fsfsl-installed" ]; then
@@ -64,20 +71,36 @@ status=0
 copied() {  # the check's JSON back to $OUT; a check that wrote none fails the script
     if ! cp "$1" "$OUT/"; then [ "$status" != 0 ] || status=1; fi
 }
-if [ "$check" = pack ]; then
-    # issue 16: first-epoch tolerance, 01's five seeds on streams vs packed, then the study's 30
-    # trainings packed by five (started only when the measured rate says they end within the budget)
-    limit="${LIMIT:-560}"  # step 2 starts only when it is estimated to end 40 s before the limit
+run_pack() {  # $1: seconds; issue 16: first-epoch tolerance, 01's five seeds on streams vs packed,
+    # then the study's 30 trainings packed by five (started only when the measured rate says they
+    # end 40 s before the limit)
+    local limit="$1"; shift
     timeout "$limit" "$PY" benchmarks/pack_check.py --out "$WORK/pack" --synthetic --pack 5 --seeds 5 \
-        --budget "$((limit - 40))" \
-        "${device[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
+        --budget "$((limit - 40))" "${device[@]}" "$@" 2>&1 | tee -a "$OUT/pack.log" || status=$?
     copied "$WORK/pack/pack_check.json"
-else
-    # issue 17: four paper-profile trainings (seed 0 of 01-04), 10 epochs each, first one after
-    # another on the local runner, then as Ray tasks at a quarter of the GPU each, all four at once
-    "$PY" -c "import ray; print('ray', ray.__version__)" | tee -a "$log"
-    timeout "${LIMIT:-240}" "$PY" benchmarks/ray_gpu_check.py --out "$WORK/ray" --synthetic --trainings 4 \
-        --per-gpu 4 --epochs 10 "${device[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
+}
+run_ray() {  # $1: seconds; issue 17: four paper-profile trainings (seed 0 of 01-04), 10 epochs each,
+    # first one after another on the local runner, then as Ray tasks at a quarter of the GPU each
+    local limit="$1"; shift
+    "$PY" -c "import ray; print('ray', ray.__version__)" | tee -a "$OUT/ray.log"
+    timeout "$limit" "$PY" benchmarks/ray_gpu_check.py --out "$WORK/ray" --synthetic --trainings 4 \
+        --per-gpu 4 --epochs 10 "${device[@]}" "$@" 2>&1 | tee -a "$OUT/ray.log" || status=$?
     copied "$WORK/ray/ray_gpu_check.json"
-fi
+}
+case "$check" in
+    pack) run_pack "${LIMIT:-560}" "$@" ;;
+    ray) run_ray "${LIMIT:-240}" "$@" ;;
+    all)  # one call for both, no idle machine between two calls: the pack check first (the larger
+        # claim, with the whole LIMIT), then Ray's when at least RAY_MIN seconds of LIMIT are left;
+        # PACK_ARGS and RAY_ARGS (split on spaces) go to each script
+        total="${LIMIT:-570}"; ray_min="${RAY_MIN:-150}"
+        read -r -a pack_args <<< "${PACK_ARGS:-}"; read -r -a ray_args <<< "${RAY_ARGS:-}"
+        run_pack "$total" "${pack_args[@]}"  # its 30 trainings start only when they end in time
+        left=$((total - SECONDS))
+        if [ "$left" -ge "$ray_min" ]; then
+            run_ray "$((left - 5))" "${ray_args[@]}"
+        else
+            echo "ray check not run: ${left} s of LIMIT=${total} left, it needs RAY_MIN=${ray_min}" | tee -a "$OUT/ray.log"
+        fi ;;
+esac
 exit "$status"

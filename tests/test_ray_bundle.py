@@ -87,12 +87,15 @@ def test_bundle_of_the_installed_ray_runs_a_task(tmp_path):
 
 
 def test_device_checks_names_its_checks(tmp_path):
-    """benchmarks/device_checks.sh refuses an unknown check before installing or running anything."""
+    """benchmarks/device_checks.sh refuses an unknown check, or arguments `all` would not pass on, before
+    installing or running anything."""
     script = experiment.project_root() / "benchmarks" / "device_checks.sh"
     env = {**os.environ, "INSTALL": "0", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
     for args in ([], ["packed"]):
         done = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2 and "usage: device_checks.sh pack|ray|install" in done.stderr
+        assert done.returncode == 2 and "usage: device_checks.sh pack|ray|all|install" in done.stderr
+    done = subprocess.run(["bash", str(script), "all", "--tiny"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "PACK_ARGS and RAY_ARGS" in done.stderr  # not silently dropped
     assert not (tmp_path / "out").exists()
 
 
