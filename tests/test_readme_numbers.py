@@ -1,0 +1,102 @@
+"""The README's fine-tuned table is what the kit computes from the records committed beside it.
+
+Issue 16 committed the 30 records of the paper-profile rerun (per-image logits) so that anyone can
+recompute the table; this test does, through the functions notebook 05 uses, and compares every
+number the README prints for that run. A changed record, a hand-edited README cell or a change in
+how 05 computes a number fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fsfsl_utils import report, results
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "paper-run-2026-11-28"
+SECTION = "### Fine-tuned, the study's recipe"
+ROWS = {"01 baseline": "01_baseline", "02 flip": "02_flip", "03 full augment": "03_full_augment",
+        "04 balanced augment": "04_balanced_augment", "04 control: plain copies": "04_balanced_duplicate",
+        "04 control: class-weighted loss": "04_class_weighted"}
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(title)
+    end = text.find("\n### ", start + len(title))
+    return text[start:end if end > 0 else len(text)]
+
+
+def table_rows(section: str) -> dict[str, list[str]]:
+    """First cell -> the other cells, for the rows of the section's first table."""
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        separator = all(c and set(c) <= set("-:") for c in cells)
+        if line.startswith("| ") and len(cells) > 1 and not separator:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def interval_text(effect: float, interval: str) -> str:
+    return f"{effect:+.1f} {interval}"
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    recs = results.load_records(RUN)
+    assert len(recs) == 30  # six arms x five seeds
+    return recs
+
+
+def test_the_arms_table_is_recomputed_from_the_committed_records(records):
+    rows = table_rows(readme_section(SECTION))
+    arms = report.arm_table(records)
+    for label, step in ROWS.items():
+        train, accuracy, normal, defective = rows[label][:4]
+        assert train == arms.loc[step, "train"], label
+        assert accuracy == arms.loc[step, "accuracy"], label
+        assert normal == arms.loc[step, "recall_normal"].split(" (")[0], label
+        assert defective == arms.loc[step, "recall_defective"], label
+    tta = report.tta_table(records, "04_balanced_augment")
+    accuracy, normal, defective = rows["04 + TTA vertical flip / blur"][1:4]
+    for cell, column in ((accuracy, "accuracy %"), (normal, "recall normal %"), (defective, "recall defective %")):
+        assert cell == " / ".join(f"{tta.loc[view, column]:.1f}" for view in ("vflip", "blur")), column
+
+
+def test_the_verdicts_are_recomputed_from_the_committed_records(records):
+    tests = report.paired_tests(records).set_index(["A", "B"])
+    primary = tests.loc[("04_balanced_augment", "01_baseline")]
+    effect = interval_text(primary["defective recall effect (pts)"], primary["defective recall 95% interval"])
+    verdict = primary["defective recall verdict"]
+    assert verdict == "inconclusive"
+    section = readme_section(SECTION)
+    assert f"**Primary, 04 balanced vs 01 baseline, defect recall: {effect.replace(' [', ' points [')}, {verdict}.**" \
+        in section
+    accuracy = interval_text(primary["accuracy effect (pts)"], primary["accuracy 95% interval"])
+    assert f"Accuracy, 04 vs 01: {accuracy}: **rules out the study's +3.07**" in section
+    assert primary["accuracy verdict"] == "rules out the study's effect"
+    side = table_rows(readme_section("### What freezing hides"))["`paper` (H200)"]
+    arms = report.arm_table(records)
+    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy", "recall_defective")]
+             for step in ("01_baseline", "04_balanced_augment")}
+    assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect, verdict]
+
+
+@pytest.mark.parametrize("a, b, quoted", [
+    ("03_full_augment", "01_baseline", "03 full augment vs 01: accuracy {accuracy}, defect recall {recall}:"),
+    ("04_balanced_augment", "03_full_augment", "defect recall {recall} rules out the study's +8.8; accuracy {accuracy} "
+                                               "rules out its +2.8"),
+    ("04_balanced_augment", "04_balanced_duplicate", "plain copies of the same counts, defect recall {recall};"),
+    ("04_balanced_augment", "04_class_weighted", "a class-weighted loss on the original images, {recall}:"),
+])
+def test_every_quoted_effect_is_recomputed(records, a, b, quoted):
+    """The secondary comparisons and the controls the README's bullets quote (intervals: seeds and images)."""
+    row = report.paired_tests(records, [(a, b)]).iloc[0]
+    accuracy = interval_text(row["accuracy effect (pts)"], row["accuracy 95% interval"])
+    recall = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
+    section = " ".join(readme_section(SECTION).split())  # the bullets wrap
+    assert quoted.format(accuracy=accuracy, recall=recall) in section
