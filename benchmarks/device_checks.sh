@@ -22,7 +22,8 @@
 # machine stays warm 30 s and keeps /tmp/site; after that a fresh one needs the carry again), when
 # status says at least 270 s of device time are left, no carry, timeout_s 250:
 #   bash benchmarks/device_checks.sh ray
-# `pack` and `ray` run one check each (LIMIT default: pack 560, ray 240).
+# `pack` and `ray` run one check each (LIMIT default: pack 560, ray 240). LIMIT counts from the
+# script's start, install included, so the JSON is copied to $OUT before the call's timeout.
 # (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the
 # trainings' checkpoints stay in $WORK on the machine).
 # Arguments after the check's name go to its script after the defaults below, so they override them
@@ -88,14 +89,14 @@ run_ray() {  # $1: seconds; issue 17: four paper-profile trainings (seed 0 of 01
     copied "$WORK/ray/ray_gpu_check.json"
 }
 case "$check" in
-    pack) run_pack "${LIMIT:-560}" "$@" ;;
-    ray) run_ray "${LIMIT:-240}" "$@" ;;
+    pack) run_pack "$((${LIMIT:-560} - SECONDS))" "$@" ;;  # LIMIT counts the install, as the call's timeout does
+    ray) run_ray "$((${LIMIT:-240} - SECONDS))" "$@" ;;
     all)  # one call for both, no idle machine between two calls: the pack check first (the larger
         # claim, with the whole LIMIT), then Ray's when at least RAY_MIN seconds of LIMIT are left;
         # PACK_ARGS and RAY_ARGS (split on spaces) go to each script
         total="${LIMIT:-570}"; ray_min="${RAY_MIN:-150}"
         read -r -a pack_args <<< "${PACK_ARGS:-}"; read -r -a ray_args <<< "${RAY_ARGS:-}"
-        run_pack "$total" "${pack_args[@]}"  # its 30 trainings start only when they end in time
+        run_pack "$((total - SECONDS))" "${pack_args[@]}"  # its 30 trainings start only when they end in time
         left=$((total - SECONDS))
         if [ "$left" -ge "$ray_min" ]; then
             run_ray "$((left - 5))" "${ray_args[@]}"
