@@ -36,8 +36,8 @@ test: $(STAMP) browser-deps
 test-browser: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -m browser
 
-# The CPU dry runs of the scripts for a lent GPU (gpu_check.sh, paper_rerun.py, ray_gpu_check.py,
-# pack_check.py), about 2.5 minutes: run before spending device time.
+# The CPU dry runs of the scripts for a lent GPU (gpu_check.sh, paper_rerun.py, device_checks.sh with
+# pack_check.py and ray_gpu_check.py, ray_bundle.py), about 3 minutes: run before spending device time.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 

@@ -6,7 +6,8 @@ The Ray wheel for the device machine's Python 3.12 is 75.6 MiB, more than one ca
 the kit and the EfficientNet-Lite0 wheels (64 MiB in all), so it used to travel as split parts over
 two calls. Most of it is for other jobs: ``ray/jars`` (Java workers, 30.7 MiB), RLlib, Serve,
 Ray LLM and the dashboard's web client. Without them, and with xz instead of the wheel's deflate,
-Ray core is about 24 MiB: it travels in the same call as everything else.
+Ray core is about a quarter of the wheel (benchmarks/RESULTS.md): it travels in the same call as
+everything else.
 
 SOURCE is a Ray wheel or a folder holding an installed ``ray`` package (site-packages). Writes
 ``OUT/ray-<version>-slim.tar.xz`` holding ``ray/`` and its ``dist-info`` (file modes kept), to be

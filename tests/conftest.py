@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 
@@ -63,3 +66,15 @@ def tiny_pack(tmp_path_factory) -> str:
     ds = data.load_elpv("study", limit_per_class=16, seed=0)
     return str(data.write_pack(ds, tmp_path_factory.mktemp("pack") / "tiny.fsfslpack", origin="elpv",
                                labels="study", progress=False))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Loads a script of benchmarks/ by name (``benchmark_script("pack_check")``) as a module, to call
+    its functions: the scripts are files beside their results, not a package."""
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, experiment.project_root() / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -54,11 +53,8 @@ def test_one_call_skips_the_ray_check_without_time_and_fails_with_a_failed_check
     assert not (tmp_path / "out" / "ray_gpu_check.json").exists()
 
 
-def test_pack_check_refuses_bad_arguments(tmp_path, capsys):
-    path = experiment.project_root() / "benchmarks" / "pack_check.py"
-    spec = importlib.util.spec_from_file_location("pack_check", path)
-    pack_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pack_check)
+def test_pack_check_refuses_bad_arguments(tmp_path, capsys, benchmark_script):
+    pack_check = benchmark_script("pack_check")
     for args, message in ((["--synthetic", "--pack", "1"], "--pack and --seeds must be at least 2"),
                           (["--synthetic", "--arms", "99_x"], "unknown arm(s) 99_x"),
                           ([], "give either --data PACK or --synthetic")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -47,11 +46,8 @@ def test_paper_rerun_dry_run_on_cpu(tmp_path):
     assert bad.returncode == 2 and "09_nothing" in bad.stderr
 
 
-def test_the_rerun_groups_the_trainings_by_importance_or_by_arm_when_packed():
-    path = experiment.project_root() / "benchmarks" / "paper_rerun.py"
-    spec = importlib.util.spec_from_file_location("paper_rerun", path)
-    rerun = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rerun)
+def test_the_rerun_groups_the_trainings_by_importance_or_by_arm_when_packed(benchmark_script):
+    rerun = benchmark_script("paper_rerun")
     plain, packed = rerun.groups(5), rerun.groups(5, by_arm=True)
     assert [len(g) for g in plain] == [6, 8, 16] and plain[0] == [(arm, 0) for arm in experiment.STEPS]
     assert [len(g) for g in packed] == [10, 20]

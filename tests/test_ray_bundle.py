@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import subprocess
@@ -16,16 +15,8 @@ import pytest
 from fsfsl_utils import experiment
 
 
-def _bundle_module():
-    path = experiment.project_root() / "benchmarks" / "ray_bundle.py"
-    spec = importlib.util.spec_from_file_location("ray_bundle", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bundle_of_a_wheel_keeps_ray_core_and_file_modes(tmp_path, capsys):
-    ray_bundle = _bundle_module()
+def test_bundle_of_a_wheel_keeps_ray_core_and_file_modes(tmp_path, capsys, benchmark_script):
+    ray_bundle = benchmark_script("ray_bundle")
     wheel = tmp_path / "ray-9.9.9-cp312-cp312-manylinux2014_x86_64.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         for name, mode in (("ray/__init__.py", 0o644), ("ray/core/src/ray/raylet/raylet", 0o755),
@@ -47,8 +38,8 @@ def test_bundle_of_a_wheel_keeps_ray_core_and_file_modes(tmp_path, capsys):
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
-def test_bundle_refuses_what_is_not_ray(tmp_path, capsys):
-    ray_bundle = _bundle_module()
+def test_bundle_refuses_what_is_not_ray(tmp_path, capsys, benchmark_script):
+    ray_bundle = benchmark_script("ray_bundle")
     (tmp_path / "empty").mkdir()
     (tmp_path / "not-ray.whl").write_bytes(b"not a zip")
     (tmp_path / "ray-1.0-py3-none-any.whl").write_bytes(b"a cut-off download")
@@ -63,11 +54,11 @@ def test_bundle_refuses_what_is_not_ray(tmp_path, capsys):
 
 
 @pytest.mark.slow  # about 40 s: make test-slow runs it before a device session
-def test_bundle_of_the_installed_ray_runs_a_task(tmp_path):
+def test_bundle_of_the_installed_ray_runs_a_task(tmp_path, benchmark_script):
     """What the bundle leaves out is not needed: Ray unpacked from it alone starts a local cluster
     and runs a task asking for a share of a (declared) GPU, as ray_gpu_check.py does."""
     ray = pytest.importorskip("ray")
-    ray_bundle = _bundle_module()
+    ray_bundle = benchmark_script("ray_bundle")
     site = Path(ray.__file__).resolve().parents[1]
     path = ray_bundle.write_bundle(site, tmp_path / "out", preset=0)
     target = tmp_path / "site"
