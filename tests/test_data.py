@@ -194,7 +194,7 @@ def test_export_never_writes_outside_or_deletes_what_it_did_not_write(tmp_path, 
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "thesis.txt").write_text("precious")
-    with pytest.raises(data.DataError, match="holds no earlier export"):
+    with pytest.raises(data.DataError, match="not an earlier export"):
         data.export(keep, datasets=small, force=True)
     assert (keep / "thesis.txt").read_text() == "precious"
     monkeypatch.chdir(keep)
@@ -204,6 +204,58 @@ def test_export_never_writes_outside_or_deletes_what_it_did_not_write(tmp_path, 
         data.export("..", datasets=small, force=True)
     out = data.export(tmp_path / "tree", datasets=small)
     assert data.export(out, datasets=small, force=True) == out      # an earlier export may be replaced
+
+
+def test_force_recognises_an_export_by_the_kits_marker_not_by_a_manifest(tmp_path, small):
+    """A user's folder that merely holds a file named manifest.csv is not an export: --force refuses it
+    and deletes nothing. An export with a file added beside it, or whose manifest was edited, is refused too."""
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)
+    (mine / "manifest.csv").write_text("my,own,table\n")
+    (mine / "train" / "notes.txt").write_text("precious")
+    with pytest.raises(data.DataError, match="not an earlier export"):
+        data.export(mine, datasets=small, force=True)
+    assert (mine / "train" / "notes.txt").read_text() == "precious"
+    (mine / data.EXPORT_MARKER).write_text('{"format": "fsfsl-export/1", "manifest_sha256": "0"}')  # forged
+    with pytest.raises(data.DataError, match="does not match"):
+        data.export(mine, datasets=small, force=True)
+    out = data.export(tmp_path / "tree", datasets=small)
+    (out / "thesis.txt").write_text("precious")
+    with pytest.raises(data.DataError, match="thesis.txt"):
+        data.export(out, datasets=small, force=True)
+    (out / "thesis.txt").unlink()
+    assert data.export(out, datasets=small, force=True) == out
+    assert data.main(["export", str(mine), "--force"]) == 2
+    assert (mine / "train" / "notes.txt").read_text() == "precious"
+
+
+def test_export_keeps_images_that_share_a_stem(tmp_path):
+    """x.png and x.jpg (and X.bmp) in one class: every image gets its own file, and each manifest row
+    points at the file that holds its pixels."""
+    for cname in ("a", "b"):
+        (tmp_path / "src" / cname).mkdir(parents=True)
+        for k in range(2):
+            for shade, suffix in ((10, ".png"), (20, ".jpg"), (30, ".bmp")):
+                name = f"{'X' if suffix == '.bmp' else 'x'}{k}{suffix}"
+                Image.fromarray(np.full((16, 16), shade + k + (cname == "b"), np.uint8)).save(
+                    tmp_path / "src" / cname / name, quality=100)
+    ds = data.load_imagefolder(tmp_path / "src", size=16)
+    assert len(ds) == 12
+    out = data.export(tmp_path / "out", datasets=data.split(ds, seed=0))
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 12 and manifest["file"].nunique() == 12
+    assert len(list(out.rglob("*.png"))) == 12
+    for _, row in manifest.iterrows():
+        want = ds.images[ds.names.index(row["source"])]
+        assert np.array_equal(np.asarray(Image.open(out / row["file"])), want), row["file"]
+
+
+def test_export_checks_the_validation_class_names_too(tmp_path, small):
+    train, val = small
+    evil = data.Dataset(val.images, val.meta, ["../../X", "defective"])
+    with pytest.raises(data.DataError, match="class name '../../X'"):
+        data.export(tmp_path / "a" / "b", datasets=(train, evil))
+    assert not (tmp_path / "X").exists() and not any(tmp_path.rglob("X"))
 
 
 def test_high_bit_depth_and_float_images_are_scaled_not_clipped(tmp_path):
