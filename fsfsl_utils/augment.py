@@ -41,6 +41,7 @@ from torchvision.transforms.v2 import functional as TF
 from . import models
 from .data import Dataset
 from .progress import progress_bar
+from .study import class_roles
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ GROUPS = ("*", "@majority", "@minority")
 class Policy:
     """Which operations each class gets: ``rules[key] = (op, op, ...)``, one copy per listed operation.
 
-    A key is a class name, ``"*"`` (every class), ``"@majority"`` (the largest class of the training
-    part) or ``"@minority"`` (every other class). A class name wins over a group, a group over ``"*"``.
+    A key is a class name, ``"*"`` (every class), ``"@majority"`` (the reference class of the training
+    part: the largest, :func:`fsfsl_utils.study.class_roles`) or ``"@minority"`` (every other class, the
+    target among them). A class name wins over a group, a group over ``"*"``.
     """
 
     name: str
@@ -98,13 +100,15 @@ class Policy:
     doc: str = ""
     growth: Mapping[str, float] = field(default_factory=dict)  # key as in rules: images per original, at most
 
-    def ops_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> tuple[str, ...]:
-        """The operations for one class (``class_counts`` decides majority / minority)."""
-        return tuple(_for_class(self.rules, class_name, class_counts, ()))
+    def ops_for(self, class_name: str, class_counts: Mapping[str, int] | None = None,
+                target: str | None = None) -> tuple[str, ...]:
+        """The operations for one class (``class_counts`` and a named ``target`` decide majority / minority)."""
+        return tuple(_for_class(self.rules, class_name, class_counts, (), target))
 
-    def growth_for(self, class_name: str, class_counts: Mapping[str, int] | None = None) -> float | None:
+    def growth_for(self, class_name: str, class_counts: Mapping[str, int] | None = None,
+                   target: str | None = None) -> float | None:
         """How many times its original count a class grows to (None: one copy per listed operation)."""
-        return _for_class(self.growth, class_name, class_counts, None)
+        return _for_class(self.growth, class_name, class_counts, None, target)
 
     def check(self, class_names: Sequence[str]) -> None:
         """Raise ValueError if the policy names an unknown class or operation."""
@@ -119,25 +123,27 @@ class Policy:
             for op in ops:
                 check_operation(op)
 
-    def counts(self, class_counts: Mapping[str, int]) -> dict[str, int]:
+    def counts(self, class_counts: Mapping[str, int], target: str | None = None) -> dict[str, int]:
         """Images per class after expansion, from the counts before it."""
-        return {c: n + self.copies(c, n, class_counts) for c, n in class_counts.items()}
+        return {c: n + self.copies(c, n, class_counts, target) for c, n in class_counts.items()}
 
-    def copies(self, class_name: str, n: int, class_counts: Mapping[str, int] | None = None) -> int:
+    def copies(self, class_name: str, n: int, class_counts: Mapping[str, int] | None = None,
+               target: str | None = None) -> int:
         """How many copies a class of ``n`` images gets."""
-        available = n * len(self.ops_for(class_name, class_counts))
-        growth = self.growth_for(class_name, class_counts)
+        available = n * len(self.ops_for(class_name, class_counts, target))
+        growth = self.growth_for(class_name, class_counts, target)
         return available if growth is None else min(available, round(n * growth) - n)
 
 
-def _for_class(table: Mapping, class_name: str, class_counts: Mapping[str, int] | None, default: object) -> object:
-    """A policy table's entry for one class: its name wins over its group (``@majority`` is the largest
-    class in ``class_counts``, ``@minority`` every other), a group over ``"*"``."""
+def _for_class(table: Mapping, class_name: str, class_counts: Mapping[str, int] | None, default: object,
+               target: str | None = None) -> object:
+    """A policy table's entry for one class: its name wins over its group (``@majority`` is the reference
+    class of :func:`fsfsl_utils.study.class_roles`, ``@minority`` every other), a group over ``"*"``."""
     if class_name in table:
         return table[class_name]
-    if class_counts and ("@majority" in table or "@minority" in table):
-        largest = max(class_counts, key=class_counts.get)
-        group = "@majority" if class_name == largest else "@minority"
+    if class_counts and len(class_counts) > 1 and ("@majority" in table or "@minority" in table):
+        _, majority = class_roles(list(class_counts), class_counts, target)
+        group = "@majority" if class_name == majority else "@minority"
         if group in table:
             return table[group]
     return table.get("*", default)
@@ -189,8 +195,10 @@ def apply_operation(image: np.ndarray, op: str, param: float) -> np.ndarray:
     return out.contiguous().numpy()
 
 
-def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool | None = None) -> Dataset:
-    """Originals plus one copy per operation the policy lists for each image's class.
+def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool | None = None,
+           target_class: str | None = None) -> Dataset:
+    """Originals plus one copy per operation the policy lists for each image's class (``target_class``:
+    the class named as the target, never the ``@majority``).
 
     Only a training part may be expanded: a Dataset with validation rows is refused.
     """
@@ -200,14 +208,14 @@ def expand(train: Dataset, policy: str | Policy, seed: int = 0, progress: bool |
         raise ValueError("expand() takes the TRAIN part only: this Dataset has validation images")
     counts = train.counts()
     plan = [(i, op, k) for i, label in enumerate(train.labels)
-            for k, op in enumerate(policy.ops_for(train.class_names[label], counts))]
+            for k, op in enumerate(policy.ops_for(train.class_names[label], counts, target_class))]
     if policy.growth:  # keep a seeded random subset of each class's copies, in plan order
         rng = np.random.default_rng([seed, zlib.crc32(policy.name.encode())])
         labels = train.labels
         keep = []
         for c, name in enumerate(train.class_names):
             own = [j for j, (i, _, _) in enumerate(plan) if labels[i] == c]
-            keep += rng.permutation(own)[:policy.copies(name, counts[name], counts)].tolist()
+            keep += rng.permutation(own)[:policy.copies(name, counts[name], counts, target_class)].tolist()
         plan = [plan[j] for j in sorted(keep)]
     if not plan:
         return train.subset(np.arange(len(train)))

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 LABEL_POLICIES = ("study", "threshold", "four_level")
 STUDY_TRAIN_COUNTS = {"normal": 754, "defective": 358}
@@ -175,15 +175,7 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
         raise ValueError(f"mode must be 'auto', 'L' or 'RGB', got {mode!r}")
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
-    parts = [p for p in ("train", "val") if (root / p).is_dir()]
-    if parts and len(parts) != 2:
-        raise DataError(f"{root} has a {parts[0]}/ folder but no {'val' if parts[0] == 'train' else 'train'}/ folder")
-    groups = [(p, root / p) for p in parts] if parts else [("", root)]
-    class_names = sorted({d.name for _, g in groups for d in _class_dirs(g)})
-    if not class_names:
-        raise DataError(f"{root} is empty: expected one folder per class, e.g. {root}/normal/*.png")
-    if len(class_names) < 2:
-        raise DataError(f"{root} has only one class folder ({class_names[0]!r}): need at least two classes")
+    groups, class_names = _imagefolder_layout(root)
     for _, folder in groups:
         real = {}
         for cname in class_names:
@@ -212,6 +204,35 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
         images[i] = np.asarray(_read_resized(f, size, mode))
     names = [str(f.relative_to(root)).replace(os.sep, "/") for f in files]
     return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
+
+
+def _imagefolder_layout(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The (split, folder) groups of an ImageFolder tree and its class names, sorted; DataError says
+    what is wrong with the layout. Reads folder names only."""
+    parts = [p for p in ("train", "val") if (root / p).is_dir()]
+    if parts and len(parts) != 2:
+        raise DataError(f"{root} has a {parts[0]}/ folder but no {'val' if parts[0] == 'train' else 'train'}/ folder")
+    groups = [(p, root / p) for p in parts] if parts else [("", root)]
+    class_names = sorted({d.name for _, g in groups for d in _class_dirs(g)})
+    if not class_names:
+        raise DataError(f"{root} is empty: expected one folder per class, e.g. {root}/normal/*.png")
+    if len(class_names) < 2:
+        raise DataError(f"{root} has only one class folder ({class_names[0]!r}): need at least two classes")
+    return groups, class_names
+
+
+def class_names_of(source: str | os.PathLike, labels: str = "study") -> list[str]:
+    """The class names a data source loads with (:func:`load_source`), read without decoding an image:
+    ELPV's for a label policy, a pack's header, or an ImageFolder tree's folder names."""
+    if str(source) == "elpv":
+        check_label_policy(labels)
+        return ["p0", "p33", "p67", "p100"] if labels == "four_level" else ["normal", "defective"]
+    if is_pack(source):
+        return list(read_pack_header(source)["class_names"])
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    return _imagefolder_layout(root)[1]
 
 
 def pick_per_class(labels: np.ndarray, n: int | None, rng: np.random.Generator,
@@ -515,8 +536,13 @@ def _meta(names: Sequence[str], labels: np.ndarray, split: Sequence[str] | None 
     })
 
 
+NOT_CLASSES = ("__MACOSX",)  # folders archivers add beside the data (macOS zip metadata)
+
+
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The class folders of ``folder``: hidden folders and archivers' metadata (``__MACOSX``) are skipped."""
+    return sorted(d for d in folder.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES)
 
 
 def _open_image(path: Path, draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
@@ -528,12 +554,38 @@ def _open_image(path: Path, draft: tuple[str, tuple[int, int]] | None = None) ->
             with Image.open(path) as im:
                 if draft is not None and im.format == "JPEG":
                     im.draft(*draft)
+                rawmode = _rawmode(im)
                 im.load()
-                return im.copy()
+                _check_high_bit_colour(im, rawmode, path)
+                return ImageOps.exif_transpose(im)  # a phone photo as it is shown, not as it is stored
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(f"image {path} is too large to decode safely ({err}); shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def _rawmode(im: Image.Image) -> str:
+    """How the file stores its pixels (e.g. ``RGB;16B``), from the first tile; "" when unknown."""
+    try:
+        args = im.tile[0][3]
+    except (IndexError, TypeError, AttributeError):
+        return ""
+    return args if isinstance(args, str) else str(args[0]) if args else ""
+
+
+def _check_high_bit_colour(im: Image.Image, rawmode: str, path: Path) -> None:
+    """Pillow reads colour (and gray + alpha) files of 16 bits per channel as 8-bit, keeping the high
+    byte: right for data that fill the 16 bits, but 12-bit data (common for cameras) come out as values
+    0-15. Such a file is refused, naming it, rather than loaded nearly black."""
+    if ";16" not in rawmode or im.mode not in ("RGB", "RGBA", "LA", "RGBX"):
+        return
+    colour = np.asarray(im)[..., :1 if im.mode == "LA" else 3]
+    top = int(colour.max(initial=0))
+    if top < 128:
+        raise DataError(f"image {path} has 16 bits per colour channel but its values use fewer than 16 of them "
+                        f"(the high byte reaches only {top}: 12-bit data?); Pillow reads such files to 8 bits by "
+                        "their high byte, which would leave a nearly black image. Convert it to 16-bit gray or to "
+                        "8 bits first")
 
 
 def _header_mode(path: Path) -> str:
@@ -569,12 +621,15 @@ def to_8bit(im: Image.Image) -> Image.Image:
     smallest bit depth that holds their maximum (10, 12, 14, 16 or 32 bits), so a 12-bit image in a
     16-bit file keeps its full range and images of one camera keep their relative brightness.
     Float images (``F``) with values in [0, 1] are multiplied by 255; other float ranges are
-    stretched from their minimum to their maximum. 8-bit modes pass unchanged."""
+    stretched from their minimum to their maximum, both taken over the finite values (an ``inf`` pixel
+    becomes white, not the whole image black). 8-bit modes pass unchanged."""
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im
     x = np.asarray(im, dtype=np.float64)
     if im.mode == "F":
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        finite = np.isfinite(x)
+        lo, hi = (float(x[finite].min()), float(x[finite].max())) if finite.any() else (0.0, 1.0)
+        x = np.where(np.isnan(x), lo, np.clip(x, lo, hi))  # +-inf take the finite range's ends, NaN its lowest
         x = x * 255 if lo >= 0 and hi <= 1 else (x - lo) / ((hi - lo) or 1) * 255
     else:
         top = float(x.max(initial=0))

@@ -29,7 +29,7 @@ from . import augment, data, metrics, profiles, results, sensitivity, train
 from .config import TrainConfig
 from .data import check_label_policy
 from .progress import set_progress
-from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS  # noqa: F401  (the study, re-exported)
+from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles  # noqa: F401  (re-exported)
 
 DEFAULT_VIEWS = ("vflip", "blur")  # test-time views whose logits a record keeps (TTA in 05)
 
@@ -96,11 +96,12 @@ class StepSpec:
     profile: str = "cpu"  # the profile resolved to
     profile_requested: str = "auto"
     notes: tuple[str, ...] = ()  # why the profile resolved as it did
+    target_class: str | None = None  # the class whose recall matters most; None: the rule of study.class_roles
 
     @classmethod
     def build(cls, step: str, profile: str = "auto", seed: int = 0, split_seed: int = 0, source: str = "elpv",
               labels: str = "study", policy: str | None = None, limit_per_class: int | None = None,
-              **config: object) -> StepSpec:
+              target_class: str | None = None, **config: object) -> StepSpec:
         """The spec of ``step`` (its policy and class weighting from :data:`STEPS`) under ``profile``;
         ``config``: :class:`~fsfsl_utils.config.TrainConfig` fields that override the profile's
         (None: the profile's value)."""
@@ -112,7 +113,8 @@ class StepSpec:
         config.setdefault("class_weight", spec.get("class_weight"))
         resolved = profiles.resolve(profile, limit_per_class=limit_per_class, **config)
         return cls(step, policy, resolved["config"], seed, split_seed, str(source), labels,
-                   resolved.get("limit_per_class"), resolved["profile"], profile, tuple(resolved["notes"]))
+                   resolved.get("limit_per_class"), resolved["profile"], profile, tuple(resolved["notes"]),
+                   target_class or None)
 
     @property
     def checkpointed(self) -> bool:
@@ -153,7 +155,7 @@ def _spec_of(spec: StepSpec | str, spec_args: dict) -> StepSpec:
 
 def expand(spec: StepSpec, train_part: data.Dataset, progress: bool | None = None) -> data.Dataset:
     """The training part expanded by the step's policy (offline augmented copies, seeded by the spec)."""
-    return augment.expand(train_part, spec.policy, seed=spec.seed, progress=progress)
+    return augment.expand(train_part, spec.policy, seed=spec.seed, progress=progress, target_class=spec.target_class)
 
 
 def analyse(spec: StepSpec, fit: train.FitResult, val: data.Dataset, results_dir: Path) -> dict:
@@ -170,6 +172,7 @@ def analyse(spec: StepSpec, fit: train.FitResult, val: data.Dataset, results_dir
 def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
                 fit: train.FitResult, analysis: dict | None = None) -> dict:
     """A step's run record: what was trained on what, its validation scores and per-image logits."""
+    target, reference = class_roles(train_part.class_names, train_part.counts(), spec.target_class)
     record = {
         "schema": results.SCHEMA_VERSION, "step": spec.step, "title": STEPS.get(spec.step, {}).get("title", spec.step),
         "policy": augment.get_policy(spec.policy).name, "seed": spec.seed, "split_seed": spec.split_seed,
@@ -181,7 +184,8 @@ def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
         "limit_per_class": spec.limit_per_class,
-        "class_names": list(val.class_names), "train_counts": expanded.counts(),
+        "class_names": list(val.class_names), "target_class": target, "reference_class": reference,
+        "target_class_requested": spec.target_class, "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
         "metrics_last_epoch": None if fit.last_logits is None else
@@ -280,21 +284,24 @@ def sweeps(record: dict, fit: train.FitResult, val: data.Dataset, n_images: int 
 
 
 def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
-    """All newest records in ``results_dir`` for 05; a clear error when 01-04 have not run there."""
+    """All newest records in ``results_dir`` for 05, whichever steps ran (what is missing is said, and
+    :func:`fsfsl_utils.report.not_analysed` says what that leaves out); a clear error when none did."""
     folder = resolve_results_dir(results_dir)
-    found = results.load_records(folder)
-    present = {r["step"] for r in found}
-    if "01_baseline" not in present:
-        raise FileNotFoundError(f"no 01_baseline record in {folder}: run 01-04 with RESULTS_DIR={str(folder)!r} "
-                                "before 05")
+    try:
+        found = results.load_records(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run records in {folder}: run the training notebooks (01-04) first, with "
+                                f"RESULTS_DIR={str(folder)!r}") from None
     data_of = lambda r: (r.get("data_origin", r.get("source", "elpv")), r.get("labels", "study"))  # noqa: E731
-    main = data_of(max((r for r in found if r["step"] == "01_baseline"), key=lambda r: r["created"]))
+    anchor = [r for r in found if r["step"] == "01_baseline"] or found
+    main = data_of(max(anchor, key=lambda r: r["created"]))
     others = sorted({data_of(r) for r in found} - {main})
     if others:
         left = [r for r in found if data_of(r) != main]
         print(f"note: {len(left)} record(s) in {folder} come from other data ({'; '.join(map(str, others))}) and are "
               f"left out: this analysis covers {main[0]} ({main[1]} labels) only")
         found = [r for r in found if data_of(r) == main]
+    present = {r["step"] for r in found}
     missing = [s for s in STUDY_STEPS if s not in present]
     if missing:
         print(f"note: steps without records in {folder}: {', '.join(missing)}")
@@ -363,6 +370,7 @@ class Settings:
     resolved: dict = field(default_factory=dict)
     backend: str = "local"  # where settings.run trains: "local" (this process) or "ray" (fsfsl_utils.runner)
     ray_address: str = ""  # "": a local Ray cluster
+    target_class: str | None = None  # None: the rule of study.class_roles
     store: DataStore = field(default_factory=DataStore, repr=False)
     # probe: per (step, split seed), the C chosen by cross-validation and the seed that chose it
     head_c: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
@@ -372,12 +380,15 @@ class Settings:
     def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
                         seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
                         limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
-                        progress: bool = True, backend: str = "local", ray_address: str = "") -> Settings:
+                        progress: bool = True, backend: str = "local", ray_address: str = "",
+                        target_class: str = "") -> Settings:
         """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
         errors name the parameter.
 
         ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
-        that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...).
+        that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
+        ``target_class``: the class whose recall matters most ("": ``defective`` on ELPV, else the
+        smallest class), checked against the data's classes before anything is decoded.
         """
         for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -391,12 +402,14 @@ class Settings:
                 and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
                                     f"{data!r} is neither")
+        if target_class:
+            class_roles(data.class_names_of(data, labels), target=target_class)
         set_progress(progress)
         overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
         settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
-                       ray_address=ray_address)
+                       ray_address=ray_address, target_class=target_class or None)
         settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
                                              **overrides)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
@@ -424,7 +437,8 @@ class Settings:
         for j in self.split_seeds:
             for s in self.seeds if seeds is None else seeds:
                 spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
-                                      limit_per_class=self.limit_per_class, **{**self.overrides, **config})
+                                      limit_per_class=self.limit_per_class, target_class=self.target_class,
+                                      **{**self.overrides, **config})
                 c, chooser = self.head_c.get((step, j), (None, None))
                 if c is not None and s != chooser and spec.config.mode == "probe" and "head_cs" not in config:
                     spec = spec.replace(config=spec.config.replace(head_cs=(c,)))

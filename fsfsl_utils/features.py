@@ -129,8 +129,9 @@ def _cached(images: np.ndarray, folder: Path, shape: tuple[int, ...], dtype: typ
                     _write_entry(folder / keys[i][:2] / f"{keys[i]}.npy", vec)
                 except OSError as err:  # read-only, a file where a folder should be, an entry that is a folder
                     writable = False
-                    warnings.warn(f"the feature cache {folder} cannot be written ({type(err).__name__}: {err}); "
-                                  "going on without it (set FSFSL_CACHE to a writable folder)", stacklevel=3)
+                    # one text and one place for every call: Python shows it once per process, not per call
+                    warnings.warn(f"the feature cache {cache_root()} cannot be written ({err.strerror or err}); "
+                                  "going on without it (set FSFSL_CACHE to a writable folder)", stacklevel=1)
     return out
 
 

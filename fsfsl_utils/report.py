@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from scipy import stats
 from . import metrics
 from . import stats as kit_stats
 from .results import atomic_write, atomic_write_json
-from .study import STEPS, STUDY_RESULTS, STUDY_STEPS
+from .study import STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles
 
 ALPHA = 0.05
 STUDY_COMPARISONS = (("02_flip", "01_baseline"), ("03_full_augment", "01_baseline"),
@@ -55,6 +56,25 @@ def record_arrays(record: dict, view: str | None = None) -> tuple[np.ndarray, np
     if view is not None:
         logits = 0.5 * logits + 0.5 * np.asarray(record["view_logits"][view], float)
     return labels, logits
+
+
+def with_sensitivity(records: Sequence[dict]) -> list[dict]:
+    """The records that carry a sensitivity analysis (a training run with ``analyse_images=False`` has none)."""
+    return [r for r in records if isinstance(r.get("sensitivity"), dict) and r["sensitivity"]]
+
+
+def sensitivity_before_after(records: Sequence[dict]) -> dict[str, dict]:
+    """The records whose sensitivity 05 shows, by title: the baseline's first run ("before") and the
+    balanced arm's ("after"), each only when it has a sensitivity analysis; when neither step has one,
+    the first record that has."""
+    analysed = by_step(with_sensitivity(records))
+    out = {f"before: {step}, seed {analysed[step][0]['seed']}" if step == "01_baseline" else
+           f"after: {step}, seed {analysed[step][0]['seed']}": analysed[step][0]
+           for step in ("01_baseline", TTA_STEP) if step in analysed}
+    if not out and analysed:
+        step, recs = next(iter(analysed.items()))
+        out[f"{step}, seed {recs[0]['seed']}"] = recs[0]
+    return out
 
 
 def same_split(records: Sequence[dict]) -> list[dict]:
@@ -92,13 +112,24 @@ def on_elpv(record: dict) -> bool:
 
 
 def target_class(record: dict) -> str:
-    """The class whose recall matters most: ``defective`` on ELPV, else the smallest training class."""
-    return _class_by_role(record, "defective", min)
+    """The class whose recall matters most: the one the record names (``TARGET_CLASS`` or the rule of
+    :func:`fsfsl_utils.study.class_roles`: ``defective`` on ELPV, else the smallest training class)."""
+    return class_roles_of(record)[0]
 
 
 def reference_class(record: dict) -> str:
-    """The class held at a fixed recall: ``normal`` on ELPV, else the largest training class."""
-    return _class_by_role(record, "normal", max)
+    """The class held at a fixed recall: ``normal`` on ELPV, else the largest other training class."""
+    return class_roles_of(record)[1]
+
+
+def class_roles_of(record: dict) -> tuple[str, str]:
+    """(target, reference) of a record: as recorded when it names them, else by
+    :func:`fsfsl_utils.study.class_roles` on its training counts (records before the rule was recorded)."""
+    names = record["class_names"]
+    if record.get("target_class") in names and record.get("reference_class") in names:
+        return record["target_class"], record["reference_class"]
+    counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
+    return class_roles(names, counts, record.get("target_class_requested"))
 
 
 MAX_CLASSES_SHOWN = 10  # figures and default tables name at most this many classes
@@ -126,14 +157,6 @@ def record_classes_shown(record: dict) -> list[str]:
     labels = np.asarray(record["predictions"]["labels"])
     counts = {c: int((labels == i).sum()) for i, c in enumerate(record["class_names"])}
     return shown_classes(record["class_names"], counts, (target_class(record), reference_class(record)))
-
-
-def _class_by_role(record: dict, elpv_name: str, pick: Callable) -> str:
-    names = record["class_names"]
-    if elpv_name in names:
-        return elpv_name
-    counts = record.get("train_counts_before_expansion") or record.get("train_counts") or {}
-    return pick(names, key=lambda c: counts.get(c, 0))
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
@@ -241,6 +264,14 @@ def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | 
             by_split[ra["split_seed"]].append((ra, other[k]))
     if not by_split:
         return None
+    first_a = next(iter(by_split.values()))[0][0]
+    labels0 = np.asarray(first_a["predictions"]["labels"])
+    n_images = int((labels0 == first_a["class_names"].index(target_class(first_a))).sum()) if key == "recall" \
+        else len(labels0)
+    if n_images < 2:
+        what = f"{target_class(first_a)} image" if key == "recall" else "image"
+        return {"not_computed": f"{n_images} validation {what}(s): a paired effect needs at least 2",
+                "seeds": sum(len(v) for v in by_split.values()), "images": n_images}
     effects = []
     for pairs in by_split.values():
         ca, cb = [], []
@@ -275,7 +306,8 @@ def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STU
                 break
             row.update({"runs": effect["seeds"], f"{key} effect": effect,
                         f"{key} study": study_effect(a, b, key) if on_elpv(records[0]) else None})
-            tests.append((len(rows), key, (a, b, key) == PRIMARY, effect["p_value"]))
+            if "not_computed" not in effect:
+                tests.append((len(rows), key, (a, b, key) == PRIMARY, effect["p_value"]))
         else:
             rows.append(row)
     secondary = [t for t in tests if not t[2]]
@@ -287,6 +319,11 @@ def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STU
                 "role": "primary" if (row["A"], row["B"], "recall") == PRIMARY else "secondary", "runs": row["runs"]}
         for key, label in (("accuracy", "accuracy"), ("recall", f"{tgt} recall")):
             e, study = row[f"{key} effect"], row[f"{key} study"]
+            if "not_computed" in e:
+                line.update({f"{label} effect (pts)": None, f"{label} 95% interval": "",
+                             f"{label} study (pts)": None if study is None else round(100 * study, 1),
+                             f"{label} p": None, f"{label} verdict": f"not computed: {e['not_computed']}"})
+                continue
             primary = (row["A"], row["B"], key) == PRIMARY
             p = e["p_value"] if primary else float(adjusted[(i, key)])
             line[f"{label} effect (pts)"] = round(100 * e["estimate"], 1)
@@ -353,7 +390,7 @@ def tta_step(records: Sequence[dict]) -> str:
 
 def best_step(records: Sequence[dict], candidates: Sequence[str] = STUDY_STEPS) -> str:
     tab = step_table(records)
-    tab = tab.loc[[s for s in candidates if s in tab.index]]
+    tab = tab.loc[[s for s in candidates if s in tab.index] or list(tab.index)]
     return str(tab["accuracy"].idxmax())
 
 
@@ -387,9 +424,12 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     if len(primary):
         row = primary.iloc[0]
         study = f" The study reported {row[rec_col + ' study (pts)']:+.1f} points." if elpv else ""
-        out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall {row[rec_col + ' effect (pts)']:+.1f} points "
-                   f"{row[rec_col + ' 95% interval']} over {int(row['runs'])} paired run(s).{study} Verdict: "
-                   f"{row[rec_col + ' verdict']}.")
+        if _computed(row, rec_col):
+            out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall {row[rec_col + ' effect (pts)']:+.1f} "
+                       f"points {row[rec_col + ' 95% interval']} over {int(row['runs'])} paired run(s).{study} "
+                       f"Verdict: {row[rec_col + ' verdict']}.")
+        else:
+            out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall: {row[rec_col + ' verdict']}.{study}")
     out.append(f"Runs: {len(records)} records, up to {seeds} seed(s) per step, profile {profile}, "
                f"backbone {', '.join(sorted({r['backbone'] for r in records}))}.")
     if "01_baseline" in tab.index:
@@ -408,10 +448,8 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     for _, row in tests.iterrows():
         note = claims.get((row["A"], row["B"]))
         if note:
-            out.append(f"{row['A']} vs {row['B']} ({note}): accuracy {row['accuracy effect (pts)']:+.1f} "
-                       f"{row['accuracy 95% interval']} ({row['accuracy verdict']}); {tgt} recall "
-                       f"{row[rec_col + ' effect (pts)']:+.1f} {row[rec_col + ' 95% interval']} "
-                       f"({row[rec_col + ' verdict']}).")
+            out.append(f"{row['A']} vs {row['B']} ({note}): accuracy {_effect_words(row, 'accuracy')}; {tgt} recall "
+                       f"{_effect_words(row, rec_col)}.")
     step = tta_step(records)
     if step in tab.index and any(r.get("view_logits") for r in by_step(records)[step]):
         tta = tta_table(records, step)
@@ -420,7 +458,36 @@ def conclusions(records: Sequence[dict]) -> list[str]:
             study = " (study: vflip 87.74%, blur 88.12% vs 89.13% without)" if elpv and step == TTA_STEP else ""
             out.append(f"Test-time augmentation on {step}: {', '.join(parts)} vs {tta.loc['none', 'accuracy %']:.1f}% "
                        f"without{study}.")
+    return out + not_analysed(records)
+
+
+def not_analysed(records: Sequence[dict]) -> list[str]:
+    """What an analysis of ``records`` leaves out and why, in words (05 works on whatever records exist)."""
+    present = by_step(records)
+    missing = [s for s in STEPS if s not in present]
+    left = [f"{a} vs {b}" for a, b in STUDY_COMPARISONS + CONTROL_COMPARISONS if a not in present or b not in present]
+    out = []
+    if missing:
+        out.append(f"Not analysed: no records of {', '.join(missing)}; the comparisons that need them "
+                   f"({', '.join(left) or 'none'}) are left out.")
+    if len(same_split(records)) < 2:
+        out.append("Not shown: the run comparison needs two records of one split; this analysis has one.")
+    bare = [Path(r.get("_path", r["step"])).name for r in records if r not in with_sensitivity(records)]
+    if bare:
+        out.append(f"Not in the sensitivity views: {', '.join(bare)} (trained without a sensitivity analysis).")
     return out
+
+
+def _computed(row: Mapping, label: str) -> bool:
+    value = row.get(f"{label} effect (pts)")
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _effect_words(row: Mapping, label: str) -> str:
+    """'+1.2 [-0.3, +2.7] (verdict)', or the reason it was not computed."""
+    if not _computed(row, label):
+        return row[f"{label} verdict"]
+    return f"{row[f'{label} effect (pts)']:+.1f} {row[f'{label} 95% interval']} ({row[f'{label} verdict']})"
 
 
 SMOKE_WARNING = ("Smoke profile: a few images, tiny inputs, one epoch. These numbers only show that the pipeline "
@@ -488,10 +555,24 @@ def styled(frame: pd.DataFrame, note: str | None = None) -> pd.io.formats.style.
     return sty.set_caption(html.escape(note)) if note else sty
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]|*_])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as literal Markdown: ``<``, ``>`` and ``&`` become HTML entities, so no tag or script in a
+    class or file name reaches a renderer that lets HTML through (JupyterLab, GitHub), and Markdown's
+    own punctuation (backslash, backquote, brackets, ``|``, ``*``, ``_``) is backslash-escaped, so a name
+    cannot make a link, split a table's columns or start emphasis. Line breaks become spaces."""
+    one_line = " ".join(str(text).splitlines())
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", one_line), quote=False)
+
+
 def conclusions_markdown(records: Sequence[dict]) -> str:
-    """:func:`conclusions` as a Markdown list, the smoke warning (if any) above it: 05's first output."""
+    """:func:`conclusions` as a Markdown list, the smoke warning (if any) above it: 05's first output.
+    Every line is escaped (:func:`markdown_text`): names from the data show as text."""
     warning = smoke_warning(records)
-    return "\n".join(([f"**{warning}**", ""] if warning else []) + ["- " + line for line in conclusions(records)])
+    return "\n".join(([f"**{markdown_text(warning)}**", ""] if warning else [])
+                     + ["- " + markdown_text(line) for line in conclusions(records)])
 
 
 def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None
@@ -508,11 +589,12 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
     notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
              "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule()}
     warning = smoke_warning(records)
-    lines = ["# fsfsl run summary", "", f"Results folder: `{results_dir}`", ""] + \
-        ([f"**{warning}**", ""] if warning else []) + ["## Conclusions", ""]
-    lines += [f"- {c}" for c in conclusions(records)] + [""]
+    lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
+        ([f"**{markdown_text(warning)}**", ""] if warning else []) + ["## Conclusions", ""]
+    lines += [f"- {markdown_text(c)}" for c in conclusions(records)] + [""]
     for title, frame in sections.items():
-        lines += [f"## {title}", ""] + ([notes[title], ""] if title in notes else []) + [_markdown(frame), ""]
+        lines += [f"## {markdown_text(title)}", ""] + ([markdown_text(notes[title]), ""] if title in notes else []) \
+            + [_markdown(frame), ""]
     text = "\n".join(lines)
     path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
     tables = {k: _records(v) for k, v in sections.items()}
@@ -529,9 +611,9 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def _markdown(frame: pd.DataFrame) -> str:
     frame = frame.reset_index() if frame.index.name else frame
-    cols = [str(c) for c in frame.columns]
+    cols = [markdown_text(c) for c in frame.columns]
     fmt = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731
-        f"{v:.4g}" if isinstance(v, float) else str(v))
+        f"{v:.4g}" if isinstance(v, float) else markdown_text(v))
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]
     return "\n".join(rows)

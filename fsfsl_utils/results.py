@@ -110,6 +110,9 @@ def _json_writer(obj: Any) -> Callable[[Path], None]:
 def validate_record(record: dict) -> None:
     """Raise RecordError naming every missing or mistyped key."""
     problems = []
+    if isinstance(record.get("schema"), int) and record["schema"] != SCHEMA_VERSION:
+        problems.append(f"schema {record['schema']}: this kit reads schema {SCHEMA_VERSION} (a record of another "
+                        "kit version)")
     for key, typ in REQUIRED.items():
         if key not in record:
             problems.append(f"missing key {key!r}")

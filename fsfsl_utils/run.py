@@ -21,7 +21,9 @@ import datetime as dt
 import inspect
 import json
 import os
+import platform
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from . import experiment, models, profiles
+from . import experiment, models, profiles, results, watchdog
 from .experiment import project_root
 from .results import atomic_write_json, ensure_writable_dir
 
@@ -91,9 +93,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
         raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
     given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone or "",
              "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0,
-             "DATA": args.data if args.data == "elpv" else str(Path(args.data).resolve()),  # not the kernel's folder
-             "PROGRESS": bool(args.progress), "WIDGETS": False, "BACKEND": args.backend,
-             "RAY_ADDRESS": args.ray_address}
+             "DATA": args.data if args.data == "elpv" else str(Path(args.data).expanduser().resolve()),  # not the
+             "PROGRESS": bool(args.progress), "WIDGETS": False, "BACKEND": args.backend,      # kernel's folder
+             "RAY_ADDRESS": args.ray_address, "TARGET_CLASS": args.target_class}
     extra = parse_params(args.param or [])
     declared = {n: notebook_parameters(n) for n in names}
     everywhere = set().union(*declared.values())
@@ -107,8 +109,34 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
         if spec is not None:
             check_parameter(name, value, spec["inferred_type_name"])
     check_training_settings(merged)
+    check_data(merged)
     check_backend(str(merged.get("BACKEND", "local")), str(merged.get("RAY_ADDRESS", "")))
     return [(n, {k: v for k, v in merged.items() if k in declared[n]}) for n in names]
+
+
+def check_data(params: dict) -> None:
+    """DATA, TARGET_CLASS and REFERENCE_DIR point at something usable, checked before any kernel starts
+    (nothing is decoded: folder names and a pack's header only); ValueError names the parameter."""
+    from . import data
+    from .study import class_roles
+
+    source = str(params.get("DATA", "elpv"))
+    try:
+        names = data.class_names_of(source, "study")
+    except (FileNotFoundError, data.DataError, OSError) as err:
+        raise ValueError(f"parameter DATA: {err} (give 'elpv', a .fsfslpack file or an ImageFolder folder)") from None
+    if params.get("TARGET_CLASS"):
+        class_roles(names, target=str(params["TARGET_CLASS"]))
+    reference = str(params.get("REFERENCE_DIR") or "")
+    if reference:
+        folder = Path(reference).expanduser()
+        try:
+            found = results.load_records(folder) if (folder / "records").is_dir() else []
+        except (OSError, ValueError) as err:
+            raise ValueError(f"parameter REFERENCE_DIR: {folder} cannot be read ({err})") from None
+        if not found:
+            raise ValueError(f"parameter REFERENCE_DIR: {folder} holds no run records (records/*.json); give the "
+                             "folder of an earlier run, e.g. runs/<timestamp>")
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
@@ -171,8 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the trainings run: this machine, one after another (local), or as Ray tasks (ray)")
     parser.add_argument("--ray-address", default="",
                         help="--backend ray: the cluster's host:port (default: one local Ray cluster for the job)")
+    parser.add_argument("--target-class", default="", metavar="NAME",
+                        help="the class whose recall matters most (default: defective on ELPV, else the smallest "
+                             "class, ties to the class last in alphabetical order)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
-                        help="continue an unfinished run (default: the newest under --out) with its own parameters")
+                        help="continue an unfinished run (default: the newest under --out) with its own parameters; "
+                             "-p NAME=VALUE changes a parameter of the notebooks not yet finished")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the arguments and print what would run, then stop (nothing is created)")
     parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
                         help="paper profile: fine-tune every training of 01-04 at once first (one CUDA stream "
                              "each, each result as if alone); the notebooks then resume from the checkpoints "
@@ -184,20 +218,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("FSFSL_CACHE"):  # relative to where the job started, not to each kernel's folder
         os.environ["FSFSL_CACHE"] = str(Path(os.environ["FSFSL_CACHE"]).expanduser().resolve())
     try:
-        out = ensure_writable_dir(Path(args.out).expanduser().resolve(), "runs folder")
+        out = Path(args.out).expanduser().resolve()
         if args.resume:
+            refuse_run_options_on_resume(args, parser)
             run_dir, earlier = unfinished_run(out, args.resume)
-            return execute(list(earlier["parameters"].items()), run_dir, earlier.get("train_first", False), earlier,
-                           pack=earlier.get("pack", 1))
+            check_not_running(run_dir)
+            steps = resumed_steps(earlier, parse_params(args.param or []))
+            if args.dry_run:
+                return print_plan(steps, run_dir)
+            return execute(steps, run_dir, earlier.get("train_first", False), earlier, pack=earlier.get("pack", 1))
         if args.pack < 1:
             raise ValueError(f"--pack must be at least 1 (trainings per packed network), got {args.pack}")
         steps = plan(args)
-        run_dir = new_run_dir(out)
+        if args.dry_run:
+            return print_plan(steps, out / "<timestamp>")
+        run_dir = new_run_dir(ensure_writable_dir(out, "runs folder"))  # created only once everything checked out
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
     return execute(steps, run_dir, train_first=train_first, pack=args.pack)
+
+
+RUN_OPTIONS = ("profile", "seeds", "splits", "backbone", "epochs", "input_size", "data", "notebooks", "backend",
+               "ray_address", "target_class", "train_ahead", "pack")  # what shapes a new run
+
+
+def refuse_run_options_on_resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--resume`` continues a run with its own parameters: an option set to anything but its default
+    would shape a new run, so it is an error (it would be ignored otherwise; ``make reproduce`` passes
+    the defaults, which is fine); ``-p NAME=VALUE`` is how a parameter changes."""
+    given = [f"--{dest.replace('_', '-')}" for dest in RUN_OPTIONS if getattr(args, dest) != parser.get_default(dest)]
+    if given:
+        raise ValueError(f"--resume continues a run with its own parameters: {', '.join(given)} cannot change it; "
+                         "change a parameter of the notebooks not yet finished with -p NAME=VALUE")
+
+
+def resumed_steps(earlier: dict, changes: dict[str, object]) -> list[tuple[str, dict]]:
+    """The run's own notebooks and parameters, with ``changes`` (``-p``) applied to the notebooks not
+    finished yet that declare them (checked like a new run's); says which it applies where. ValueError
+    when a change names a parameter no unfinished notebook declares."""
+    steps = [(n, dict(p)) for n, p in earlier["parameters"].items()]
+    if not changes:
+        return steps
+    completed = set(earlier.get("completed", []))
+    pending = [n for n, _ in steps if n not in completed]
+    declared = {n: notebook_parameters(n) for n in pending}
+    stray = sorted(k for k in changes if not any(k in d for d in declared.values()))
+    if stray:
+        raise ValueError(f"-p {', '.join(stray)}: no notebook left to run ({', '.join(pending) or 'none'}) "
+                         "declares it")
+    for name, value in changes.items():
+        spec = next(d[name] for d in declared.values() if name in d)
+        check_parameter(name, value, spec["inferred_type_name"])
+    merged = {k: v for _, p in steps for k, v in p.items()}
+    merged.update(changes)
+    check_training_settings(merged)
+    check_data(merged)
+    out = []
+    for name, params in steps:
+        applied = {k: v for k, v in changes.items() if name in declared and k in declared[name]}
+        if applied:
+            print(f"resume: {name} runs with {', '.join(f'{k}={v!r}' for k, v in applied.items())}")
+        out.append((name, {**params, **applied}))
+    return out
+
+
+def print_plan(steps: list[tuple[str, dict]], run_dir: Path) -> int:
+    """``--dry-run``: what would run where, then exit 0 (nothing created, no kernel started)."""
+    print(f"dry run: would write {run_dir}")
+    for i, (name, params) in enumerate(steps, 1):
+        print(f"[{i}/{len(steps)}] {name} ({', '.join(f'{k}={v!r}' for k, v in params.items())})")
+    return 0
 
 
 def unfinished_run(out: Path, which: str) -> tuple[Path, dict]:
@@ -220,6 +312,66 @@ def unfinished_run(out: Path, which: str) -> tuple[Path, dict]:
         if which != "latest":
             raise ValueError(f"{run_dir} finished (status ok): nothing to resume")
     raise ValueError(f"no unfinished run under {out} to resume")
+
+
+LOCK_NAME = "run.lock"  # in a run folder while a job runs it: pid, host and start time of that job
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``): the job stops like Ctrl-C and marks its run as stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _lock_holder(run_dir: Path) -> dict | None:
+    """The job that holds ``run_dir``'s lock when it is still alive (same host, same process, same start
+    time: a reused pid does not count), else None. A job on another host counts as alive: it cannot
+    be checked from here."""
+    import psutil
+
+    try:
+        lock = json.loads((run_dir / LOCK_NAME).read_text())
+        pid, host, created = int(lock["pid"]), str(lock["host"]), float(lock["process_created"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != platform.node():
+        return lock
+    try:
+        alive = abs(psutil.Process(pid).create_time() - created) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        alive = False
+    return lock if alive and pid != os.getpid() else None
+
+
+def check_not_running(run_dir: Path) -> None:
+    """ValueError naming the job when another job is running ``run_dir`` now (its lock's process is alive)."""
+    holder = _lock_holder(run_dir)
+    if holder is not None:
+        where = "" if holder["host"] == platform.node() else f" (on host {holder['host']}: if that job is gone, " \
+            f"delete {run_dir / LOCK_NAME})"
+        raise ValueError(f"{run_dir} is being run by another job: pid {holder['pid']} on {holder['host']}, started "
+                         f"{holder['started']}{where}; wait for it to end or stop it before --resume")
+
+
+def take_lock(run_dir: Path) -> None:
+    """Mark ``run_dir`` as run by this process (pid, host, start time); ValueError when a live job holds
+    it. A lock left by a dead job (kill -9) is taken over."""
+    import psutil
+
+    check_not_running(run_dir)
+    me = {"pid": os.getpid(), "host": platform.node(), "started": dt.datetime.now().isoformat(timespec="seconds"),
+          "process_created": psutil.Process().create_time()}
+    results.atomic_write_json(run_dir / LOCK_NAME, me)
+
+
+def release_lock(run_dir: Path) -> None:
+    try:
+        if json.loads((run_dir / LOCK_NAME).read_text()).get("pid") == os.getpid():
+            (run_dir / LOCK_NAME).unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def train_ahead_by_default(profile: str) -> bool:
@@ -255,8 +407,37 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     stop at the first failure. ``run.json`` is written before the first notebook and after each one
     (status ``running`` and the notebooks completed), so a killed job can be resumed: ``earlier``
     (the run.json of that job) keeps its completed notebooks, and trainings resume from their
-    checkpoints."""
+    checkpoints. While it runs, the folder holds :data:`LOCK_NAME` (no second job takes it over);
+    SIGTERM stops it like Ctrl-C, with run.json marked ``stopped``; if it is killed outright,
+    :mod:`fsfsl_utils.watchdog` ends its kernels and Ray processes."""
+    try:
+        take_lock(run_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {run_dir / LOCK_NAME} cannot be written: {err}", file=sys.stderr)
+        return 1
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    guard = watchdog.start()  # ends the kernels and a local Ray cluster if this job is killed with SIGKILL
+    try:
+        return _execute(steps, run_dir, train_first, earlier, pack)
+    finally:
+        guard.terminate()  # this job ends normally: it stops its helpers itself
+        guard.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        release_lock(run_dir)
 
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool, earlier: dict | None,
+             pack: int) -> int:
     os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
                                                                 os.environ.get("JUPYTER_PATH")]))
@@ -284,45 +465,65 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     except OSError as err:
         print(f"error: {run_dir / 'run.json'} cannot be written: {err}", file=sys.stderr)
         return 1
-    if train_first and len(completed) < sum(n in experiment.STUDY_STEPS for n, _ in steps):
-        t0 = time.perf_counter()
-        try:
-            done = experiment.train_ahead(training_specs(steps, run_dir), run_dir,
-                                          progress=any(p.get("PROGRESS") for _, p in steps), pack=pack)
-        except Exception as err:  # noqa: BLE001 - the notebooks can still train their own (or resume)
-            notes.append(f"training ahead failed ({type(err).__name__}: {err}); each notebook trained its own, "
-                         "resuming from any checkpoint written before the failure")
-            print(f"      {notes[-1]}", file=sys.stderr, flush=True)
-        else:
-            packing = f", up to {pack} per packed network" if pack > 1 else ""
-            print(f"trained ahead: {done} fine-tunings at once{packing} in {time.perf_counter() - t0:.0f} s"
-                  + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
-        timings["train_ahead"] = time.perf_counter() - t0
     try:
+        if train_first and len(completed) < sum(n in experiment.STUDY_STEPS for n, _ in steps):
+            t0 = time.perf_counter()
+            try:
+                done = experiment.train_ahead(training_specs(steps, run_dir), run_dir,
+                                              progress=any(p.get("PROGRESS") for _, p in steps), pack=pack)
+            except Exception as err:  # noqa: BLE001 - the notebooks can still train their own (or resume)
+                notes.append(f"training ahead failed ({type(err).__name__}: {err}); each notebook trained its own, "
+                             "resuming from any checkpoint written before the failure")
+                print(f"      {notes[-1]}", file=sys.stderr, flush=True)
+            else:
+                packing = f", up to {pack} per packed network" if pack > 1 else ""
+                print(f"trained ahead: {done} fine-tunings at once{packing} in {time.perf_counter() - t0:.0f} s"
+                      + ("" if done else " (none: only the paper profile checkpoints its fine-tunings)"), flush=True)
+            timings["train_ahead"] = time.perf_counter() - t0
         cluster_steps, stop_cluster = shared_ray_cluster(steps)
         try:
             status = _run_notebooks(cluster_steps, run_dir, timings, completed,
                                     lambda: atomic_write_json(run_dir / "run.json", progress_record("running")))
         finally:
             stop_cluster()
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except KeyboardInterrupt as stop:
+        status = "stopped" if isinstance(stop, Terminated) else "interrupted"
     info = progress_record(status)
+    code = {"interrupted": 130, "stopped": 128 + signal.SIGTERM}.get(status)
     try:
         atomic_write_json(run_dir / "run.json", info)
     except OSError as err:
         print(f"error: the run stopped ({status}) and {run_dir / 'run.json'} cannot be written: {err}", file=sys.stderr)
-        return 130 if status == "interrupted" else 1
-    if status == "interrupted":
-        print(f"interrupted: {run_dir} keeps what finished; run.json says so", file=sys.stderr)
-        return 130
+        return code or 1
+    if code:
+        how = "interrupted" if status == "interrupted" else "stopped (SIGTERM)"
+        print(f"{how}: {run_dir} keeps what finished; run.json says so; continue with --resume", file=sys.stderr)
+        return code
     print(f"total {info['total_seconds']:.0f} s, peak kernel memory {info['peak_rss_mib_of_kernels']} MiB")
-    summary = run_dir / "summary.md"
-    if status == "ok" and summary.exists():
-        text = summary.read_text()
-        print(text.split("## Every arm")[0].strip())  # the conclusions and the kit beside the study
-        print(f"\nfull summary: {summary}")
+    if status == "ok" and (run_dir / "summary.json").exists():
+        print_summary(run_dir)
     return 0 if status == "ok" else 1
+
+
+def print_summary(run_dir: Path) -> None:
+    """The conclusions and the kit beside the study, as plain text (summary.md is Markdown, escaped for
+    renderers; the terminal gets the words themselves, from summary.json)."""
+    import pandas as pd
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError) as err:
+        print(f"warning: {run_dir / 'summary.json'} is unreadable ({err})", file=sys.stderr)
+        return
+    print("Conclusions:")
+    print("\n".join(f"- {line}" for line in summary.get("conclusions", [])))
+    table = summary.get("Kit vs study")
+    if table:
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            frame = pd.DataFrame(table)
+            frame = frame.astype(object).where(frame.notna(), "")
+            print("\nThe kit beside the study:\n" + frame.to_string(index=False))
+    print(f"\nfull summary: {run_dir / 'summary.md'}")
 
 
 def shared_ray_cluster(steps: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], Callable[[], None]]:
@@ -342,6 +543,49 @@ def shared_ray_cluster(steps: list[tuple[str, dict]]) -> tuple[list[tuple[str, d
              for n, p in steps], runner.shutdown)
 
 
+def kernel_manager(log_path: Path) -> type:
+    """A Jupyter kernel manager whose kernels write their own messages (start-up warnings, the traceback
+    of a kernel stopped mid-reply by Ctrl-C) to ``log_path`` instead of the job's terminal; cell
+    errors still reach the executed notebooks. Uses jupyter_client's documented hook for launching
+    kernels differently (``_async_launch_kernel``)."""
+    from jupyter_client import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: object) -> None:
+            with open(log_path, "a") as log:  # the kernel keeps its own copy of the descriptor
+                kw.setdefault("stderr", log)
+                kw.setdefault("stdout", log)
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
+class Published:
+    """Whether :func:`publish_notebook` kept the executed notebook (truthy), and if not, why."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return not self.reason
+
+
+def publish_notebook(partial: Path, target: Path) -> Published:
+    """Move an executed notebook from where papermill saved it cell by cell to ``target``, atomically and
+    only when it is whole JSON: a notebook cut off by a full disk (or a killed job) is never left as
+    ``target``; the cut file is removed and the reason returned."""
+    try:
+        json.loads(partial.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Published(f"no executed notebook was written for {target.name}")
+    except (OSError, ValueError) as err:
+        partial.unlink(missing_ok=True)
+        return Published(f"the executed {target.name} could not be written whole ({type(err).__name__}; a full "
+                         "disk?): not kept")
+    os.replace(partial, target)
+    return Published()
+
+
 def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float], completed: list[str],
                    after_each: Callable[[], object]) -> str:
     """Execute the notebooks in order (those in ``completed`` are kept), stopping at the first failure;
@@ -357,17 +601,25 @@ def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[s
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "RESULTS_DIR")
         print(f"[{i}/{len(steps)}] {name} ({shown}) ...", flush=True)
         t0 = time.perf_counter()
+        partial = run_dir / "notebooks" / ".partial" / f"{name}.ipynb"  # papermill saves after every cell
+        partial.parent.mkdir(exist_ok=True)
         try:
-            papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(target), parameters=params,
-                                       kernel_name="python3", cwd=str(run_dir), progress_bar=False)
+            try:
+                papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(partial), parameters=params,
+                                           kernel_name="python3", cwd=str(run_dir), progress_bar=False,
+                                           kernel_manager_class=kernel_manager(run_dir / "kernels.log"))
+            finally:
+                kept = publish_notebook(partial, target)
         except papermill.PapermillExecutionError as err:
             timings[name] = time.perf_counter() - t0
             print(f"      FAILED after {timings[name]:.0f} s: {err.ename}: {err.evalue}\n"
-                  f"      executed notebook with the error: {target}", file=sys.stderr)
+                  f"      {'executed notebook with the error: ' + str(target) if kept else kept.reason}",
+                  file=sys.stderr)
             return f"failed in {name}: {err.ename}: {err.evalue}"
-        except OSError as err:  # e.g. the run folder became read-only
+        except OSError as err:  # e.g. the run folder became read-only, the disk full
             timings[name] = time.perf_counter() - t0
-            print(f"      FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"      FAILED: {type(err).__name__}: {err}" + ("" if kept else f"\n      {kept.reason}"),
+                  file=sys.stderr)
             return f"failed in {name}: {type(err).__name__}: {err}"
         timings[name] = time.perf_counter() - t0
         completed.append(name)

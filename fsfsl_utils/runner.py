@@ -52,6 +52,7 @@ def _same_training(record: dict, spec: StepSpec) -> bool:
     return (record.get("step"), record.get("seed"), record.get("split_seed"), record.get("source"),
             record.get("labels"), record.get("limit_per_class"), record.get("profile")) == \
         (spec.step, spec.seed, spec.split_seed, spec.source, spec.labels, spec.limit_per_class, spec.profile) \
+        and record.get("target_class_requested") == spec.target_class \
         and json.loads(json.dumps(record.get("config"))) == json.loads(json.dumps(config))
 
 

@@ -6,6 +6,8 @@ importing the training code. How a step *runs* lives in :mod:`fsfsl_utils.experi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 STEPS: dict[str, dict] = {
     "01_baseline": {"policy": "none", "title": "baseline"},
     "02_flip": {"policy": "flip", "title": "+ flips"},
@@ -27,3 +29,33 @@ STUDY_RESULTS: dict[str, dict] = {
     "tta_blur": {"accuracy": 0.88117, "recall_normal": 0.948, "recall_defective": 0.733},
 }
 CONTROL_STEPS = ("04_balanced_duplicate", "04_class_weighted")
+
+ELPV_TARGET, ELPV_REFERENCE = "defective", "normal"  # the study's classes: defect recall matters most
+
+
+def class_roles(class_names: Sequence[str], counts: Mapping[str, int] | None = None,
+                target: str | None = None) -> tuple[str, str]:
+    """(target, reference): the class whose recall matters most, and the class held at a fixed recall
+    when the target's is read off an ROC curve (and the one a balancing policy leaves largest).
+
+    One rule, applied everywhere (augmentation's ``@majority`` / ``@minority``, every table, figure and
+    widget): the target is ``target`` when named, else ELPV's ``defective``, else the smallest class
+    by ``counts``, a tie going to the class *last* in class order; the reference is ``normal`` beside
+    ELPV's ``defective``, else the largest other class, a tie going to the class *first* in order.
+    The two always differ: on two classes of equal size the second is the target, the first the
+    reference. ValueError when ``target`` is not a class or there are fewer than two classes."""
+    names = list(class_names)
+    if len(names) < 2:
+        raise ValueError(f"need at least two classes for a target and a reference, got {names}")
+    counts = counts or {}
+    if target:
+        if target not in names:
+            raise ValueError(f"TARGET_CLASS {target!r} is not a class of this data; its classes: "
+                             f"{', '.join(map(repr, names))}")
+    elif ELPV_TARGET in names and ELPV_REFERENCE in names:
+        target = ELPV_TARGET
+    else:
+        target = min(reversed(names), key=lambda c: counts.get(c, 0))  # min keeps the first of ties: the last class
+    if target == ELPV_TARGET and ELPV_REFERENCE in names:
+        return target, ELPV_REFERENCE
+    return target, max((c for c in names if c != target), key=lambda c: counts.get(c, 0))

@@ -3,9 +3,12 @@
 Starts JupyterLab from this environment on a free localhost port with a token, opens notebook 01
 (parameterised to the smoke profile) in Debian's Chromium driven by Playwright, runs all cells,
 waits for the sensitivity explorer, clicks a bin and checks that the gallery caption follows.
-The images carry hostile file names (``<img src=x onerror=alert(1)> 3.png``): they must show as
-text, and no JavaScript dialog may open. A screenshot is saved in the test's output folder.
-``make test-browser`` runs this test alone.
+Then notebook 05 over the record 01 wrote, and the summary.md it wrote, rendered by a Markdown
+renderer that lets HTML through. The images carry hostile file names
+(``<img src=x onerror=alert(1)> 3.png``) and their classes hostile folder names
+(``<img src=x onerror=alert(1)>``, ``<svg onload=alert(2)>``): they must show as text, and no
+JavaScript dialog may open. Screenshots are saved in the test's output folder.
+``make test-browser`` runs these tests alone.
 """
 
 from __future__ import annotations
@@ -37,17 +40,18 @@ def free_port() -> int:
 
 
 HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE_CLASSES = ("<img src=x onerror=alert(1)>", "<svg onload=alert(2)>")
 
 
 def hostile_folder(root: Path) -> Path:
-    """16 ELPV cells per class as an ImageFolder whose file names are script injections."""
+    """16 ELPV cells per class as an ImageFolder whose class and file names are script injections."""
     from PIL import Image
 
     from fsfsl_utils import data
 
     ds = data.load_elpv("study", limit_per_class=16, seed=0)
     for i, (image, label) in enumerate(zip(ds.images, ds.labels)):
-        folder = root / ds.class_names[label]
+        folder = root / HOSTILE_CLASSES[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{HOSTILE} {i}.png")
     return root
@@ -62,6 +66,9 @@ def lab(tmp_path):
                                parameters={"PROFILE": "smoke", "RESULTS_DIR": str(tmp_path / "runs"),
                                            "DATA": str(hostile_folder(tmp_path / "hostile")),
                                            "PROGRESS": False, "SWEEP_IMAGES": 0, "WIDGETS": True},
+                               prepare_only=True, kernel_name="python3")
+    papermill.execute_notebook(str(ROOT / "notebooks" / "05_analysis.ipynb"), str(work / "05_analysis.ipynb"),
+                               parameters={"RESULTS_DIR": str(tmp_path / "runs"), "PROGRESS": False, "WIDGETS": True},
                                prepare_only=True, kernel_name="python3")
     port, token = free_port(), "fsfsl-test-token"
     env = {**os.environ, "FSFSL_CACHE": str(tmp_path / "cache"), "FSFSL_PROGRESS": "0",
@@ -88,6 +95,21 @@ def lab(tmp_path):
         proc.wait(timeout=20)
 
 
+def open_and_run_all(page, url: str) -> None:
+    """Open a notebook in JupyterLab, take the kernel it offers, and run all its cells."""
+    page.goto(url)
+    page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
+    select = page.locator(".jp-Dialog button", has_text="Select")   # JupyterLab may ask for the kernel
+    try:
+        select.wait_for(timeout=8_000)
+        select.click()
+    except Exception:  # no dialog: the kernel started by itself
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
 def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
@@ -98,17 +120,7 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
         dialogs = []
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         try:
-            page.goto(url)
-            page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
-            select = page.locator(".jp-Dialog button", has_text="Select")   # JupyterLab may ask for the kernel
-            try:
-                select.wait_for(timeout=8_000)
-                select.click()
-            except Exception:  # no dialog: the kernel started by itself
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            open_and_run_all(page, url)
             buttons = page.locator(".widget-toggle-buttons")
             buttons.first.wait_for(state="visible", timeout=180_000)
             caption = page.locator("text=images in the brightness bin").first
@@ -139,6 +151,32 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
             shown = page.evaluate("() => [...document.querySelectorAll('.widget-html-content')]"
                                   f".filter(e => e.innerText.includes({HOSTILE!r})).length")
             assert shown > 0, "the hostile file names should appear as text in the widgets"
+            assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
+            # 05 over the record 01 just wrote: its conclusions (Markdown) name the classes as text
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})  # a second tab: 01 stays open
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            open_and_run_all(page, url.replace("/lab/tree/01_baseline.ipynb",
+                                               "/lab/workspaces/w05/tree/05_analysis.ipynb"))
+            page.wait_for_function("() => document.body.innerText.includes('runs/report.html')", timeout=240_000)
+            assert "Traceback" not in page.inner_text("body")
+            rendered = ".jp-OutputArea .jp-RenderedMarkdown"
+            assert page.locator(rendered).count() > 0
+            assert page.locator(f"{rendered} img, {rendered} svg").count() == 0
+            conclusions = " ".join(page.locator(rendered).all_text_contents())
+            assert HOSTILE_CLASSES[1] + " recall" in conclusions, conclusions[:500]
+            page.screenshot(path=str(out / "05_conclusions.png"))
+            # summary.md in a renderer that lets HTML through
+            import mistune
+
+            summary = (out / "runs" / "summary.md").read_text()
+            html_page = out / "summary.html"
+            html_page.write_text(mistune.create_markdown(escape=False, plugins=["table"])(summary))
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.goto(html_page.as_uri())
+            page.wait_for_load_state("load")
+            assert page.evaluate("() => document.querySelectorAll('img, svg, script').length") == 0
+            assert HOSTILE_CLASSES[0] in page.inner_text("body")
             assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
         except Exception:
             page.screenshot(path=str(out / "failure.png"))

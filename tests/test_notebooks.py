@@ -147,12 +147,14 @@ def test_splits_and_profile_default_seeds(tmp_path):
         experiment.Settings.from_parameters(profile="smoke", splits=0, results_dir=str(tmp_path), progress=False)
 
 
-def test_own_imagefolder_through_the_main_job(tmp_path):
-    """A user's tree with other class names goes through 01, 04 (majority / minority policies) and 05."""
+def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
+    """A user's tree with other class names goes through 01, 04 (majority / minority policies) and 05,
+    with a smallest class of 3 images (1 for validation): 05 completes and says which statistic it
+    could not compute and why."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for cname, n in (("ok", 30), ("crack", 14)):
+    for cname, n in (("ok", 30), ("crack", 3)):
         folder = tmp_path / "mine" / cname
         folder.mkdir(parents=True)
         for i in range(n):
@@ -163,10 +165,12 @@ def test_own_imagefolder_through_the_main_job(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     recs = {r["step"]: r for r in results.load_records(run_dir)}
     assert recs["01_baseline"]["class_names"] == ["crack", "ok"]
-    assert recs["01_baseline"]["train_counts"] == {"crack": 7, "ok": 8}
-    assert recs["04_balanced_augment"]["train_counts"] == {"crack": 28, "ok": 16}   # minority x4, majority x2
-    assert recs["04_balanced_duplicate"]["train_counts"] == {"crack": 28, "ok": 16}
+    assert recs["01_baseline"]["train_counts"] == {"crack": 2, "ok": 8}
+    assert recs["04_balanced_augment"]["train_counts"] == {"crack": 8, "ok": 16}   # minority x4, majority x2
+    assert recs["04_balanced_duplicate"]["train_counts"] == {"crack": 8, "ok": 16}
     assert (run_dir / "summary.md").exists()
+    out = capsys.readouterr().out
+    assert "crack recall: not computed: 1 validation crack image(s): a paired effect needs at least 2" in out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,68 @@
+"""Every main-job command the README shows is accepted as written: each ``make reproduce ...`` line
+is turned into its command by ``make -n`` and each ``python -m fsfsl_utils.run ...`` line taken as it
+is, then run with ``--dry-run`` (arguments, data, profile and parameters checked, the notebooks and
+their parameters printed, nothing created). Placeholders (``/path/to/root``) become a real folder.
+The ``--help`` example runs for real in ``tests/test_hostile_input.py``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsfsl_utils import data, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    """The main-job lines of the README's bash blocks (comments dropped; lines with shell variables,
+    which only a cluster script can fill, left out)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.splitlines():
+            if line.strip().startswith(("make reproduce", "python -m fsfsl_utils.run")) and "$" not in line:
+                found.append(shlex.join(shlex.split(line, comments=True)))
+    return found
+
+
+def test_the_readme_shows_main_job_commands():
+    assert len(readme_commands()) >= 5
+
+
+def main_job_args(command: str) -> list[str]:
+    """The arguments ``python -m fsfsl_utils.run`` gets from a README line (``make -n`` for make)."""
+    words = shlex.split(command)
+    if words[0] == "make":
+        shown = subprocess.run(["make", "-n", "-s", *words[1:]], cwd=ROOT, capture_output=True, text=True, check=True)
+        line = next(x for x in shown.stdout.splitlines() if "-m fsfsl_utils.run" in x)
+        words = shlex.split(line)
+    return words[words.index("fsfsl_utils.run") + 1:]
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_a_readme_command_is_accepted_as_written(command, tmp_path, capsys):
+    mine = tmp_path / "root"
+    for cname in ("ok", "crack"):
+        (mine / cname).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(mine / cname / f"{i}.png")
+    pack = tmp_path / "elpv-study.fsfslpack"
+    data.write_pack(data.load_imagefolder(mine, size=16), pack, progress=False)
+    args = [a.replace("/path/to/root", str(mine)).replace("data/elpv-study.fsfslpack", str(pack))
+            for a in main_job_args(command)]
+    out = tmp_path / "runs"
+    if "--resume" in args:                                 # an unfinished run for it to continue
+        (out / "20261204-000000").mkdir(parents=True)
+        (out / "20261204-000000" / "run.json").write_text(json.dumps(
+            {"status": "running", "completed": [], "parameters": {"01_baseline": {"PROFILE": "smoke"}}}))
+    assert run.main([*args, "--out", str(out), "--dry-run"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "dry run: would write" in printed and "[1/" in printed
+    assert not (out.exists() and [p for p in out.iterdir() if p.name != "20261204-000000"])
