@@ -158,6 +158,26 @@ def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: i
     return Dataset(images, meta, class_names)
 
 
+ELPV_MODULES = 44  # "extracted from 44 different solar modules" (the data set's README)
+MODULE_BLOCK = 60  # cells per module block: most ELPV modules are 6 x 10 cells
+
+
+def elpv_module_groups(names: Sequence[str]) -> list[str]:
+    """A module label per ELPV cell name (``cell0421.png``), for clustered statistics and grouped splits.
+
+    The data set says its 2,624 cells come from 44 modules, but names no module. Its labels list the
+    cells module by module: the cell type (mono / poly) changes only at multiples of 60 cells at
+    first, and a module is of one type. So a module is taken to be a block of 60 consecutive cells
+    within a run of one cell type (a proxy; the runs that are not multiples of 60 end in a shorter
+    block). Names that are not ELPV cells get their own group each."""
+    table = pd.read_csv(elpv_root() / "labels.csv", sep=r"\s+", header=None, names=["path", "probability", "type"])
+    run = (table["type"] != table["type"].shift()).cumsum().to_numpy()
+    start = {r: i for i, r in reversed(list(enumerate(run)))}  # first row of each run
+    label = {Path(path).name: f"{kind}-run{r}-block{(i - start[r]) // MODULE_BLOCK}"
+             for i, (path, kind, r) in enumerate(zip(table["path"], table["type"], run))}
+    return [label.get(Path(str(n)).name.split("#")[0], f"image:{n}") for n in names]
+
+
 def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto") -> Dataset:
     """Load ``root/<class>/*`` or ``root/{train,val}/<class>/*`` into a Dataset.
 
@@ -243,22 +263,35 @@ def pick_per_class(labels: np.ndarray, n: int | None, rng: np.random.Generator,
     return [rng.permutation(np.flatnonzero(labels == c))[:n] for c in classes]
 
 
+SPLIT_KINDS = ("random", "grouped")
+
+
 def split(ds: Dataset, seed: int = 0, train_fraction: float = 0.5,
-          train_counts: dict[str, int] | None = None) -> tuple[Dataset, Dataset]:
+          train_counts: dict[str, int] | None = None, kind: str = "random") -> tuple[Dataset, Dataset]:
     """Seeded split stratified by class and cell type; returns (train, val).
 
     Per class, ``ceil(n * train_fraction)`` images go to train (ELPV study policy:
     754 + 358 train, 754 + 357 validation), or exactly ``train_counts[class]``.
     Within a class, each cell type contributes in proportion (largest remainder).
     A Dataset whose ``split`` column is already filled (ImageFolder with train/ and val/)
-    is split as given.
+    is split as given. ``kind="grouped"`` keeps every module (:func:`elpv_module_groups`) on one
+    side, with the class counts as close to those targets as whole modules allow
+    (:func:`grouped_split`): what a user whose next images come from a new module sees.
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"split kind must be one of {', '.join(SPLIT_KINDS)}, got {kind!r}")
     if (ds.meta["split"] != "").all():
         tr = np.flatnonzero(ds.meta["split"].to_numpy() == "train")
         va = np.flatnonzero(ds.meta["split"].to_numpy() == "val")
         return ds.subset(tr), ds.subset(va)
+    if kind == "grouped":
+        groups = elpv_module_groups(ds.meta["source"].tolist())
+        if all(g.startswith("image:") for g in groups):
+            raise DataError("a grouped split needs to know each image's module: only ELPV cells (and packs of "
+                            "them) carry it")
+        return grouped_split(ds, groups, seed, train_fraction)
     rng = np.random.default_rng(seed)
     labels, strata = ds.labels, ds.meta["cell_type"].to_numpy()
     train_idx = []
@@ -282,6 +315,43 @@ def split(ds: Dataset, seed: int = 0, train_fraction: float = 0.5,
     train_idx = np.sort(np.concatenate(train_idx))
     val_idx = np.setdiff1d(np.arange(len(ds)), train_idx)
     train, val = ds.subset(train_idx), ds.subset(val_idx)
+    train.meta["split"], val.meta["split"] = "train", "val"
+    return train, val
+
+
+GROUPED_TRIES = 200  # seeded orders tried by grouped_split; the closest to the target counts is kept
+
+
+def grouped_split(ds: Dataset, groups: Sequence[str], seed: int = 0,
+                  train_fraction: float = 0.5) -> tuple[Dataset, Dataset]:
+    """Whole groups to one side: groups in a seeded random order, each put where it brings the training
+    part's class counts closest to ``ceil(n_c * train_fraction)`` (L1 distance; ties to validation);
+    of :data:`GROUPED_TRIES` such orders (all drawn from ``seed``) the closest is kept. No group is on
+    both sides. DataError when the data have a single group or a side would lose a class."""
+    labels = ds.labels
+    groups = np.asarray(groups)
+    names, index = np.unique(groups, return_inverse=True)
+    if len(names) < 2:
+        raise DataError("a grouped split needs at least two groups (modules); these images have one")
+    counts = np.zeros((len(names), len(ds.class_names)), int)
+    np.add.at(counts, (index, labels), 1)
+    target = np.ceil(counts.sum(0) * train_fraction)
+    best, best_gap = None, np.inf
+    for trial in range(GROUPED_TRIES):
+        in_train = np.zeros(len(names), bool)
+        current = np.zeros(len(ds.class_names))
+        for g in np.random.default_rng([seed, trial]).permutation(len(names)):
+            if np.abs(current + counts[g] - target).sum() < np.abs(current - target).sum():
+                in_train[g] = True
+                current += counts[g]
+        gap = np.abs(current - target).sum()
+        if gap < best_gap:
+            best, best_gap = in_train, gap
+    tr_mask = best[index]
+    for c, cname in enumerate(ds.class_names):
+        if not ((labels == c) & tr_mask).any() or not ((labels == c) & ~tr_mask).any():
+            raise DataError(f"a grouped split leaves class {cname!r} on one side only: too few groups")
+    train, val = ds.subset(np.flatnonzero(tr_mask)), ds.subset(np.flatnonzero(~tr_mask))
     train.meta["split"], val.meta["split"] = "train", "val"
     return train, val
 

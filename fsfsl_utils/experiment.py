@@ -26,6 +26,7 @@ import torch
 import torchvision
 
 from . import augment, data, metrics, profiles, results, sensitivity, train
+from . import data as data_module
 from .config import TrainConfig
 from .data import check_label_policy
 from .progress import set_progress
@@ -57,20 +58,22 @@ class DataStore:
         self._splits: dict[tuple, tuple[data.Dataset, data.Dataset]] = {}
 
     def split(self, source: str = "elpv", labels: str = "study", split_seed: int = 0,
-              limit_per_class: int | None = None, image_size: int = 300) -> tuple[data.Dataset, data.Dataset]:
+              limit_per_class: int | None = None, image_size: int = 300,
+              split_kind: str = "random") -> tuple[data.Dataset, data.Dataset]:
         """(train, val) for ELPV (the study's split), a pack file or an ImageFolder path.
-        ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs)."""
+        ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs); ``split_kind``:
+        ``random`` (the study's) or ``grouped`` (no module on both sides, :func:`fsfsl_utils.data.split`)."""
         base_key = (str(source), labels, image_size)
         if base_key not in self._sources:
             self._sources[base_key] = data.load_source(source, labels, image_size)
-        key = (*base_key, split_seed, limit_per_class)
+        key = (*base_key, split_seed, limit_per_class, split_kind)
         if key not in self._splits:
             ds = self._sources[base_key]
             if limit_per_class:
                 rng = np.random.default_rng(split_seed)
                 keep = data.pick_per_class(ds.labels, limit_per_class, rng, range(len(ds.class_names)))
                 ds = ds.subset(np.sort(np.concatenate(keep)))
-            self._splits[key] = data.split(ds, seed=split_seed)
+            self._splits[key] = data.split(ds, seed=split_seed, kind=split_kind)
         return self._splits[key]
 
 
@@ -97,11 +100,12 @@ class StepSpec:
     profile_requested: str = "auto"
     notes: tuple[str, ...] = ()  # why the profile resolved as it did
     target_class: str | None = None  # the class whose recall matters most; None: the rule of study.class_roles
+    split_kind: str = "random"  # "random" (the study's split) or "grouped" (no module on both sides)
 
     @classmethod
     def build(cls, step: str, profile: str = "auto", seed: int = 0, split_seed: int = 0, source: str = "elpv",
               labels: str = "study", policy: str | None = None, limit_per_class: int | None = None,
-              target_class: str | None = None, **config: object) -> StepSpec:
+              target_class: str | None = None, split_kind: str = "random", **config: object) -> StepSpec:
         """The spec of ``step`` (its policy and class weighting from :data:`STEPS`) under ``profile``;
         ``config``: :class:`~fsfsl_utils.config.TrainConfig` fields that override the profile's
         (None: the profile's value)."""
@@ -114,7 +118,7 @@ class StepSpec:
         resolved = profiles.resolve(profile, limit_per_class=limit_per_class, **config)
         return cls(step, policy, resolved["config"], seed, split_seed, str(source), labels,
                    resolved.get("limit_per_class"), resolved["profile"], profile, tuple(resolved["notes"]),
-                   target_class or None)
+                   target_class or None, split_kind)
 
     @property
     def checkpointed(self) -> bool:
@@ -185,13 +189,16 @@ def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
         "limit_per_class": spec.limit_per_class,
         "class_names": list(val.class_names), "target_class": target, "reference_class": reference,
-        "target_class_requested": spec.target_class, "train_counts": expanded.counts(),
+        "target_class_requested": spec.target_class, "split_kind": spec.split_kind,
+        "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
         "metrics_last_epoch": None if fit.last_logits is None else
         metrics.evaluate(val.labels, fit.last_logits, val.class_names),
         "predictions": {"names": val.names, "labels": val.labels.tolist(),
                         "logits": np.round(fit.val_logits, 6).tolist()},
+        "predictions_last_epoch": None if fit.last_logits is None else
+        {"names": val.names, "labels": val.labels.tolist(), "logits": np.round(fit.last_logits, 6).tolist()},
         "view_logits": {v: np.round(x, 6).tolist() for v, x in fit.view_logits.items()},
         "history": fit.history, "timings": fit.timings,
     }
@@ -223,7 +230,8 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
     started = time.perf_counter()
     spec = _spec_of(spec, spec_args)
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
-    train_part, val = (store or DataStore()).split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class)
+    train_part, val = (store or DataStore()).split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class,
+                                                   split_kind=spec.split_kind)
     expanded = expand(spec, train_part, progress)
     fit = train.fit(expanded, val, spec.config, seed=spec.seed, views=views,
                     checkpoint_dir=spec.checkpoint_dir(out_dir), progress=progress)
@@ -255,7 +263,8 @@ def ahead_jobs(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store:
     store = store or DataStore()
     jobs = []
     for spec in (s for s in specs if s.checkpointed):
-        train_part, val = store.split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class)
+        train_part, val = store.split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class,
+                                      split_kind=spec.split_kind)
         jobs.append({"train": expand(spec, train_part, progress), "val": val, "config": spec.config,
                      "seed": spec.seed, "views": (), "checkpoint_dir": spec.checkpoint_dir(out_dir)})
     return jobs
@@ -314,7 +323,7 @@ def validation_split(record: dict, store: DataStore | None = None) -> data.Datas
     if data.is_pack(source) and not Path(source).is_file() and record.get("data_origin") == "elpv":
         source = "elpv"  # a pack of ELPV made elsewhere (e.g. on a GPU server): the same images, bit for bit
     _, val = (store or DataStore()).split(source, record.get("labels", "study"), record["split_seed"],
-                                          record.get("limit_per_class"))
+                                          record.get("limit_per_class"), split_kind=record.get("split_kind", "random"))
     if val.names != record["predictions"]["names"]:
         raise ValueError(f"the validation images of {record.get('_path', record['step'])} cannot be rebuilt "
                          "from its source and split seed")
@@ -371,6 +380,7 @@ class Settings:
     backend: str = "local"  # where settings.run trains: "local" (this process) or "ray" (fsfsl_utils.runner)
     ray_address: str = ""  # "": a local Ray cluster
     target_class: str | None = None  # None: the rule of study.class_roles
+    split_kind: str = "random"  # or "grouped": no module on both sides
     store: DataStore = field(default_factory=DataStore, repr=False)
     # probe: per (step, split seed), the C chosen by cross-validation and the seed that chose it
     head_c: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
@@ -381,14 +391,15 @@ class Settings:
                         seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
                         limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
                         progress: bool = True, backend: str = "local", ray_address: str = "",
-                        target_class: str = "") -> Settings:
+                        target_class: str = "", split_kind: str = "random") -> Settings:
         """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
         errors name the parameter.
 
         ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
         that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
         ``target_class``: the class whose recall matters most ("": ``defective`` on ELPV, else the
-        smallest class), checked against the data's classes before anything is decoded.
+        smallest class), checked against the data's classes before anything is decoded;
+        ``split_kind``: ``random`` (the study's split) or ``grouped`` (no module on both sides).
         """
         for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -403,13 +414,15 @@ class Settings:
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
                                     f"{data!r} is neither")
         if target_class:
-            class_roles(data.class_names_of(data, labels), target=target_class)
+            class_roles(data_module.class_names_of(data, labels), target=target_class)
+        if split_kind not in data_module.SPLIT_KINDS:
+            raise ValueError(f"SPLIT_KIND must be one of {', '.join(data_module.SPLIT_KINDS)}, got {split_kind!r}")
         set_progress(progress)
         overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
         settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
-                       ray_address=ray_address, target_class=target_class or None)
+                       ray_address=ray_address, target_class=target_class or None, split_kind=split_kind)
         settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
                                              **overrides)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
@@ -419,12 +432,14 @@ class Settings:
     def describe(self) -> str:
         where = "this process" if self.backend == "local" else f"Ray ({self.ray_address or 'a local cluster'})"
         return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds}; split seeds: {self.split_seeds}",
-                          f"data: {self.source} ({self.labels} labels)", f"results: {self.results_dir}",
+                          f"data: {self.source} ({self.labels} labels, {self.split_kind} split)",
+                          f"results: {self.results_dir}",
                           f"trainings run in: {where}"])
 
     def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
         split_seed = self.split_seeds[0] if split_seed is None else split_seed
-        return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"))
+        return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"),
+                                split_kind=self.split_kind)
 
     def specs(self, step: str, seeds: Sequence[int] | None = None, **config: object) -> Iterator[StepSpec]:
         """The trainings of ``step``, one per split and seed, yielded one at a time (``config``:
@@ -438,7 +453,7 @@ class Settings:
             for s in self.seeds if seeds is None else seeds:
                 spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
                                       limit_per_class=self.limit_per_class, target_class=self.target_class,
-                                      **{**self.overrides, **config})
+                                      split_kind=self.split_kind, **{**self.overrides, **config})
                 c, chooser = self.head_c.get((step, j), (None, None))
                 if c is not None and s != chooser and spec.config.mode == "probe" and "head_cs" not in config:
                     spec = spec.replace(config=spec.config.replace(head_cs=(c,)))

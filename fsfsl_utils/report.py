@@ -35,8 +35,9 @@ CONTROL_COMPARISONS = (("04_balanced_augment", "04_balanced_duplicate"),
 PRIMARY = ("04_balanced_augment", "01_baseline", "recall")  # the study's headline: balanced augmentation, defects
 TTA_STEP = "04_balanced_augment"  # the study's follow-up applied TTA to its balanced model
 INTERVALS_NOTE = ("Intervals: 'seeds' = 95% t-interval of the mean over seeds (training randomness alone; zero width "
-                  "when the seeds give the same model, as the probe does on un-augmented data); 'images' = 95% Wilson "
-                  "interval for that proportion on this many validation images (the finite validation set alone).")
+                  "when the seeds give the same model, as the probe does on un-augmented data); 'images' = 95% "
+                  "interval for that proportion from the validation images alone, the cells of one solar module "
+                  "counted as one cluster (they share their difficulty; a Wilson interval on data without modules).")
 
 
 def by_step(records: Sequence[dict]) -> dict[str, list[dict]]:
@@ -178,15 +179,41 @@ def step_table(records: Sequence[dict], view: str | None = None) -> pd.DataFrame
         row = {"step": step, "title": recs[0].get("title", step), "seeds": len(recs),
                "train": " / ".join(str(v) for v in recs[0]["train_counts"].values())}
         support = _supports(recs[0])
+        groups = image_groups(recs[0])
         for key in per_seed[0]:
             mean, lo, hi = mean_interval([s[key] for s in per_seed])
             row[key] = mean
             row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
             n = support.get(key)
-            ci = metrics.wilson_interval(round(mean * n), n) if n and mean == mean else None
+            if not n or mean != mean:
+                ci = None
+            elif groups is not None:
+                ci = _clustered_interval(recs, key, groups, view)
+            else:
+                ci = metrics.wilson_interval(round(mean * n), n)
             row[f"{key}_img_lo"], row[f"{key}_img_hi"] = ci if ci else (None, None)
         rows.append(row)
     return pd.DataFrame(rows).set_index("step")
+
+
+def _clustered_interval(recs: Sequence[dict], key: str, groups: Sequence[str], view: str | None,
+                        confidence: float = 0.95) -> tuple[float, float] | None:
+    """The 95% interval of a proportion (accuracy or a class's recall) from the validation images alone,
+    the cells of one module counted as one cluster (:func:`fsfsl_utils.stats.variance_components` on
+    the seeds' per-image correctness, its image part only)."""
+    labels, _ = record_arrays(recs[0], view)
+    if key == "accuracy":
+        keep = np.ones(len(labels), bool)
+    else:
+        name = {"recall_target": target_class(recs[0]), "recall_reference": reference_class(recs[0])}.get(
+            key, key.removeprefix("recall_"))
+        keep = labels == recs[0]["class_names"].index(name)
+    if keep.sum() < 2:
+        return None
+    correct = np.array([(record_arrays(r, view)[1].argmax(1) == labels)[keep] for r in recs], float)
+    comp = kit_stats.variance_components(correct, np.asarray(groups)[keep])
+    half = stats.t.ppf(0.5 + confidence / 2, comp["clusters"] - 1) * np.sqrt(comp["image_part"])
+    return max(0.0, comp["grand"] - half), min(1.0, comp["grand"] + half)
 
 
 def _supports(record: dict) -> dict[str, int]:
@@ -250,10 +277,50 @@ def study_effect(a: str, b: str, key: str) -> float | None:
     return None if va is None or vb is None else va - vb
 
 
+JUDGED_NOTE = ("Verdicts are computed from predictions no choice touched: the last epoch's, or the final model "
+               "of a profile that chooses nothing on the validation images. A fine-tuned record that only holds "
+               "its best epoch's predictions (chosen on these images) is judged on them, labelled optimistic.")
+
+
+def judged_predictions(record: dict) -> tuple[dict, bool]:
+    """The predictions a verdict is computed from, and whether they are free of any choice made on the
+    validation images: ``predictions_last_epoch`` when the record has them; else ``predictions``,
+    which are choice-free unless the record is a fine-tuning whose best epoch was kept
+    (``metrics_last_epoch`` beside them: the committed paper run of 2026-11-28)."""
+    if record.get("predictions_last_epoch"):
+        return record["predictions_last_epoch"], True
+    return record["predictions"], record.get("metrics_last_epoch") is None
+
+
+def judged_arrays(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of :func:`judged_predictions`."""
+    preds, _ = judged_predictions(record)
+    return np.asarray(preds["labels"]), np.asarray(preds["logits"], float)
+
+
+def image_groups(record: dict) -> list[str] | None:
+    """The module of each validation image of an ELPV record (:func:`fsfsl_utils.data.elpv_module_groups`:
+    cells of one module share their difficulty, so they count as one cluster); None for other data."""
+    if not on_elpv(record):
+        return None
+    from .data import elpv_module_groups
+
+    return elpv_module_groups(record["predictions"]["names"])
+
+
+def study_images(key: str) -> int:
+    """Validation images behind the study's number: all 1,111 for accuracy, the 357 defective for recall."""
+    from .data import STUDY_VAL_COUNTS
+
+    return sum(STUDY_VAL_COUNTS.values()) if key == "accuracy" else STUDY_VAL_COUNTS["defective"]
+
+
 def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | None:
     """Effect A - B on ``accuracy`` (all validation images) or ``recall`` (target-class images), paired by
-    split, seed and image (:func:`fsfsl_utils.stats.paired_effect`); several splits: the
-    Nadeau-Bengio corrected t over the splits' mean differences. None when no pair exists."""
+    split, seed and image, from :func:`judged_predictions` (:func:`fsfsl_utils.stats.paired_effect`,
+    images clustered by module on ELPV); several splits: the Nadeau-Bengio corrected t over the splits'
+    mean differences (the first split's variance components describe one run). ``selection_free``
+    says whether any record was judged on a chosen epoch. None when no pair exists."""
     groups = by_step(records)
     if a not in groups or b not in groups:
         return None
@@ -272,46 +339,64 @@ def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | 
         what = f"{target_class(first_a)} image" if key == "recall" else "image"
         return {"not_computed": f"{n_images} validation {what}(s): a paired effect needs at least 2",
                 "seeds": sum(len(v) for v in by_split.values()), "images": n_images}
-    effects = []
+    effects, free = [], True
     for pairs in by_split.values():
         ca, cb = [], []
         for ra, rb in pairs:
             if ra["predictions"]["names"] != rb["predictions"]["names"]:
                 raise ValueError(f"{a} and {b} were evaluated on different validation images: not a paired comparison")
-            labels, la = record_arrays(ra)
-            _, lb = record_arrays(rb)
+            labels, la = judged_arrays(ra)
+            _, lb = judged_arrays(rb)
+            free = free and judged_predictions(ra)[1] and judged_predictions(rb)[1]
             keep = labels == ra["class_names"].index(target_class(ra)) if key == "recall" else slice(None)
             ca.append(la.argmax(1)[keep] == labels[keep])
             cb.append(lb.argmax(1)[keep] == labels[keep])
-        effects.append(kit_stats.paired_effect(np.array(ca), np.array(cb)))
+        clusters = image_groups(pairs[0][0])
+        if clusters is not None and key == "recall":
+            clusters = list(np.asarray(clusters)[keep])
+        effects.append(kit_stats.paired_effect(np.array(ca), np.array(cb), clusters))
     if len(effects) == 1:
-        return {**effects[0], "splits": 1}
-    first = next(iter(by_split.values()))[0][0]
-    n_train = sum((first.get("train_counts_before_expansion") or first["train_counts"]).values())
-    out = kit_stats.corrected_resampled_t([e["estimate"] for e in effects], n_train, effects[0]["images"])
-    return {**out, "seeds": sum(e["seeds"] for e in effects), "images": effects[0]["images"]}
+        return {**effects[0], "splits": 1, "selection_free": free}
+    n_train = sum((first_a.get("train_counts_before_expansion") or first_a["train_counts"]).values())
+    n_test = len(labels0)  # the whole validation set, also for a recall (Nadeau and Bengio's n2)
+    out = kit_stats.corrected_resampled_t([e["estimate"] for e in effects], n_train, n_test)
+    return {**out, "seeds": sum(e["seeds"] for e in effects), "images": effects[0]["images"],
+            "components": effects[0]["components"], "selection_free": free}
 
 
 def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS) -> pd.DataFrame:
     """Per pair (A vs B): the effect on accuracy and on the target class's recall, each with its 95%
-    interval (seeds and images), the study's published effect, and the verdict of
+    interval (seeds and images), the study's published effect, the p against 0 and against the
+    study's effect (its one-run noise included), and the verdict of
     :data:`fsfsl_utils.stats.VERDICT_RULE`. The primary comparison (:data:`PRIMARY`) is tested alone;
-    every other test's p-value is Holm-adjusted over the table."""
-    rows, tests = [], []
+    every other p is Holm-adjusted: against 0 over the table, against the study over the comparisons
+    that have a study effect."""
+    rows, zero_tests, study_tests = [], [], []
+    elpv = bool(records) and on_elpv(records[0])
     for a, b in pairs:
         row: dict = {"A": a, "B": b}
         for key in ("accuracy", "recall"):
             effect = paired_effects(records, a, b, key)
             if effect is None:
                 break
-            row.update({"runs": effect["seeds"], f"{key} effect": effect,
-                        f"{key} study": study_effect(a, b, key) if on_elpv(records[0]) else None})
-            if "not_computed" not in effect:
-                tests.append((len(rows), key, (a, b, key) == PRIMARY, effect["p_value"]))
+            study = study_effect(a, b, key) if elpv else None
+            row.update({"runs": effect["seeds"], f"{key} effect": effect, f"{key} study": study})
+            if "not_computed" in effect:
+                continue
+            primary = (a, b, key) == PRIMARY
+            zero_tests.append(((len(rows), key), primary, effect["p_value"]))
+            if study is not None and "components" in effect:
+                versus = kit_stats.versus_study(effect, study, study_images(key))
+                row[f"{key} versus"] = versus
+                study_tests.append(((len(rows), key), primary, versus["p_value"]))
         else:
             rows.append(row)
-    secondary = [t for t in tests if not t[2]]
-    adjusted = dict(zip([(i, k) for i, k, _, _ in secondary], kit_stats.holm([p for *_, p in secondary])))
+    adjusted = {}
+    for tests in (zero_tests, study_tests):
+        secondary = [t for t in tests if not t[1]]
+        holm = dict(zip([t[0] for t in secondary], kit_stats.holm([t[2] for t in secondary])))
+        adjusted[id(tests)] = {t[0]: (t[2] if t[1] else float(holm[t[0]])) for t in tests}
+    p_zero, p_study = adjusted[id(zero_tests)], adjusted[id(study_tests)]
     tgt = target_class(records[0]) if records else "target"
     out = []
     for i, row in enumerate(rows):
@@ -319,28 +404,93 @@ def paired_tests(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STU
                 "role": "primary" if (row["A"], row["B"], "recall") == PRIMARY else "secondary", "runs": row["runs"]}
         for key, label in (("accuracy", "accuracy"), ("recall", f"{tgt} recall")):
             e, study = row[f"{key} effect"], row[f"{key} study"]
+            line[f"{label} study (pts)"] = None if study is None else round(100 * study, 1)
             if "not_computed" in e:
-                line.update({f"{label} effect (pts)": None, f"{label} 95% interval": "",
-                             f"{label} study (pts)": None if study is None else round(100 * study, 1),
-                             f"{label} p": None, f"{label} verdict": f"not computed: {e['not_computed']}"})
+                line.update({f"{label} effect (pts)": None, f"{label} 95% interval": "", f"{label} p": None,
+                             f"{label} p vs study": None, f"{label} verdict": f"not computed: {e['not_computed']}"})
                 continue
-            primary = (row["A"], row["B"], key) == PRIMARY
-            p = e["p_value"] if primary else float(adjusted[(i, key)])
             line[f"{label} effect (pts)"] = round(100 * e["estimate"], 1)
             line[f"{label} 95% interval"] = f"[{100 * e['low']:+.1f}, {100 * e['high']:+.1f}]"
-            line[f"{label} study (pts)"] = None if study is None else round(100 * study, 1)
-            line[f"{label} p"] = float(f"{p:.2g}")
-            shown = p < ALPHA
-            line[f"{label} verdict"] = kit_stats.verdict(e, study) if study is not None else \
-                ("difference shown" if shown else "no difference shown")
+            line[f"{label} p"] = p_zero[(i, key)]
+            ps = p_study.get((i, key))
+            line[f"{label} p vs study"] = ps
+            both_small = study is not None and abs(study) <= kit_stats.EQUIVALENCE_MARGIN and \
+                kit_stats.equivalence(e["estimate"], e["se"], e["df"]) < kit_stats.ALPHA if "se" in e else False
+            line[f"{label} verdict"] = kit_stats.verdict(e, study, ps, p_zero[(i, key)], both_small)
+        line["judged on"] = "last epoch / final model" if all(
+            row[f"{k} effect"].get("selection_free", True) for k in ("accuracy", "recall")) \
+            else "best epoch (chosen on these images: optimistic)"
         out.append(line)
     return pd.DataFrame(out)
+
+
+SEED_PLAN_NOTE = ("Power: the chance that a run with this many seeds shows an effect of the size observed (two-sided, "
+                  "5%), from the variance components this run measured (seed shift, validation images clustered by "
+                  "module). Telling the kit's effect from the study's adds the study's one-run noise, which more "
+                  "seeds here cannot shrink: blank where no number of seeds reaches the power.")
+
+
+def seed_plan(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS + CONTROL_COMPARISONS,
+              key: str = "recall", target: float = 0.8) -> pd.DataFrame:
+    """Per comparison, from the variance components this run measured (:func:`fsfsl_utils.stats.power`):
+    the chance that a run with this many seeds shows an effect of the size observed (from 0), the
+    seeds a run needs for ``target`` power, and the same for telling the kit's effect from the study's
+    (its one-run noise included). Blank where no number of seeds is enough (the images are too few)."""
+    rows = []
+    for a, b in pairs:
+        e = paired_effects(records, a, b, key)
+        if e is None or "components" not in e:
+            continue
+        comp, n, k = e["components"], e["images"], e["seeds"]
+        row = {"A": a, "B": b, "seeds": k, "effect (pts)": round(100 * e["estimate"], 1),
+               "power now": round(kit_stats.power(e["estimate"], comp, k, n), 2),
+               f"seeds for {target:.0%} power": kit_stats.seeds_needed(e["estimate"], comp, n, target)}
+        study = study_effect(a, b, key) if on_elpv(records[0]) else None
+        if study is not None:
+            extra, _ = kit_stats.study_run_variance(comp, study_images(key))
+            gap = e["estimate"] - study
+            row.update({"study (pts)": round(100 * study, 1),
+                        "power to tell from the study's now": round(kit_stats.power(gap, comp, k, n, extra), 2),
+                        f"seeds to tell from the study's ({target:.0%})":
+                            kit_stats.seeds_needed(gap, comp, n, target, extra)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def last_epoch_effects(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS
+                       ) -> pd.DataFrame:
+    """For fine-tuned records that keep only their best epoch's predictions: each pair's effect from the
+    recorded last-epoch metrics (mean over paired seeds, points; no interval: per-image logits of the
+    last epoch were not kept). Empty when no record needs it."""
+    steps = by_step(records)
+    rows = []
+    for a, b in pairs:
+        if a not in steps or b not in steps:
+            continue
+        other = {(r["split_seed"], r["seed"]): r for r in steps[b]}
+        pairs_ab = [(ra, other[k]) for ra in steps[a] if (k := (ra["split_seed"], ra["seed"])) in other]
+        if not pairs_ab or all(judged_predictions(r)[1] for pair in pairs_ab for r in pair) or \
+                any(r.get("metrics_last_epoch") is None for pair in pairs_ab for r in pair):
+            continue
+        tgt = target_class(pairs_ab[0][0])
+
+        def mean_effect(metrics_key: str, recall: bool, tgt: str = tgt, pairs_ab: list = pairs_ab) -> float:
+            value = (lambda m: m["per_class"][tgt]["recall"]) if recall else (lambda m: m["accuracy"])  # noqa: E731
+            return round(100 * float(np.mean([value(ra[metrics_key]) - value(rb[metrics_key])
+                                              for ra, rb in pairs_ab])), 1)
+
+        rows.append({"A": a, "B": b, "runs": len(pairs_ab),
+                     "accuracy: best epoch (pts)": mean_effect("metrics", False),
+                     "accuracy: last epoch (pts)": mean_effect("metrics_last_epoch", False),
+                     f"{tgt} recall: best epoch (pts)": mean_effect("metrics", True),
+                     f"{tgt} recall: last epoch (pts)": mean_effect("metrics_last_epoch", True)})
+    return pd.DataFrame(rows)
 
 
 def verdict_rule() -> str:
     """The decision rule, printed beside every table that uses it."""
     return kit_stats.VERDICT_RULE + f" Primary comparison: {PRIMARY[0]} vs {PRIMARY[1]}, defect recall (its p as " \
-        "is); every other p in a table is Holm-adjusted over that table."
+        "is). " + JUDGED_NOTE
 
 
 def shared_views(recs: Sequence[dict]) -> list[str]:
@@ -423,13 +573,22 @@ def conclusions(records: Sequence[dict]) -> list[str]:
     primary = tests[tests["role"] == "primary"] if len(tests) else tests
     if len(primary):
         row = primary.iloc[0]
-        study = f" The study reported {row[rec_col + ' study (pts)']:+.1f} points." if elpv else ""
+        study = f" The study reported {row[rec_col + ' study (pts)']:+.1f} points (one run)." if elpv else ""
+        versus = "" if row.get(rec_col + " p vs study") is None or pd.isna(row.get(rec_col + " p vs study")) else \
+            f" (p against the study's effect, its own noise included: {row[rec_col + ' p vs study']:.2f})"
         if _computed(row, rec_col):
             out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall {row[rec_col + ' effect (pts)']:+.1f} "
                        f"points {row[rec_col + ' 95% interval']} over {int(row['runs'])} paired run(s).{study} "
-                       f"Verdict: {row[rec_col + ' verdict']}.")
+                       f"Verdict: {row[rec_col + ' verdict']}{versus}.")
         else:
             out.append(f"Primary: {PRIMARY[0]} vs {PRIMARY[1]}, {tgt} recall: {row[rec_col + ' verdict']}.{study}")
+        if row.get("judged on", "").startswith("best epoch"):
+            last = last_epoch_effects(records, [PRIMARY[:2]])
+            if len(last):
+                out.append(f"These records hold only the best epoch's predictions, chosen on the validation images "
+                           f"that judge them (optimistic); from the recorded last-epoch metrics the primary effect is "
+                           f"{last.iloc[0][f'{tgt} recall: last epoch (pts)']:+.1f} points instead of "
+                           f"{last.iloc[0][f'{tgt} recall: best epoch (pts)']:+.1f}.")
     out.append(f"Runs: {len(records)} records, up to {seeds} seed(s) per step, profile {profile}, "
                f"backbone {', '.join(sorted({r['backbone'] for r in records}))}.")
     if "01_baseline" in tab.index:
@@ -459,6 +618,43 @@ def conclusions(records: Sequence[dict]) -> list[str]:
             out.append(f"Test-time augmentation on {step}: {', '.join(parts)} vs {tta.loc['none', 'accuracy %']:.1f}% "
                        f"without{study}.")
     return out + not_analysed(records)
+
+
+ARM_NAMES = {"01_baseline": "baseline (01)", "02_flip": "flips (02)", "03_full_augment": "every class augmented (03)",
+             "04_balanced_augment": "balanced augmentation (04)", "04_balanced_duplicate": "plain copies (04 control)",
+             "04_class_weighted": "class-weighted loss (04 control)"}
+
+
+def verdict_lines(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS + CONTROL_COMPARISONS
+                  ) -> list[str]:
+    """One Markdown line per comparison, the primary first and in bold: each effect with its interval,
+    the study's effect where it published one, and the verdict of :func:`verdict_rule` (the README's
+    findings are these lines, recomputed by a test from the committed records)."""
+    tests = paired_tests(records, pairs)
+    if not len(tests):
+        return []
+    tgt = target_class(records[0])
+    rec = f"{tgt} recall"
+    lines = []
+    for _, row in sorted(tests.iterrows(), key=lambda item: item[1]["role"] != "primary"):
+        parts = []
+        for label, name in (("accuracy", "accuracy"), (rec, "defect recall" if tgt == "defective" else rec)):
+            if not _computed(row, label):
+                parts.append(f"{name} {row[f'{label} verdict']}")
+                continue
+            study = row.get(f"{label} study (pts)")
+            study_text = "" if study is None or pd.isna(study) else f", the study {study:+.1f}"
+            p_study = row.get(f"{label} p vs study")
+            p_text = "" if p_study is None or pd.isna(p_study) else f", p vs study {_p_text(p_study)}"
+            parts.append(f"{name} {row[f'{label} effect (pts)']:+.1f} {row[f'{label} 95% interval']}{study_text}: "
+                         f"{row[f'{label} verdict']}{p_text}")
+        text = f"{ARM_NAMES.get(row['A'], row['A'])} vs {ARM_NAMES.get(row['B'], row['B'])}: {'; '.join(parts)}."
+        lines.append(f"**Primary: {text}**" if row["role"] == "primary" else text)
+    return lines
+
+
+def _p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.2f}"
 
 
 def not_analysed(records: Sequence[dict]) -> list[str]:
@@ -584,10 +780,15 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
                 "Paired effects (study's comparisons and controls)":
                     paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
                 "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
-                    operating_points(records)}
+                    operating_points(records),
+                "Seeds needed (power from this run's variance components)": seed_plan(records)}
+    last = last_epoch_effects(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
+    if len(last):
+        sections["Best epoch vs last epoch (from the recorded metrics)"] = last
     sections.update(extra or {})
     notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
-             "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule()}
+             "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule(),
+             "Seeds needed (power from this run's variance components)": SEED_PLAN_NOTE}
     warning = smoke_warning(records)
     lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
         ([f"**{markdown_text(warning)}**", ""] if warning else []) + ["## Conclusions", ""]

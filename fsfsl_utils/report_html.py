@@ -90,6 +90,13 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
     sections += [{"title": title, "note": "", "table": _table(frame)} for title, frame in (extra or {}).items()]
     sections.append({"title": "Defect recall at fixed normal recall", "table": _table(report.operating_points(records)),
                      "note": "Threshold chosen on the validation set itself: optimistic."})
+    sections.append({"title": "Seeds needed", "note": report.SEED_PLAN_NOTE,
+                     "table": _table(report.seed_plan(records))})
+    last = report.last_epoch_effects(records, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS)
+    if len(last):
+        sections.append({"title": "Best epoch vs last epoch", "table": _table(last),
+                         "note": "From the recorded metrics: these records kept per-image predictions of the best "
+                                 "epoch only, chosen on the validation images (optimistic)."})
     pngs = {p.stem: p for folder in ([Path(run_dir)] if run_dir else []) + [results_dir]
             for p in sorted((folder / "figures").glob("*.png"))}
     figures = [{"name": name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}

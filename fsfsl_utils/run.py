@@ -127,6 +127,12 @@ def check_data(params: dict) -> None:
         raise ValueError(f"parameter DATA: {err} (give 'elpv', a .fsfslpack file or an ImageFolder folder)") from None
     if params.get("TARGET_CLASS"):
         class_roles(names, target=str(params["TARGET_CLASS"]))
+    kind = params.get("SPLIT_KIND", "random")
+    if kind not in data.SPLIT_KINDS:
+        raise ValueError(f"parameter SPLIT_KIND must be one of {', '.join(data.SPLIT_KINDS)}, got {kind!r}")
+    if kind == "grouped" and data.source_origin(source) != "elpv":
+        raise ValueError("parameter SPLIT_KIND: a grouped split needs each image's module, which only ELPV cells "
+                         "carry (DATA elpv or a pack of it)")
     reference = str(params.get("REFERENCE_DIR") or "")
     if reference:
         folder = Path(reference).expanduser()

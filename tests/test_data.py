@@ -327,3 +327,24 @@ def test_a_decompression_bomb_is_refused_with_the_file_name(tmp_path, monkeypatc
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)       # over twice the limit: Pillow's error
     with pytest.raises(data.DataError, match=r"a/x.png is too large to decode safely"):
         data.load_imagefolder(tmp_path, 32)
+
+
+def test_a_grouped_split_keeps_every_module_on_one_side(elpv):
+    """SPLIT_KIND grouped: no module (60 consecutive cells of one type, data.elpv_module_groups) on both
+    sides, the class counts within 1% of the study's, seeded; refused for data without modules."""
+    groups = data.elpv_module_groups(elpv.names)
+    assert 40 <= len(set(groups)) <= 50                              # the data set: "44 different modules"
+    train, val = data.split(elpv, seed=0, kind="grouped")
+    assert not set(data.elpv_module_groups(train.names)) & set(data.elpv_module_groups(val.names))
+    for cname, want in data.STUDY_TRAIN_COUNTS.items():
+        assert abs(train.counts()[cname] - want) <= 0.01 * want, train.counts()
+    again, _ = data.split(elpv, seed=0, kind="grouped")
+    other, _ = data.split(elpv, seed=1, kind="grouped")
+    assert again.names == train.names and other.names != train.names
+    plain = data.Dataset(elpv.images[:40], elpv.meta.iloc[:40].assign(name=[f"x{i}" for i in range(40)],
+                                                                        source=[f"x{i}" for i in range(40)]),
+                         elpv.class_names)
+    with pytest.raises(data.DataError, match="only ELPV cells"):
+        data.split(plain, kind="grouped")
+    with pytest.raises(ValueError, match="split kind"):
+        data.split(elpv, kind="modules")
