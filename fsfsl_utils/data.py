@@ -108,6 +108,14 @@ class Dataset:
         return pd.crosstab(frame["cls"], frame[cols], margins=True, margins_name="total")
 
 
+def from_arrays(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
+                names: Sequence[str] | None = None) -> Dataset:
+    """A Dataset of images already in memory (uint8 ``N x H x W`` or ``N x H x W x 3``), one label
+    index per image; names default to ``image<i>``."""
+    names = [f"image{i}" for i in range(len(images))] if names is None else list(names)
+    return Dataset(np.asarray(images), _meta(names, np.asarray(labels)), list(class_names))
+
+
 def elpv_root() -> Path:
     """Folder of the `elpv-dataset` package's labels.csv and images/."""
     try:
@@ -218,7 +226,7 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
             labels += [c] * len(found)
             splits += [split_name] * len(found)
     if mode == "auto":  # from the files' headers: nothing is decoded yet
-        mode = "L" if all(_header_mode(f) in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F") for f in files) else "RGB"
+        mode = "L" if all(_header_mode(f) in GRAY_MODES for f in files) else "RGB"
     images = np.empty((len(files), size, size) if mode == "L" else (len(files), size, size, 3), np.uint8)
     for i, f in enumerate(files):  # one image decoded at a time: memory stays that of the final array
         images[i] = np.asarray(_read_resized(f, size, mode))
@@ -669,6 +677,30 @@ def _header_mode(path: Path) -> str:
         raise DataError(f"image {path} is too large to decode safely ({err}); shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+GRAY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes loaded as 8-bit gray
+
+
+def image_header(path: str | os.PathLike) -> dict:
+    """An image file's size and Pillow mode, from its header (nothing decoded); DataError names a bad file."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return {"size": im.size, "mode": im.mode}
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} is too large to decode safely ({err}); shrink it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def read_image(path: str | os.PathLike, size: int = 300, mode: str = "L") -> Image.Image:
+    """One file as training reads it: any bit depth scaled to 8 bits (:func:`to_8bit`), EXIF orientation
+    applied, ``mode`` "L" (gray) or "RGB", resized to ``size`` x ``size`` (bilinear). DataError names a
+    file that cannot be read."""
+    return _read_resized(Path(path), size, mode)
 
 
 def _read_resized(path: Path, size: int, mode: str) -> Image.Image:

@@ -208,6 +208,57 @@ def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset
     return record
 
 
+DEFAULT_REQUIREMENT = "recall 0.95"  # the operating point a kept model is given: 95% of the target class caught
+THRESHOLD_FOLDS = profiles.THRESHOLD_FOLDS  # folds of the training part that choose it (0: no operating point)
+
+
+def model_folder(results_dir: Path, spec: StepSpec) -> Path:
+    """Where the kept model of a step goes: ``<results>/models/<step>`` (``-split<j>`` for other splits),
+    ``-v2``, ``-v3`` ... when that exists (a kept model is never overwritten)."""
+    base = results_dir / "models" / (spec.step if spec.split_seed == 0 else f"{spec.step}-split{spec.split_seed}")
+    return next(p for p in (base, *(base.with_name(f"{base.name}-v{k}") for k in range(2, 1000))) if not p.exists())
+
+
+def keep_model(spec: StepSpec, train_part: data.Dataset, val: data.Dataset, fit: train.FitResult, record: dict,
+               results_dir: Path, requirement: str = DEFAULT_REQUIREMENT, folds: int = THRESHOLD_FOLDS,
+               progress: bool | None = None) -> dict:
+    """Save a training's model (:mod:`fsfsl_utils.deploy`) with an operating point chosen without
+    peeking: the threshold that meets ``requirement`` on out-of-fold scores of the training part
+    (``folds`` folds grouped by source image, each trained as this step was; for the probe with the
+    regularisation this training chose), read once on the validation images (both recalls, intervals
+    clustered by module), beside the optimistic threshold read off the validation images themselves.
+    ``record`` gets ``model`` (the folder, relative to ``results_dir``) and ``operating_point``."""
+    from .deploy import bundle, operating
+
+    need = operating.parse_requirement(requirement)
+    names = val.class_names
+    target, reference = names.index(record["target_class"]), names.index(record["reference_class"])
+    groups = np.asarray(data.elpv_module_groups(val.names)) if data.source_origin(spec.source) == "elpv" else None
+    val_scores = operating.target_scores(fit.last_logits if fit.last_logits is not None else fit.val_logits, target)
+    optimistic = operating.threshold_for(val.labels, val_scores, target, reference, need)
+    point = {"requirement": str(need), "in_words": need.words(names[target], names[reference]),
+             "optimistic": {"threshold": optimistic, "chosen_on": "the validation images themselves (optimistic)",
+                            "validation": operating.reading(val.labels, val_scores, optimistic, target, reference,
+                                                            groups)}}
+    if folds:
+        cfg = spec.config
+        if fit.mode == "probe" and fit.history and "C" in fit.history[0]:
+            cfg = cfg.replace(head_cs=(fit.history[0]["C"],))  # the strength this training chose, not a new search
+        oof = operating.out_of_fold_scores(train_part, spec.policy, cfg, spec.seed, folds, target, progress)
+        threshold = operating.threshold_for(np.asarray(oof["labels"]), np.asarray(oof["scores"]), target,
+                                            reference, need)
+        point.update({"threshold": threshold, "chosen_on": f"the training part, {oof['folds']}-fold cross-validation "
+                      "grouped by source image (no validation image seen)", "folds": oof["folds"],
+                      "validation": operating.reading(val.labels, val_scores, threshold, target, reference, groups)})
+    model = bundle.from_fit(fit, spec.config, names, record["target_class"], record["reference_class"],
+                            "L" if val.images.ndim == 3 else "RGB", record, train_part.names,
+                            point if folds else None)
+    folder = bundle.save(model, model_folder(results_dir, spec))
+    record["model"] = str(folder.relative_to(results_dir))
+    record["operating_point"] = point
+    return record
+
+
 def save_record(record: dict, spec: StepSpec, results_dir: Path, started: float | None = None) -> dict:
     """Write ``record`` under ``results_dir/records/`` (a new file, never over an existing one);
     ``started``: its ``time.perf_counter()`` start, for ``wall_seconds``. Returns it with ``_path``."""
@@ -220,13 +271,14 @@ def save_record(record: dict, spec: StepSpec, results_dir: Path, started: float 
 
 def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None, *, store: DataStore | None = None,
              progress: bool | None = None, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
-             ran_on: dict | None = None, **spec_args: object) -> StepRun:
+             ran_on: dict | None = None, keep: dict | None = None, **spec_args: object) -> StepRun:
     """Run one study step and write its record: split, expand, fit, evaluate and analyse, record.
 
     ``spec``: a :class:`StepSpec`, or a step name with :meth:`StepSpec.build`'s arguments
     (``profile=``, ``seed=``, ``epochs=``, ...). ``store``: where the images come from (a new
     one decodes them). ``views``: test-time views whose logits the record keeps. ``ran_on``: where
-    it ran (backend, node, GPU), kept in the record."""
+    it ran (backend, node, GPU), kept in the record. ``keep``: save the model too
+    (:func:`keep_model`'s ``requirement`` and ``folds``; ``{}`` for its defaults)."""
     started = time.perf_counter()
     spec = _spec_of(spec, spec_args)
     out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
@@ -239,6 +291,8 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
     record = make_record(spec, train_part, expanded, val, fit, analysis)
     if ran_on is not None:
         record["ran_on"] = ran_on
+    if keep is not None:
+        keep_model(spec, train_part, val, fit, record, out_dir, progress=progress, **keep)
     record = save_record(record, spec, out_dir, started)
     return StepRun(record, fit, val, spec)
 
@@ -381,6 +435,8 @@ class Settings:
     ray_address: str = ""  # "": a local Ray cluster
     target_class: str | None = None  # None: the rule of study.class_roles
     split_kind: str = "random"  # or "grouped": no module on both sides
+    requirement: str = DEFAULT_REQUIREMENT  # the operating point of the kept models
+    threshold_folds: int = THRESHOLD_FOLDS  # 0: kept models get no cross-validated operating point
     store: DataStore = field(default_factory=DataStore, repr=False)
     # probe: per (step, split seed), the C chosen by cross-validation and the seed that chose it
     head_c: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
@@ -391,7 +447,8 @@ class Settings:
                         seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
                         limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
                         progress: bool = True, backend: str = "local", ray_address: str = "",
-                        target_class: str = "", split_kind: str = "random") -> Settings:
+                        target_class: str = "", split_kind: str = "random", requirement: str = DEFAULT_REQUIREMENT,
+                        threshold_folds: int | None = None) -> Settings:
         """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
         errors name the parameter.
 
@@ -399,7 +456,9 @@ class Settings:
         that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
         ``target_class``: the class whose recall matters most ("": ``defective`` on ELPV, else the
         smallest class), checked against the data's classes before anything is decoded;
-        ``split_kind``: ``random`` (the study's split) or ``grouped`` (no module on both sides).
+        ``split_kind``: ``random`` (the study's split) or ``grouped`` (no module on both sides);
+        ``requirement`` and ``threshold_folds``: the operating point given to the model kept of each
+        step (its first seed; :func:`keep_model`; ``threshold_folds`` None: the profile's, 3, smoke 0).
         """
         for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -417,15 +476,23 @@ class Settings:
             class_roles(data_module.class_names_of(data, labels), target=target_class)
         if split_kind not in data_module.SPLIT_KINDS:
             raise ValueError(f"SPLIT_KIND must be one of {', '.join(data_module.SPLIT_KINDS)}, got {split_kind!r}")
+        from .deploy.operating import parse_requirement
+
+        parse_requirement(requirement)
+        if threshold_folds is not None and (not isinstance(threshold_folds, int) or isinstance(threshold_folds, bool)
+                                            or not 0 <= threshold_folds <= 20):
+            raise ValueError(f"THRESHOLD_FOLDS must be a whole number in [0, 20], got {threshold_folds!r}")
         set_progress(progress)
         overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
         settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
                        limit_per_class=limit_per_class or None, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
-                       ray_address=ray_address, target_class=target_class or None, split_kind=split_kind)
+                       ray_address=ray_address, target_class=target_class or None, split_kind=split_kind,
+                       requirement=requirement)
         settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
                                              **overrides)
         settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
+        settings.threshold_folds = settings.resolved["threshold_folds"] if threshold_folds is None else threshold_folds
         results.ensure_writable_dir(settings.results_dir, "RESULTS_DIR")
         return settings
 
@@ -462,11 +529,15 @@ class Settings:
 
     def record(self, spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
                fit: train.FitResult, analysis: dict | None = None) -> dict:
-        """Write the record of one of :meth:`specs`'s trainings into this notebook's results folder."""
+        """Write the record of one of :meth:`specs`'s trainings into this notebook's results folder; the
+        first seed's model is kept beside it (:func:`keep_model`: ``models/<step>``), as :meth:`run` does."""
         from .runner import where
 
         record = make_record(spec, train_part, expanded, val, fit, analysis)
         record["ran_on"] = {"backend": "local", **where()}
+        if spec.seed == self.seeds[0] and spec.split_seed == self.split_seeds[0]:
+            keep_model(spec, train_part, val, fit, record, self.results_dir, self.requirement, self.threshold_folds,
+                       self.progress)
         self._note(record)
         return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
 
@@ -480,12 +551,17 @@ class Settings:
 
         runner = make_runner(self.backend, self.ray_address, self.progress, store=self.store)
         first = list(self.specs(step, seeds=self.seeds[:1], **config))
-        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note)
+        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note, keep=self.keep)
         rest = list(self.specs(step, seeds=self.seeds[1:], **config))
         done += runner.run(rest, self.results_dir, analyse_images, views, on_record=self._note)
         for spec in first + rest:
             self._started.pop(spec, None)
         return sorted(done, key=lambda r: (r["split_seed"], r["seed"]))
+
+    @property
+    def keep(self) -> dict:
+        """How the first seed's model of each step is kept (:func:`keep_model`'s arguments)."""
+        return {"requirement": self.requirement, "folds": self.threshold_folds}
 
     def _note(self, record: dict) -> None:
         if record["mode"] == "probe":

@@ -289,14 +289,23 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
         d = recs[0]["class_names"].index(report.target_class(recs[0]))
         r = recs[0]["class_names"].index(report.reference_class(recs[0]))
         fpr, tpr, _ = roc_curve(labels == d, logits[:, d] - logits[:, r])
-        ax.plot(1 - fpr, tpr, label=step, color=plt.cm.tab10(k % 10), lw=1.3)
+        color = plt.cm.tab10(k % 10)
+        ax.plot(1 - fpr, tpr, label=step, color=color, lw=1.3)
+        point = next((x["operating_point"] for x in recs if x.get("operating_point")), None)
+        for reading, filled in ((point, True), (point and point["optimistic"], False)):
+            if reading and "validation" in reading:
+                v = reading["validation"]
+                ax.plot(v["reference_recall"]["value"], v["target_recall"]["value"], "o", ms=6, color=color,
+                        mfc=color if filled else "none")
     for nr in mark_normal_recall:
         ax.axvline(nr, color="gray", ls=":", lw=0.8)
     ax.set_xlim(0.8, 1.0)
     ax.set_xlabel(f"{report.reference_class(records[0])} recall")
     ax.set_ylabel(f"{report.target_class(records[0])} recall")
     ax.legend(fontsize=7)
-    ax.set_title("ROC (validation, first seed); dotted: 97.3% and 95% normal recall", fontsize=8)
+    ax.set_title("ROC (validation, first seed); dots: the kept model's threshold chosen on the training part "
+                 "(filled) and on the validation images (open); dotted: 97.3% and 95% normal recall", fontsize=7,
+                 wrap=True)
     fig.tight_layout()
     return fig
 
@@ -342,5 +351,44 @@ def wrong_gallery(record: dict, images: dict[str, np.ndarray] | Dataset, n: int 
         ax.imshow(images[names[i]], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{names[i]}\ntrue {classes[labels[i]]}, pred {classes[pred[i]]} {prob[i, pred[i]]:.2f}",
                      fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def heat_map_gallery(model: object, record: dict, images: dict[str, np.ndarray] | Dataset, n: int = 6) -> plt.Figure:
+    """Where a kept model looks (Grad-CAM, :mod:`fsfsl_utils.deploy.cam`): its ``n`` most confident
+    target-class images and its ``n`` most confident mistakes on the validation images, each cell
+    beside its heat map."""
+    from .deploy import cam
+
+    if isinstance(images, Dataset):
+        images = dict(zip(images.names, images.images))
+    labels, logits = report.record_arrays(record)
+    prob = metrics.softmax(logits)
+    t = record["class_names"].index(report.target_class(record))
+    pred = logits.argmax(1)
+    hits = np.flatnonzero((labels == t) & (pred == t))
+    hits = hits[np.argsort(-prob[hits, t])][:n]
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-prob[wrong, pred[wrong]])][:n]
+    names, classes = record["predictions"]["names"], record["class_names"]
+    rows = [("most confident " + classes[t], hits), ("most confident mistakes", wrong)]
+    fig, axes = plt.subplots(2, 2 * n, figsize=(1.5 * 2 * n, 3.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (title, idx) in enumerate(rows):
+        if not len(idx):
+            continue
+        cells = np.stack([images[names[i]] for i in idx])
+        maps = cam.heat_maps(model, cells)
+        for k, i in enumerate(idx):
+            axes[row, 2 * k].imshow(cells[k], cmap="gray", vmin=0, vmax=255)
+            axes[row, 2 * k + 1].imshow(cam.overlay(cells[k], maps[k]))
+            axes[row, 2 * k].set_title(f"true {classes[labels[i]]}\npred {classes[pred[i]]} {prob[i, pred[i]]:.2f}",
+                                       fontsize=6)
+        axes[row, 0].text(-0.1, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right",
+                          fontsize=7)
+    fig.suptitle(f"Where the kept model of {record['step']} (seed {record['seed']}) looks: Grad-CAM over each cell",
+                 fontsize=8)
     fig.tight_layout()
     return fig

@@ -32,10 +32,12 @@ PROFILES: dict[str, dict] = {
               "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 1e-4, "train_aug": "paper",
               "amp": False, "limit_per_class": None, "seeds": 5},
     "smoke": {"mode": "finetune", "backbone": "efficientnet_lite0", "input_size": 64, "crop_fraction": 1.0,
-              "epochs": 1, "batch_size": 16, "train_aug": "flip", "limit_per_class": 16, "seeds": 1},
+              "epochs": 1, "batch_size": 16, "train_aug": "flip", "limit_per_class": 16, "seeds": 1,
+              "threshold_folds": 0},
 }
 PROFILE_NAMES = ("auto", *PROFILES)
-RUN_KEYS = ("limit_per_class", "seeds")  # profile keys that are not training parameters
+RUN_KEYS = ("limit_per_class", "seeds", "threshold_folds")  # profile keys that are not training parameters
+THRESHOLD_FOLDS = 3  # training-part folds choosing a kept model's operating point, unless a profile says
 
 
 def resolve(profile: str = "auto", **overrides) -> dict:
@@ -43,7 +45,8 @@ def resolve(profile: str = "auto", **overrides) -> dict:
 
     Returns a dict with ``profile`` (the name resolved to), ``requested``, ``config`` (the
     :class:`~fsfsl_utils.config.TrainConfig`, checked), ``limit_per_class``, ``seeds`` (default
-    number of seeds) and ``notes``.
+    number of seeds), ``threshold_folds`` (the folds that choose a kept model's operating point; the
+    smoke profile: none) and ``notes``.
     """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILE_NAMES)}")
@@ -60,6 +63,7 @@ def resolve(profile: str = "auto", **overrides) -> dict:
         notes.append("ResNet50 ImageNet weights are not on this machine "
                      f"(looked in {models.hub_checkpoint_dir()}): fine-tuning EfficientNet-Lite0 instead")
     run = {k: cfg.pop(k) for k in RUN_KEYS if k in cfg}
+    run.setdefault("threshold_folds", THRESHOLD_FOLDS)
     return {"profile": name, "requested": profile, "config": TrainConfig.from_dict(cfg), **run, "notes": notes}
 
 

@@ -305,7 +305,8 @@ def image_groups(record: dict) -> list[str] | None:
         return None
     from .data import elpv_module_groups
 
-    return elpv_module_groups(record["predictions"]["names"])
+    groups = elpv_module_groups(record["predictions"]["names"])
+    return None if all(g.startswith("image:") for g in groups) else groups
 
 
 def study_images(key: str) -> int:
@@ -454,7 +455,10 @@ def seed_plan(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_
                         f"seeds to tell from the study's ({target:.0%})":
                             kit_stats.seeds_needed(gap, comp, n, target, extra)})
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for column in [c for c in frame.columns if str(c).startswith("seeds ")]:
+        frame[column] = frame[column].astype("Int64")  # whole seeds; blank where none is enough
+    return frame
 
 
 def last_epoch_effects(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = STUDY_COMPARISONS
@@ -560,6 +564,47 @@ def operating_points(records: Sequence[dict], normal_recalls: Sequence[float] = 
     return pd.DataFrame(rows).set_index("step").round(1)
 
 
+OPERATING_NOTE = ("Threshold on the target class's probability that meets the requirement on out-of-fold scores of "
+                  "the training part (folds grouped by source image, each trained as the step was): no validation "
+                  "image chose it; then read once on the validation images (intervals: the images, modules as "
+                  "clusters). Beside it, the threshold read off the validation images themselves (optimistic). "
+                  "The model kept of each step (its first seed) carries this operating point.")
+
+
+def kept_model_record(records: Sequence[dict]) -> dict | None:
+    """The record whose model was kept (``model``) for the primary arm, else the first with one."""
+    kept = [r for r in records if r.get("model")]
+    return next((r for r in kept if r["step"] == PRIMARY[0]), kept[0] if kept else None)
+
+
+def chosen_operating_points(records: Sequence[dict]) -> pd.DataFrame:
+    """Per step whose kept model has an operating point (:func:`fsfsl_utils.experiment.keep_model`): the
+    requirement, the threshold chosen on the training part and what it gives on the validation images
+    (both recalls with intervals, percent), beside the optimistic threshold read off the validation
+    images. Empty when no record carries one."""
+    rows = []
+    for step, recs in by_step(records).items():
+        rec = next((r for r in recs if r.get("operating_point")), None)
+        if rec is None:
+            continue
+        point = rec["operating_point"]
+        tgt, ref = target_class(rec), reference_class(rec)
+        row = {"step": step, "seed": rec["seed"], "requirement": point["in_words"], "model": rec.get("model", "")}
+        for label, reading in (("training part", point if "validation" in point else None),
+                               ("validation (optimistic)", point["optimistic"])):
+            if reading is None:
+                row[f"threshold ({label})"] = None
+                continue
+            val = reading["validation"]
+            row[f"threshold ({label})"] = round(reading["threshold"], 3)
+            for name, key in ((tgt, "target_recall"), (ref, "reference_recall")):
+                r = val[key]
+                interval = "" if r["low"] is None else f" [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+                row[f"{name} recall at it ({label})"] = f"{100 * r['value']:.1f}{interval}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def conclusions(records: Sequence[dict]) -> list[str]:
     """Sentences generated from the numbers, the primary comparison first: which study claims hold."""
     tab = step_table(records)
@@ -654,7 +699,7 @@ def verdict_lines(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = ST
 
 
 def _p_text(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.2f}"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
 def not_analysed(records: Sequence[dict]) -> list[str]:
@@ -782,13 +827,17 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
                 "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
                     operating_points(records),
                 "Seeds needed (power from this run's variance components)": seed_plan(records)}
+    chosen = chosen_operating_points(records)
+    if len(chosen):
+        sections["Operating point chosen on the training part"] = chosen
     last = last_epoch_effects(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
     if len(last):
         sections["Best epoch vs last epoch (from the recorded metrics)"] = last
     sections.update(extra or {})
     notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
              "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule(),
-             "Seeds needed (power from this run's variance components)": SEED_PLAN_NOTE}
+             "Seeds needed (power from this run's variance components)": SEED_PLAN_NOTE,
+             "Operating point chosen on the training part": OPERATING_NOTE}
     warning = smoke_warning(records)
     lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
         ([f"**{markdown_text(warning)}**", ""] if warning else []) + ["## Conclusions", ""]
@@ -806,14 +855,14 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     frame = frame.reset_index() if frame.index.name else frame
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    return [{k: (None if v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v) for k, v in row.items()}
             for row in frame.to_dict(orient="records")]
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     frame = frame.reset_index() if frame.index.name else frame
     cols = [markdown_text(c) for c in frame.columns]
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731
+    fmt = lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731
         f"{v:.4g}" if isinstance(v, float) else markdown_text(v))
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]

@@ -88,6 +88,10 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
          "table": _table(report.paired_tests(records, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS))},
     ]
     sections += [{"title": title, "note": "", "table": _table(frame)} for title, frame in (extra or {}).items()]
+    chosen = report.chosen_operating_points(records)
+    if len(chosen):
+        sections.append({"title": "Operating point chosen on the training part", "note": report.OPERATING_NOTE,
+                         "table": _table(chosen)})
     sections.append({"title": "Defect recall at fixed normal recall", "table": _table(report.operating_points(records)),
                      "note": "Threshold chosen on the validation set itself: optimistic."})
     sections.append({"title": "Seeds needed", "note": report.SEED_PLAN_NOTE,

@@ -127,6 +127,10 @@ def check_data(params: dict) -> None:
         raise ValueError(f"parameter DATA: {err} (give 'elpv', a .fsfslpack file or an ImageFolder folder)") from None
     if params.get("TARGET_CLASS"):
         class_roles(names, target=str(params["TARGET_CLASS"]))
+    if "REQUIREMENT" in params:
+        from .deploy.operating import parse_requirement
+
+        parse_requirement(str(params["REQUIREMENT"]))
     kind = params.get("SPLIT_KIND", "random")
     if kind not in data.SPLIT_KINDS:
         raise ValueError(f"parameter SPLIT_KIND must be one of {', '.join(data.SPLIT_KINDS)}, got {kind!r}")
@@ -148,13 +152,18 @@ def check_data(params: dict) -> None:
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 # the run-level parameters (training parameters are checked by TrainConfig)
 RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED),
+          "THRESHOLD_FOLDS": (0, 20),
           "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
 
 
 def check_parameter(name: str, value: object, type_name: str) -> None:
     """A notebook parameter has the type its cell declares and lies in its range; ValueError names it."""
     types = {"int": int, "str": str, "bool": bool, "float": (int, float)}
-    want = types.get(type_name)
+    optional = type_name.startswith("Optional[") and type_name.endswith("]")
+    kinds = [type_name[9:-1], "None"] if optional else [t.strip() for t in type_name.split("|")]
+    if value is None and "None" in kinds:
+        return
+    want = types.get(kinds[0]) if len([k for k in kinds if k != "None"]) == 1 else None
     if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
         raise ValueError(f"parameter {name} must be {type_name}, got {value!r}")
     if name in RANGES:

@@ -67,9 +67,11 @@ def where() -> dict:
 
 def train_one(spec: StepSpec, results_dir: str | os.PathLike, backend: str = "local",
               analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
-              store: experiment.DataStore | None = None, progress: bool | None = False) -> dict:
+              store: experiment.DataStore | None = None, progress: bool | None = False,
+              keep: dict | None = None) -> dict:
     """Run one training and write its record (or return the record already there); a top-level
-    function, so that a Ray worker can import and call it. ``store``: decoded data to reuse."""
+    function, so that a Ray worker can import and call it. ``store``: decoded data to reuse;
+    ``keep``: save its model too (:func:`fsfsl_utils.experiment.keep_model`)."""
     found = existing_record(spec, results_dir)
     if found is not None:
         return found
@@ -80,7 +82,7 @@ def train_one(spec: StepSpec, results_dir: str | os.PathLike, backend: str = "lo
         ran_on.update(ray=ray.__version__, resources=ray.get_runtime_context().get_assigned_resources(),
                       cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     run = experiment.run_step(spec, results_dir, store=store, progress=progress, analyse_images=analyse_images,
-                              views=views, ran_on=ran_on)
+                              views=views, ran_on=ran_on, keep=keep)
     return run.record
 
 
@@ -97,11 +99,12 @@ class LocalRunner:
     store: experiment.DataStore | None = None
 
     def run(self, specs: Sequence[StepSpec], results_dir: str | os.PathLike, analyse_images: bool = True,
-            views: Sequence[str] = DEFAULT_VIEWS, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+            views: Sequence[str] = DEFAULT_VIEWS, on_record: Callable[[dict], None] | None = None,
+            keep: dict | None = None) -> list[dict]:
         out = []
         store = self.store or experiment.DataStore()
         for spec in specs:
-            record = train_one(spec, results_dir, "local", analyse_images, views, store, self.progress)
+            record = train_one(spec, results_dir, "local", analyse_images, views, store, self.progress, keep)
             if on_record:
                 on_record(record)
             out.append(record)
@@ -122,7 +125,8 @@ class RayRunner:
     init_timeout_s: float = 30.0
 
     def run(self, specs: Sequence[StepSpec], results_dir: str | os.PathLike, analyse_images: bool = True,
-            views: Sequence[str] = DEFAULT_VIEWS, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+            views: Sequence[str] = DEFAULT_VIEWS, on_record: Callable[[dict], None] | None = None,
+            keep: dict | None = None) -> list[dict]:
         import ray
 
         connect(self.address, self.init_timeout_s)
@@ -130,7 +134,8 @@ class RayRunner:
         task = ray.remote(_ray_train_one).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus if gpus else 0,
                                                   max_retries=self.max_retries, retry_exceptions=False)
         results_dir = str(Path(results_dir).resolve())
-        pending = {task.remote(spec, results_dir, analyse_images, tuple(views)): i for i, spec in enumerate(specs)}
+        pending = {task.remote(spec, results_dir, analyse_images, tuple(views), keep): i
+                   for i, spec in enumerate(specs)}
         out: list[dict | None] = [None] * len(specs)
         bar = progress_bar(range(len(specs)), desc="trainings (ray)", enable=self.progress)
         ticks = iter(bar)
@@ -150,9 +155,10 @@ class RayRunner:
         return out  # type: ignore[return-value]
 
 
-def _ray_train_one(spec: StepSpec, results_dir: str, analyse_images: bool, views: tuple[str, ...]) -> dict:
+def _ray_train_one(spec: StepSpec, results_dir: str, analyse_images: bool, views: tuple[str, ...],
+                   keep: dict | None = None) -> dict:
     os.environ.setdefault("FSFSL_PROGRESS", "0")
-    return train_one(spec, results_dir, "ray", analyse_images, views)
+    return train_one(spec, results_dir, "ray", analyse_images, views, keep=keep)
 
 
 def connect(address: str | None = None, timeout_s: float = 30.0) -> None:

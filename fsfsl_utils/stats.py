@@ -189,7 +189,8 @@ def verdict(effect: dict, study_effect: float | None, p_study: float | None = No
             return "difference shown"
         if equivalence(effect["estimate"], effect["se"], effect["df"]) < alpha:
             return f"equivalent within +-{100 * EQUIVALENCE_MARGIN:.0f} points"
-        return (f"no difference shown (the data exclude effects below {100 * effect['low']:+.1f} or above "
+        held = " after Holm's adjustment" if not effect["low"] <= 0 <= effect["high"] else ""
+        return (f"no difference shown{held} (the data exclude effects below {100 * effect['low']:+.1f} or above "
                 f"{100 * effect['high']:+.1f} points)")
     if p_study is not None and p_study < alpha:
         return "larger than the study's" if effect["estimate"] > study_effect else "smaller than the study's"

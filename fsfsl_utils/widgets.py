@@ -179,16 +179,22 @@ def _tile(image: np.ndarray, caption: str | Sequence[str], width: int = 110) -> 
 
 class Gallery:
     """Image tiles with captions, :data:`GALLERY_SIZE` at a time ("show more" adds the next ones);
-    each tile's "enlarge" button shows that image large below the tiles."""
+    each tile's "enlarge" button shows that image large below the tiles. With a saved ``model``
+    (:mod:`fsfsl_utils.deploy`), "show heat map" overlays where that model looks (Grad-CAM) on the
+    enlarged image."""
 
-    def __init__(self, images: dict[str, np.ndarray], tile_width: int = 110, large_width: int = 380):
-        self.images, self.tile_width = images, tile_width
+    def __init__(self, images: dict[str, np.ndarray], tile_width: int = 110, large_width: int = 380,
+                 model: object | None = None):
+        self.images, self.tile_width, self.model = images, tile_width, model
         self.box = w.HBox(layout=w.Layout(flex_flow="row wrap"))
         self.more = w.Button(description="show more", layout=w.Layout(width="190px"))
         self.more.on_click(self.show_more)
         self.large = w.Image(format="png", layout=w.Layout(width=f"{large_width}px", display="none"))
         self.large_caption = w.HTML()
-        self.widget = w.VBox([self.box, self.more, w.HBox([self.large, self.large_caption])])
+        self.heat = w.ToggleButton(description="show heat map", value=False,
+                                   layout=w.Layout(width="140px", display="none" if model is None else ""))
+        self.heat.observe(lambda _change: self._show_large(), names="value")
+        self.widget = w.VBox([self.box, self.more, w.HBox([self.large, w.VBox([self.large_caption, self.heat])])])
         self.entries: list[tuple[str, list[str]]] = []
         self.shown = 0
         self.enlarged: str | None = None
@@ -210,10 +216,21 @@ class Gallery:
     def enlarge(self, name: str) -> None:
         lines = dict(self.entries).get(name, [name])
         self.enlarged = name
-        self.large.value = png(self.images[name])
+        self._show_large()
         self.large.layout.display = ""
         self.large_caption.value = "<div style='padding:0 1em'>" + "<br>".join(html.escape(x) for x in lines) + \
             "</div>"
+
+    def _show_large(self) -> None:
+        """The enlarged image, or its Grad-CAM overlay when "show heat map" is on."""
+        if self.enlarged is None:
+            return
+        image = self.images[self.enlarged]
+        if self.heat.value and self.model is not None:
+            from .deploy import cam
+
+            image = cam.overlay(image, cam.heat_maps(self.model, image[None])[0])
+        self.large.value = png(image)
 
     def _tile(self, name: str, lines: list[str]) -> w.VBox:
         tile = _tile(self.images[name], lines, self.tile_width)
@@ -250,7 +267,7 @@ class SensitivityExplorer:
     gallery of its images (wrong first), paged, each one enlargeable."""
 
     def __init__(self, records: Sequence[dict], images: dict[str, np.ndarray] | Dataset,
-                 features: Sequence[str] = ("brightness", "clarity", "contrast")):
+                 features: Sequence[str] = ("brightness", "clarity", "contrast"), model: object | None = None):
         if not records:
             raise ValueError("SensitivityExplorer needs at least one run record")
         # label -> (the record shown: one run's, or a step's seeds pooled, made once; the runs behind it)
@@ -269,7 +286,7 @@ class SensitivityExplorer:
                                    description="bin", style={"button_width": "110px"})
         self.plot = w.Image(format="png", layout=w.Layout(max_width="760px"))
         self.caption = w.HTML()
-        self.gallery_view = Gallery(self.images)
+        self.gallery_view = Gallery(self.images, model=model)
         for control in (self.record, self.feature, self.cls):
             control.observe(self._refresh_all, names="value")
         self.bin.observe(self._refresh_gallery, names="value")
@@ -414,7 +431,7 @@ class RunComparison:
     """Two records side by side: scores, exact McNemar, and the images one gets right and the other
     wrong (paged, enlargeable). Starts on the study's headline: 04 balanced vs 01 baseline, same seed."""
 
-    def __init__(self, records: Sequence[dict], images: dict[str, np.ndarray] | Dataset):
+    def __init__(self, records: Sequence[dict], images: dict[str, np.ndarray] | Dataset, model: object | None = None):
         if len(records) < 2:
             raise ValueError("RunComparison needs at least two run records")
         self.records = {label(r): r for r in records}
@@ -425,8 +442,8 @@ class RunComparison:
         self.b = w.Dropdown(options=keys, value=label(b), description="B", layout=w.Layout(width="320px"))
         self.table_html = w.HTML()
         self.test_html = w.HTML()
-        self.gallery_a = Gallery(self.images, 100)
-        self.gallery_b = Gallery(self.images, 100)
+        self.gallery_a = Gallery(self.images, 100, model=model)
+        self.gallery_b = Gallery(self.images, 100, model=model)
         self.a.observe(self._refresh, names="value")
         self.b.observe(self._refresh, names="value")
         self.widget = w.VBox([w.HBox([self.a, self.b]), self.table_html, self.test_html,

@@ -27,8 +27,8 @@ ROWS = {"01 baseline": "01_baseline", "02 flip": "02_flip", "03 full augment": "
 def readme_section(title: str) -> str:
     text = (ROOT / "README.md").read_text()
     start = text.index(title)
-    end = text.find("\n### ", start + len(title))
-    return text[start:end if end > 0 else len(text)]
+    ends = [e for e in (text.find("\n### ", start + len(title)), text.find("\n## ", start + len(title))) if e > 0]
+    return text[start:min(ends) if ends else len(text)]
 
 
 def table_rows(section: str) -> dict[str, list[str]]:
@@ -93,3 +93,62 @@ def test_the_last_epoch_effects_and_the_side_by_side_row(records):
              for step in ("01_baseline", "04_balanced_augment")}
     assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect,
                          row["defective recall verdict"]]
+
+
+# The CPU runs whose records are committed beside the paper run: (README section, folder, row of
+# "What freezing hides").
+CPU_RUNS = [("### Top block fine-tuned", ROOT / "benchmarks" / "cpu-finetune-run-2026-12-04", "`cpu-finetune`"),
+            ("### Frozen backbone", ROOT / "benchmarks" / "cpu-run-2026-12-04", "`cpu`")]
+
+
+@pytest.mark.parametrize("title, folder, side_row", CPU_RUNS)
+def test_a_cpu_runs_table_verdicts_and_side_row_are_recomputed(title, folder, side_row):
+    """Table cells (accuracy and defect recall with both intervals, normal recall, AUROC), every verdict
+    line and the "What freezing hides" row of a CPU profile's committed run."""
+    recs = results.load_records(folder)
+    assert len(recs) == 30
+    section = readme_section(title)
+    rows = table_rows(section)
+    arms = report.arm_table(recs)
+    for label, step in ROWS.items():
+        train, accuracy, normal, defective, auroc = rows[label][:5]
+        assert [train, accuracy, defective] == [arms.loc[step, k] for k in ("train", "accuracy", "recall_defective")]
+        assert normal == arms.loc[step, "recall_normal"].split(" (")[0]
+        assert auroc == arms.loc[step, "auroc"].split(" (")[0], label
+    flat = " ".join(section.split())
+    for line in report.verdict_lines(recs):
+        assert f"- {line}" in flat, line
+    row = report.paired_tests(recs).set_index(["A", "B"]).loc[("04_balanced_augment", "01_baseline")]
+    effect = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
+    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy", "recall_defective")]
+             for step in ("01_baseline", "04_balanced_augment")}
+    side = table_rows(readme_section("### What freezing hides"))[side_row]
+    assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect,
+                         row["defective recall verdict"]]
+
+
+def test_the_frozen_runs_operating_point_is_recomputed():
+    """The baseline's kept model: the threshold chosen on the training part and what it gives on the
+    validation images, beside the optimistic one, as the README quotes them."""
+    recs = results.load_records(ROOT / "benchmarks" / "cpu-run-2026-12-04")
+    row = report.chosen_operating_points(recs).set_index("step").loc["01_baseline"]
+    caught, kept = row["defective recall at it (training part)"], row["normal recall at it (training part)"]
+    section = " ".join(readme_section("### Frozen backbone").split())
+    assert (f"catches {caught.split(' [')[0]}% of the defective validation cells [{caught.split('[')[1]} and keeps "
+            f"{kept.split(' [')[0]}% of the normal ones [{kept.split('[')[1]}") in section
+    promised = [row[f"{c} recall at it (validation (optimistic))"].split(" [")[0] for c in ("defective", "normal")]
+    assert f"promises {promised[0]}% / {promised[1]}%" in section
+
+
+@pytest.mark.parametrize("profile, label", [("cpu", "`cpu` (frozen probe)"),
+                                            ("cpu-finetune", "`cpu-finetune` (top block)")])
+def test_the_grouped_split_table_is_recomputed(benchmark_script, profile, label):
+    """Random against grouped split: each cell from the committed records (benchmarks/modules.py)."""
+    modules = benchmark_script("modules")
+    bench = ROOT / "benchmarks"
+    cells = []
+    for folder in (bench / f"{profile}-run-2026-12-04", bench / "grouped-split-2026-12-04" / profile):
+        summary = modules.split_summary(results.load_records(folder))
+        cells.append(" / ".join(f"{summary[k]['mean']:.1f} [{summary[k]['interval'][0]:.1f}, "
+                                f"{summary[k]['interval'][1]:.1f}]" for k in ("accuracy", "defect recall")))
+    assert table_rows(readme_section("### Modules: what a random split flatters"))[label] == cells

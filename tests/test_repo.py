@@ -74,7 +74,7 @@ def test_the_analysis_reads_the_study_without_the_training_code():
 
 def test_the_architecture_doc_names_every_module():
     doc = (ROOT / "docs" / "architecture.md").read_text()
-    modules = {p.name for p in (ROOT / "fsfsl_utils").glob("*.py")} - {"__init__.py"}
+    modules = {p.name for p in (ROOT / "fsfsl_utils").rglob("*.py")} - {"__init__.py"}
     assert [m for m in sorted(modules) if f"`{m}`" not in doc] == []
     import re
     named = set(re.findall(r"`([a-z_]+\.py)`", doc)) - {"bench.py", "paper_rerun.py", "same_records.py"}
@@ -87,7 +87,7 @@ def test_no_module_level_mutable_state():
     import ast
 
     found = []
-    for path in sorted((ROOT / "fsfsl_utils").glob("*.py")):
+    for path in sorted((ROOT / "fsfsl_utils").rglob("*.py")):
         tree = ast.parse(path.read_text())
         found += [f"{path.name}:{n.lineno} global" for n in ast.walk(tree) if isinstance(n, ast.Global)]
         for node in tree.body:
