@@ -1,6 +1,6 @@
 """Score new images with a saved model: a CSV of every image and an HTML page of the highest scores.
 
-    python -m fsfsl_utils.predict MODEL IMAGES... --out OUT [--threshold T] [--batch 64] [--page 100]
+    python -m fsfsl_utils.predict MODEL IMAGES... --out OUT [--threshold T] [--batch 32] [--page 100]
                                   [--no-heat-maps] [--no-progress]
 
 ``MODEL`` is a folder written by :func:`fsfsl_utils.deploy.save` (a notebook's or the main job's
@@ -76,7 +76,7 @@ def _batches(files: Sequence[Path], size: int, mode: str, batch: int, skipped: l
 
 
 def score(model: bundle.SavedModel, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-          threshold: float | None = None, batch: int = 64, page: int = PAGE, heat_maps: bool = True,
+          threshold: float | None = None, batch: int = 32, page: int = PAGE, heat_maps: bool = True,
           progress: bool | None = None) -> dict:
     """Score every image of ``inputs`` into a new folder ``out`` (see the module docstring); returns
     counts: ``scored``, ``skipped`` (with the reasons), ``other_size``, ``other_colour`` and the paths."""
@@ -155,7 +155,9 @@ def _write_page(model: bundle.SavedModel, top: list[tuple[float, int, str]], pat
 
     images = np.stack([np.asarray(data.read_image(Path(f), size, mode)) for _, _, f in top]) if top else None
     maps = cam.heat_maps(model, images) if heat_maps and images is not None else None
-    prob, pred = model.decide(model.logits(images), threshold) if images is not None else ([], [])
+    logits = np.concatenate([model.logits(images[s:s + 16]) for s in range(0, len(images), 16)]) \
+        if images is not None else None
+    prob, pred = model.decide(logits, threshold) if images is not None else ([], [])
     items = [{"file": f, "score": f"{p:.3f}", "label": model.class_names[k],
               "image": _png(np.repeat(images[i][..., None], 3, -1) if images[i].ndim == 2 else images[i]),
               "cam": _png(cam.overlay(images[i], maps[i])) if maps is not None else None}
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=None,
                         help="decision threshold on the target class's probability (default: the model's "
                              "operating point; argmax when it has none)")
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (memory does not grow beyond it)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (memory does not grow beyond it)")
     parser.add_argument("--page", type=int, default=PAGE, help="images on the HTML page (the highest scores)")
     parser.add_argument("--no-heat-maps", action="store_true", help="no Grad-CAM maps on the page")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,7 +17,7 @@ from torch import nn
 
 from .bundle import SavedModel
 
-BATCH = 16
+BATCH = 4  # images per Grad-CAM pass: gradients through the whole network cost memory
 
 
 def cam_layer(net: nn.Module) -> nn.Module:
