@@ -343,3 +343,30 @@ def test_several_splits_use_the_corrected_resampled_t():
     expected = stats.corrected_resampled_t(per_split, n_train=2, n_test=100)   # train_counts in crafted records
     assert effect["splits"] == 3 and effect["seeds"] == 6
     assert effect["estimate"] == pytest.approx(expected["estimate"]) and effect["low"] == pytest.approx(expected["low"])
+
+
+def test_several_splits_judge_a_recall_with_the_whole_validation_set():
+    """Nadeau-Bengio's n_test is the split's whole validation set also for a recall (it was the target
+    class's count: standard errors 25-35% too small)."""
+    from fsfsl_utils import report, stats
+
+    rng = np.random.default_rng(5)
+    labels = np.array([0] * 70 + [1] * 30)
+    recs, per_split = [], []
+    for split in range(3):
+        diffs = []
+        for seed in range(2):
+            good = np.stack([1 - labels, labels], 1).astype(float)
+            worse = good.copy()
+            miss = rng.choice(np.arange(70, 100), 3 + split + seed, replace=False)
+            worse[miss] = [[1.0, 0.0]]
+            recs += [crafted_record("04_balanced_augment", seed, good, labels, split_seed=split),
+                     crafted_record("01_baseline", seed, worse, labels, split_seed=split)]
+            diffs.append((3 + split + seed) / 30)
+        per_split.append(np.mean(diffs))
+    effect = report.paired_effects(recs, "04_balanced_augment", "01_baseline", "recall")
+    expected = stats.corrected_resampled_t(per_split, n_train=2, n_test=100)
+    assert effect["estimate"] == pytest.approx(expected["estimate"])
+    assert effect["high"] == pytest.approx(expected["high"])
+    narrow = stats.corrected_resampled_t(per_split, n_train=2, n_test=30)
+    assert effect["high"] - effect["low"] > narrow["high"] - narrow["low"]
