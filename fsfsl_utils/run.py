@@ -336,8 +336,23 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, ``kill``): the job stops like Ctrl-C and marks its run as stopped."""
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+class StopRequest:
+    """The signal that asked this job to stop (SIGINT or SIGTERM; None until one does). Its handler raises
+    at once; :meth:`check` raises again at the next notebook when that first exception landed where
+    Python swallows it (a ``__del__``, a callback: "Exception ignored in ..."), so a stop is never lost."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.check()
+
+    def check(self) -> None:
+        if self.signum == signal.SIGTERM:
+            raise Terminated
+        if self.signum is not None:
+            raise KeyboardInterrupt
 
 
 def _lock_holder(run_dir: Path) -> dict | None:
@@ -433,15 +448,17 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
     except OSError as err:
         print(f"error: {run_dir / LOCK_NAME} cannot be written: {err}", file=sys.stderr)
         return 1
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if _main_thread() else {}
     guard = watchdog.start()  # ends the kernels and a local Ray cluster if this job is killed with SIGKILL
     try:
-        return _execute(steps, run_dir, train_first, earlier, pack)
+        return _execute(steps, run_dir, train_first, earlier, pack, stop)
     finally:
         guard.terminate()  # this job ends normally: it stops its helpers itself
         guard.wait()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         release_lock(run_dir)
 
 
@@ -452,7 +469,7 @@ def _main_thread() -> bool:
 
 
 def _execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool, earlier: dict | None,
-             pack: int) -> int:
+             pack: int, stop: StopRequest) -> int:
     os.environ["FSFSL_PROGRESS"] = "1" if any(p.get("PROGRESS") for _, p in steps) else "0"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(sys.prefix) / "share" / "jupyter"),
                                                                 os.environ.get("JUPYTER_PATH")]))
@@ -498,9 +515,11 @@ def _execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool, ea
         cluster_steps, stop_cluster = shared_ray_cluster(steps)
         try:
             status = _run_notebooks(cluster_steps, run_dir, timings, completed,
-                                    lambda: atomic_write_json(run_dir / "run.json", progress_record("running")))
+                                    lambda: atomic_write_json(run_dir / "run.json", progress_record("running")),
+                                    stop.check)
         finally:
             stop_cluster()
+        stop.check()
     except KeyboardInterrupt as stop:
         status = "stopped" if isinstance(stop, Terminated) else "interrupted"
     info = progress_record(status)
@@ -602,12 +621,14 @@ def publish_notebook(partial: Path, target: Path) -> Published:
 
 
 def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float], completed: list[str],
-                   after_each: Callable[[], object]) -> str:
+                   after_each: Callable[[], object], before_each: Callable[[], object] = lambda: None) -> str:
     """Execute the notebooks in order (those in ``completed`` are kept), stopping at the first failure;
-    returns the run's status. ``after_each`` runs after every finished notebook."""
+    returns the run's status. ``before_each`` runs before every notebook (it may raise to stop the job),
+    ``after_each`` after every finished one."""
     import papermill
 
     for i, (name, params) in enumerate(steps, 1):
+        before_each()
         if name in completed:
             print(f"[{i}/{len(steps)}] {name}: kept from the earlier run", flush=True)
             continue

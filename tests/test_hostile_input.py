@@ -238,6 +238,26 @@ def test_a_signal_ends_the_job_in_one_line_and_marks_the_run(sig, code, status, 
         json.loads(notebook.read_text())
 
 
+@pytest.mark.parametrize("sig, kind", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, run.Terminated)])
+def test_a_stop_that_python_swallowed_still_stops_the_job(sig, kind, monkeypatch):
+    """A Ctrl-C that lands in a ``__del__`` is printed and ignored by Python (a job finished with 0 after
+    one, once in CI): the job still stops at the next notebook, with the status of the signal."""
+    swallowed: list = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)       # where Python puts what it ignores
+    stop = run.StopRequest()
+    stop.check()                                                        # no signal yet: nothing happens
+
+    class Collected:
+        def __del__(self) -> None:
+            stop.handler(sig, None)
+
+    Collected()                                                         # "Exception ignored in ...": swallowed
+    assert [type(u.exc_value) for u in swallowed] == [kind]
+    with pytest.raises(kind) as caught:
+        stop.check()
+    assert (caught.type is run.Terminated) == (sig == signal.SIGTERM)
+
+
 def test_a_killed_job_takes_its_helpers_with_it(tmp_path):
     """kill -9 of a job: the watchdog ends the processes it started (here: two sleepers in their own
     sessions, as kernels and Ray's processes are), which outlive the job without it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -13,8 +12,9 @@ from fsfsl_utils import experiment, runner
 
 
 def test_a_node_removed_mid_study_loses_nothing(tiny_pack, tmp_path):
-    """Two worker nodes (ray.cluster_utils.Cluster), one removed while the study runs: Ray retries its
-    tasks on the other; every record is there once, valid, and equal to the local runner's."""
+    """Two worker nodes (ray.cluster_utils.Cluster), one removed when the first training has finished
+    (the others are running or queued, whatever the machine's speed): Ray retries its tasks on the
+    other; every record is there once, valid, and equal to the local runner's."""
 
     from ray.cluster_utils import Cluster
 
@@ -29,13 +29,14 @@ def test_a_node_removed_mid_study_loses_nothing(tiny_pack, tmp_path):
 
         removed: list[float] = []
 
-        def remove_soon() -> None:
-            time.sleep(8)  # tasks are running on both nodes by then
-            cluster.remove_node(lost)
-            removed.append(time.time())
+        def remove_at_first_record(record: dict) -> None:
+            """The first training has finished: the others are running or queued on both nodes."""
+            if not removed:
+                cluster.remove_node(lost)
+                removed.append(time.time())
 
-        threading.Thread(target=remove_soon, daemon=True).start()
-        records = runner.RayRunner(num_cpus=1, num_gpus=0).run(todo, tmp_path / "ray", analyse_images=False)
+        records = runner.RayRunner(num_cpus=1, num_gpus=0).run(todo, tmp_path / "ray", analyse_images=False,
+                                                               on_record=remove_at_first_record)
     finally:
         ray.shutdown()
         cluster.shutdown()
