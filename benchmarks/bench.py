@@ -45,8 +45,8 @@ from PIL import Image
 
 from fsfsl_utils import augment, data, experiment, features, models, train
 from fsfsl_utils.config import TrainConfig
+from fsfsl_utils.io import atomic_write_json
 from fsfsl_utils.progress import set_progress
-from fsfsl_utils.results import atomic_write_json
 
 MIN_FEATURE_COSINE = 0.999  # kit vs PIL-resized features: the resizers differ in 0.1% of pixels, by one gray level
 
@@ -376,7 +376,7 @@ def bench_study(limit: int, backbone: str, size: int, work: Path, peak: float) -
     t_warm, _ = timed(lambda: kit_run("warm"))
 
     def naive_run() -> None:
-        cfg = train.check_config({"mode": "probe", "backbone": backbone, "input_size": size})
+        cfg = TrainConfig.from_dict({"mode": "probe", "backbone": backbone, "input_size": size})
         for step in steps:
             expanded = augment.expand(train_part, experiment.STEPS[step]["policy"], progress=False)
             tr = naive_features(export_pngs(expanded, work / f"naive_{step}" / "train"), backbone, size)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from fsfsl_utils import augment, experiment, train
-from fsfsl_utils.results import atomic_write_json
+from fsfsl_utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_gpu_check import synthetic_pack  # noqa: E402

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import torch
 
-from fsfsl_utils import augment, data, experiment
-from fsfsl_utils.results import atomic_write, atomic_write_json
+from fsfsl_utils import augment, data, experiment, session
+from fsfsl_utils.io import atomic_write, atomic_write_json
 
 ARMS = tuple(experiment.STEPS)
 PRIMARY = ("01_baseline", "04_balanced_augment")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="",
                         help="only these arms of the chosen groups, comma-separated (e.g. 03_full_augment)")
     parser.add_argument("--pack", type=int, default=1,
-                        help="up to this many seeds of an arm as one packed network (fsfsl_utils.packed)")
+                        help="up to this many seeds of an arm as one packed network (fsfsl_utils.train.packed)")
     parser.add_argument("--budget", type=float, default=500.0,
                         help="seconds the whole run may take: a group that would end later is skipped")
     args = parser.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "work"
     header = data.read_pack_header(args.data)
-    settings = experiment.Settings.from_parameters(profile=args.profile, data=args.data, labels=header["labels"],
+    settings = session.Settings.from_parameters(profile=args.profile, data=args.data, labels=header["labels"],
                                                    results_dir=str(results_dir.resolve()), progress=False)
     print(settings.describe(), flush=True)
     device = {"device": args.device} if args.device else {}

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from fsfsl_utils import data, experiment, runner
-from fsfsl_utils.results import atomic_write_json
+from fsfsl_utils.io import atomic_write_json
 
 
 def synthetic_pack(path: Path, per_class: dict[str, int], seed: int = 0) -> str:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fsfsl_utils import experiment
-from fsfsl_utils.results import atomic_write_json
+from fsfsl_utils import experiment, session
+from fsfsl_utils.io import atomic_write_json
 
 STEPS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment")
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = make_folder(work / "data", per_class=60)
 
-        def settings(results: str) -> experiment.Settings:
-            return experiment.Settings.from_parameters(
+        def settings(results: str) -> session.Settings:
+            return session.Settings.from_parameters(
                 profile="paper", backbone="efficientnet_lite0", epochs=epochs, input_size=size, data=str(folder),
                 seeds=1, results_dir=str(work / results), progress=False)
 

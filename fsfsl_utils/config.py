@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import augment, models  # the registries a config is checked against (both below this module)
+
 MODES = ("probe", "finetune", "top")
 
 
@@ -62,8 +64,6 @@ class TrainConfig:
     class_weight: str = field(default="none", metadata=_choice("none", "balanced"))
 
     def __post_init__(self) -> None:
-        from . import augment, models  # the registries; imported here so that this module stays light
-
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         cs = self.head_cs

@@ -113,7 +113,7 @@ def from_arrays(images: np.ndarray, labels: Sequence[int], class_names: Sequence
     """A Dataset of images already in memory (uint8 ``N x H x W`` or ``N x H x W x 3``), one label
     index per image; names default to ``image<i>``."""
     names = [f"image{i}" for i in range(len(images))] if names is None else list(names)
-    return Dataset(np.asarray(images), _meta(names, np.asarray(labels)), list(class_names))
+    return Dataset(np.asarray(images), make_meta(names, np.asarray(labels)), list(class_names))
 
 
 def elpv_root() -> Path:
@@ -161,7 +161,7 @@ def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: i
         index = np.sort(np.concatenate(picked))
     images = np.stack([_read_gray(root / table["path"][i]) for i in index])
     names = [Path(table["path"][i]).name for i in index]
-    meta = _meta(names, label[index], cell_type=table["cell_type"].to_numpy()[index],
+    meta = make_meta(names, label[index], cell_type=table["cell_type"].to_numpy()[index],
                  probability=probs[index])
     return Dataset(images, meta, class_names)
 
@@ -231,7 +231,7 @@ def load_imagefolder(root: str | os.PathLike, size: int = 300, mode: str = "auto
     for i, f in enumerate(files):  # one image decoded at a time: memory stays that of the final array
         images[i] = np.asarray(_read_resized(f, size, mode))
     names = [str(f.relative_to(root)).replace(os.sep, "/") for f in files]
-    return Dataset(images, _meta(names, np.array(labels), split=splits), class_names)
+    return Dataset(images, make_meta(names, np.array(labels), split=splits), class_names)
 
 
 def _imagefolder_layout(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -397,7 +397,7 @@ def export(out: str | os.PathLike, seed: int = 0, labels: str = "study", force: 
             raise DataError(f"class name {name!r} cannot be a folder name inside {out}: use a plain name")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    from .results import current_umask
+    from .io import current_umask
 
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the export follows the umask like any new folder
     try:
@@ -481,8 +481,8 @@ def write_pack(ds: Dataset, out: str | os.PathLike, origin: str = "", labels: st
     ``origin``/``labels`` say where the images came from (e.g. ``elpv`` / ``study``). Images are
     encoded on one thread per core (Pillow's encoder releases the GIL), a chunk at a time, and
     written in order: the file is the same whatever the number of cores."""
+    from .io import atomic_write
     from .progress import progress_bar
-    from .results import atomic_write
 
     out = check_pack_name(out)
     files = [f"images/{i:06d}.webp" for i in range(len(ds))]
@@ -602,8 +602,9 @@ def check_label_policy(labels: str) -> None:
         raise ValueError(f"unknown label policy {labels!r}; valid: {', '.join(LABEL_POLICIES)}")
 
 
-def _meta(names: Sequence[str], labels: np.ndarray, split: Sequence[str] | None = None,
-          cell_type: Sequence[str] | None = None, probability: Sequence[float] | None = None) -> pd.DataFrame:
+def make_meta(names: Sequence[str], labels: np.ndarray, split: Sequence[str] | None = None,
+              cell_type: Sequence[str] | None = None, probability: Sequence[float] | None = None) -> pd.DataFrame:
+    """A :class:`Dataset`'s per-image table (name, label, split, cell type, the ELPV probability)."""
     n = len(names)
     return pd.DataFrame({
         "name": list(names), "label": np.asarray(labels, dtype=np.int64), "source": list(names),

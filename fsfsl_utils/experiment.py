@@ -17,19 +17,16 @@ import datetime as dt
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 
-from . import augment, data, metrics, profiles, results, sensitivity, train
-from . import data as data_module
+from . import augment, data, io, metrics, profiles, results, sensitivity, train
 from .config import TrainConfig
-from .data import check_label_policy
-from .progress import set_progress
 from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles  # noqa: F401  (re-exported)
 
 DEFAULT_VIEWS = ("vflip", "blur")  # test-time views whose logits a record keeps (TTA in 05)
@@ -281,7 +278,7 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
     (:func:`keep_model`'s ``requirement`` and ``folds``; ``{}`` for its defaults)."""
     started = time.perf_counter()
     spec = _spec_of(spec, spec_args)
-    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
+    out_dir = io.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = (store or DataStore()).split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class,
                                                    split_kind=spec.split_kind)
     expanded = expand(spec, train_part, progress)
@@ -301,7 +298,7 @@ def train_ahead(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store
                 progress: bool | None = None, pack: int = 1) -> int:
     """Fine-tune the trainings of ``specs`` all at once (:func:`fsfsl_utils.train.fit_many`: one CUDA
     stream each, each result as if alone; ``pack`` > 1: up to that many seeds of one arm as one packed
-    network, :mod:`fsfsl_utils.packed`) into their checkpoint folders; :func:`run_step` then
+    network, :mod:`fsfsl_utils.train.packed`) into their checkpoint folders; :func:`run_step` then
     resumes from the finished checkpoints and only predicts and records. Only checkpointed
     (paper-profile) trainings are done ahead; returns how many."""
     jobs = ahead_jobs(specs, results_dir, store, progress)
@@ -313,7 +310,7 @@ def ahead_jobs(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store:
                progress: bool | None = None) -> list[dict]:
     """:func:`fsfsl_utils.train.fit_many` jobs of the checkpointed trainings among ``specs`` (their
     data split and expanded, their checkpoint folders under ``results_dir``), as :func:`train_ahead` runs them."""
-    out_dir = results.ensure_writable_dir(resolve_results_dir(results_dir))
+    out_dir = io.ensure_writable_dir(resolve_results_dir(results_dir))
     store = store or DataStore()
     jobs = []
     for spec in (s for s in specs if s.checkpointed):
@@ -341,7 +338,7 @@ def sweeps(record: dict, fit: train.FitResult, val: data.Dataset, n_images: int 
     out = {op: sensitivity.sweep(predict, val.images[idx], val.labels[idx], op, lv, val.class_names)
            for op, lv in (levels or SWEEP_LEVELS).items()}
     path = Path(record["_path"])
-    results.atomic_write_json(path.parents[1] / "analysis" / path.stem / "sweeps.json",
+    io.atomic_write_json(path.parents[1] / "analysis" / path.stem / "sweeps.json",
                               {"images": [val.names[i] for i in idx], "sweeps": out})
     return out
 
@@ -399,7 +396,7 @@ def load_step_records(results_dir: str | os.PathLike, steps: Sequence[str]) -> l
 def predictor(fit: train.FitResult, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
     """``images -> logits`` of a trained model, through the same path its validation logits took."""
     if fit.mode == "top":
-        from . import top
+        from .train import top
 
         return lambda images: top.predict_images(fit.model, images, cfg)
     if fit.mode == "probe":
@@ -414,161 +411,3 @@ def predictor(fit: train.FitResult, cfg: TrainConfig) -> Callable[[np.ndarray], 
     dev = next(fit.model.parameters()).device
     return lambda images: train.predict(fit.model, torch.from_numpy(images).to(dev), cfg,
                                         use_amp=dev.type == "cuda" and cfg.amp)
-
-
-@dataclass
-class Settings:
-    """What a notebook's parameters cell resolves to (0 and "" mean "the profile's default"); it holds
-    the notebook's :class:`DataStore` and makes the :class:`StepSpec` of every training."""
-
-    profile: str = "auto"
-    overrides: dict = field(default_factory=dict)  # TrainConfig fields the parameters cell set
-    seeds: list[int] = field(default_factory=lambda: [0])
-    split_seeds: list[int] = field(default_factory=lambda: [0])
-    limit_per_class: int | None = None
-    source: str = "elpv"
-    labels: str = "study"
-    results_dir: Path = field(default_factory=resolve_results_dir)
-    progress: bool = True
-    resolved: dict = field(default_factory=dict)
-    backend: str = "local"  # where settings.run trains: "local" (this process) or "ray" (fsfsl_utils.runner)
-    ray_address: str = ""  # "": a local Ray cluster
-    target_class: str | None = None  # None: the rule of study.class_roles
-    split_kind: str = "random"  # or "grouped": no module on both sides
-    requirement: str = DEFAULT_REQUIREMENT  # the operating point of the kept models
-    threshold_folds: int = THRESHOLD_FOLDS  # 0: kept models get no cross-validated operating point
-    store: DataStore = field(default_factory=DataStore, repr=False)
-    # probe: per (step, split seed), the C chosen by cross-validation and the seed that chose it
-    head_c: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
-    _started: dict[StepSpec, float] = field(default_factory=dict, repr=False)  # when each yielded spec began
-
-    @classmethod
-    def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
-                        seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
-                        limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
-                        progress: bool = True, backend: str = "local", ray_address: str = "",
-                        target_class: str = "", split_kind: str = "random", requirement: str = DEFAULT_REQUIREMENT,
-                        threshold_folds: int | None = None) -> Settings:
-        """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
-        errors name the parameter.
-
-        ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
-        that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
-        ``target_class``: the class whose recall matters most ("": ``defective`` on ELPV, else the
-        smallest class), checked against the data's classes before anything is decoded;
-        ``split_kind``: ``random`` (the study's split) or ``grouped`` (no module on both sides);
-        ``requirement`` and ``threshold_folds``: the operating point given to the model kept of each
-        step (its first seed; :func:`keep_model`; ``threshold_folds`` None: the profile's, 3, smoke 0).
-        """
-        for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        check_label_policy(labels)
-        from .runner import BACKENDS
-
-        if backend not in BACKENDS:
-            raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-        if data != "elpv" and not Path(data).expanduser().is_dir() \
-                and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
-            raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "
-                                    f"{data!r} is neither")
-        if target_class:
-            class_roles(data_module.class_names_of(data, labels), target=target_class)
-        if split_kind not in data_module.SPLIT_KINDS:
-            raise ValueError(f"SPLIT_KIND must be one of {', '.join(data_module.SPLIT_KINDS)}, got {split_kind!r}")
-        from .deploy.operating import parse_requirement
-
-        parse_requirement(requirement)
-        if threshold_folds is not None and (not isinstance(threshold_folds, int) or isinstance(threshold_folds, bool)
-                                            or not 0 <= threshold_folds <= 20):
-            raise ValueError(f"THRESHOLD_FOLDS must be a whole number in [0, 20], got {threshold_folds!r}")
-        set_progress(progress)
-        overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
-        settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
-                       limit_per_class=limit_per_class or None, source=data, labels=labels,
-                       results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
-                       ray_address=ray_address, target_class=target_class or None, split_kind=split_kind,
-                       requirement=requirement)
-        settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class, seeds=seeds or None,
-                                             **overrides)
-        settings.seeds = list(range(seed, seed + settings.resolved["seeds"]))
-        settings.threshold_folds = settings.resolved["threshold_folds"] if threshold_folds is None else threshold_folds
-        results.ensure_writable_dir(settings.results_dir, "RESULTS_DIR")
-        return settings
-
-    def describe(self) -> str:
-        where = "this process" if self.backend == "local" else f"Ray ({self.ray_address or 'a local cluster'})"
-        return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds}; split seeds: {self.split_seeds}",
-                          f"data: {self.source} ({self.labels} labels, {self.split_kind} split)",
-                          f"results: {self.results_dir}",
-                          f"trainings run in: {where}"])
-
-    def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
-        split_seed = self.split_seeds[0] if split_seed is None else split_seed
-        return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"),
-                                split_kind=self.split_kind)
-
-    def specs(self, step: str, seeds: Sequence[int] | None = None, **config: object) -> Iterator[StepSpec]:
-        """The trainings of ``step``, one per split and seed, yielded one at a time (``config``:
-        TrainConfig fields to change).
-
-        Probe: the head's regularisation strength chosen by cross-validation on a split's first seed
-        (when its record is written) is given to that split's later seeds of the step (their
-        history says ``C_from: given in head_cs``): the choice costs seconds, a fit with a given
-        strength under one."""
-        for j in self.split_seeds:
-            for s in self.seeds if seeds is None else seeds:
-                spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
-                                      limit_per_class=self.limit_per_class, target_class=self.target_class,
-                                      split_kind=self.split_kind, **{**self.overrides, **config})
-                c, chooser = self.head_c.get((step, j), (None, None))
-                if c is not None and s != chooser and spec.config.mode == "probe" and "head_cs" not in config:
-                    spec = spec.replace(config=spec.config.replace(head_cs=(c,)))
-                self._started[spec] = time.perf_counter()
-                yield spec
-
-    def record(self, spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset, val: data.Dataset,
-               fit: train.FitResult, analysis: dict | None = None) -> dict:
-        """Write the record of one of :meth:`specs`'s trainings into this notebook's results folder; the
-        first seed's model is kept beside it (:func:`keep_model`: ``models/<step>``), as :meth:`run` does."""
-        from .runner import where
-
-        record = make_record(spec, train_part, expanded, val, fit, analysis)
-        record["ran_on"] = {"backend": "local", **where()}
-        if spec.seed == self.seeds[0] and spec.split_seed == self.split_seeds[0]:
-            keep_model(spec, train_part, val, fit, record, self.results_dir, self.requirement, self.threshold_folds,
-                       self.progress)
-        self._note(record)
-        return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
-
-    def run(self, step: str, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
-            **config: object) -> list[dict]:
-        """Run ``step`` once per split and seed with this notebook's backend (:mod:`fsfsl_utils.runner`);
-        returns the records. A training whose record is already in the results folder is returned, not
-        run again (an interrupted study resumes). The first seed of each split runs first: the probe's
-        regularisation chosen there is given to the later seeds."""
-        from .runner import make_runner
-
-        runner = make_runner(self.backend, self.ray_address, self.progress, store=self.store)
-        first = list(self.specs(step, seeds=self.seeds[:1], **config))
-        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note, keep=self.keep)
-        rest = list(self.specs(step, seeds=self.seeds[1:], **config))
-        done += runner.run(rest, self.results_dir, analyse_images, views, on_record=self._note)
-        for spec in first + rest:
-            self._started.pop(spec, None)
-        return sorted(done, key=lambda r: (r["split_seed"], r["seed"]))
-
-    @property
-    def keep(self) -> dict:
-        """How the first seed's model of each step is kept (:func:`keep_model`'s arguments)."""
-        return {"requirement": self.requirement, "folds": self.threshold_folds}
-
-    def _note(self, record: dict) -> None:
-        if record["mode"] == "probe":
-            if record["history"][0].get("C_from", "").startswith("cross-validation"):
-                self.head_c.setdefault((record["step"], record["split_seed"]), (record["history"][0]["C"],
-                                                                                 record["seed"]))
-
-    def run_controls(self) -> list[dict]:
-        """The science-control arms (plain-copy oversampling, class-weighted loss), every seed."""
-        return [r for step in CONTROL_STEPS for r in self.run(step)]

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import models
+from .io import atomic_write
 from .progress import progress_bar
-from .results import atomic_write
 
 PREPROCESS_VERSION = 4  # 4: models.preprocess, the one input path (uint8 resize on a CPU)
 DEFAULT_BATCH = {"cpu": 8, "cuda": 256}  # a CPU of few cores gains nothing from larger batches

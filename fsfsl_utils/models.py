@@ -72,7 +72,9 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-class _LiteFeatures(nn.Module):
+class LiteFeatures(nn.Module):
+    """EfficientNet-Lite's convolutional trunk and global average pooling: one feature vector per image."""
+
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
@@ -132,7 +134,7 @@ def split_backbone(backbone: nn.Module, name: str, trained_blocks: int) -> tuple
     spec = get_spec(name)
     check_trained_blocks(name, trained_blocks)
     cut = spec.blocks - trained_blocks
-    if isinstance(backbone, _LiteFeatures):
+    if isinstance(backbone, LiteFeatures):
         net = backbone.net
         blocks = list(net._blocks)
         rate = net._global_params.drop_connect_rate or 0.0
@@ -161,11 +163,11 @@ def _build_lite0(weights: str | None) -> nn.Module:
     if weights is not None:
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     net._fc = nn.Identity()
-    _fold_symmetric_padding(net)
-    return _LiteFeatures(net)
+    fold_symmetric_padding(net)
+    return LiteFeatures(net)
 
 
-def _fold_symmetric_padding(net: nn.Module) -> int:
+def fold_symmetric_padding(net: nn.Module) -> int:
     """Move EfficientNet-Lite's TensorFlow-style "same" padding into the convolution where it is
     symmetric (12 of its 17 padded convolutions): the same output bit for bit, one copy kernel less
     per layer and pass. Returns the number of layers changed."""
@@ -289,7 +291,7 @@ def preprocess(images: torch.Tensor, backbone: str, size: int, crop_fraction: fl
             x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         else:
             x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return _normalise(_as_rgb(x.float().div_(255.0) if x.dtype == torch.uint8 else x.div(255.0)), spec)
+    return normalise_with(as_rgb(x.float().div_(255.0) if x.dtype == torch.uint8 else x.div(255.0)), spec)
 
 
 def unit_images(images: torch.Tensor) -> torch.Tensor:
@@ -299,17 +301,18 @@ def unit_images(images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
-def _as_rgb(x: torch.Tensor) -> torch.Tensor:
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
     """``B x 1 x H x W`` -> a ``B x 3 x H x W`` view (the network takes three channels); RGB unchanged."""
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 def normalise(x: torch.Tensor, backbone: str) -> torch.Tensor:
     """Float images in [0, 1] (``B x 1`` or ``B x 3 x H x W``) -> ``backbone``'s normalised three-channel input."""
-    return _normalise(_as_rgb(x), get_spec(backbone))
+    return normalise_with(as_rgb(x), get_spec(backbone))
 
 
-def _normalise(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
+def normalise_with(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
+    """Three-channel float images in [0, 1] normalised with ``spec``'s mean and std."""
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)

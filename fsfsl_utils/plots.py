@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve
 
 from . import augment, data, metrics, report
 from .data import Dataset
-from .results import atomic_write
+from .io import atomic_write
 
 CLASS_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 FEATURE_UNITS = {"brightness": "mean gray level (0-255)", "clarity": "variance of the Laplacian",
@@ -191,23 +191,6 @@ def sensitivity_panel(result: dict, features: Sequence[str] = ("brightness", "cl
     fig, axes = plt.subplots(len(features), 1, figsize=(6.5, 3.0 * len(features)), squeeze=False)
     for ax, f in zip(axes[:, 0], features):
         sensitivity_bars(result, f, ax, f"{result.get('step', '')} {f} ({result['sensitivity'][f]['binning']} bins)")
-    fig.tight_layout()
-    return fig
-
-
-def sensitivity_heatmap(result: dict, feature: str) -> plt.Figure:
-    """The ModelArts-style table (bins x classes, std row) as a heatmap."""
-    from .sensitivity import table
-
-    tab = table(result, feature).astype(float)
-    tab = tab[report.shown_classes(list(tab.columns), _bin_counts(result["sensitivity"][feature]))]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * tab.shape[1], 3.0))
-    ax.imshow(tab.iloc[:-1].to_numpy(), cmap="RdYlGn", vmin=0.4, vmax=1.0, aspect="auto")
-    for (i, j), v in np.ndenumerate(tab.to_numpy()):
-        ax.text(j, i, "" if np.isnan(v) else f"{v:.4f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(tab.shape[1]), tab.columns, fontsize=8)
-    ax.set_yticks(range(tab.shape[0]), tab.index, fontsize=8)
-    ax.set_title(f"recall by {feature} bin", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -151,7 +151,7 @@ def _write_page(model: bundle.SavedModel, top: list[tuple[float, int, str]], pat
     import jinja2
 
     from .deploy import cam
-    from .results import atomic_write
+    from .io import atomic_write
 
     images = np.stack([np.asarray(data.read_image(Path(f), size, mode)) for _, _, f in top]) if top else None
     maps = cam.heat_maps(model, images) if heat_maps and images is not None else None

@@ -3,7 +3,7 @@
 - ``cpu``: frozen EfficientNet-Lite0 at 224 px, cached features, linear head (seconds per step
   once the cache is warm); 5 seeds per step by default.
 - ``cpu-finetune``: EfficientNet-Lite0 at 224 px with its top block, head and a linear layer
-  fine-tuned over cached activations (:mod:`fsfsl_utils.top`; exact cached flips, Adam 1e-3 with
+  fine-tuned over cached activations (:mod:`fsfsl_utils.train.top`; exact cached flips, Adam 1e-3 with
   weight decay 1e-4, cosine lr, batch 32); a model that learns from the augmented copies, on a
   laptop, at about a minute per training.
 - ``paper``: the study's recipe (pytorch/examples imagenet): fine-tune, Adam lr 1e-3 with the

@@ -23,7 +23,7 @@ from scipy import stats
 
 from . import metrics
 from . import stats as kit_stats
-from .results import atomic_write, atomic_write_json
+from .io import atomic_write, atomic_write_json
 from .study import STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles
 
 ALPHA = 0.05

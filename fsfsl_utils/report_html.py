@@ -19,7 +19,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import report
-from .results import atomic_write
+from .io import atomic_write
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -10,13 +10,10 @@ in the same folder is written as ``<step>-seed<k>-v2.json`` (and so on) and
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
-from collections.abc import Callable
-from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any
+
+from .io import atomic_write_new, ensure_writable_dir, json_writer
 
 SCHEMA_VERSION = 1
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -30,81 +27,6 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "auroc", "confusion_matrix", "pe
 
 class RecordError(ValueError):
     """A run record does not follow the schema."""
-
-
-def current_umask() -> int:
-    """The process's umask: read from ``/proc/self/status`` where Linux shows it (nothing changes),
-    else with ``os.umask``, which can only read it by setting it (it is put back at once)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """``write(tmp)`` to a fresh temp file beside ``path`` (its name ends in ``.tmp``: a writer that
-    infers the format from the name must be told it), then rename it to ``path``: readers never
-    see half a file, two writers never share a temp file, a failed write leaves the old file as it
-    was and no temp file. The file gets the permissions ``open()`` would give (0666 less the umask)."""
-    return _publish(Path(path), write, None)
-
-
-def atomic_write_new(path: str | os.PathLike, write: Callable[[Path], object],
-                     next_free: Callable[[Path], Path]) -> Path:
-    """Like :func:`atomic_write`, but never replaces a file: the finished temp file is hard-linked to
-    ``path``, an atomic claim that fails if any writer got there first; then ``next_free(path)`` is
-    tried, and so on. Returns the path written. Two processes saving at once keep both files."""
-    return _publish(Path(path), write, next_free)
-
-
-def _publish(path: Path, write: Callable[[Path], object], next_free: Callable[[Path], Path] | None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ".<name>.<random>.tmp": hidden, and no glob of the real files' suffix ("*.json") can match it
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        if next_free is None:
-            os.replace(tmp, path)
-            return path
-        while True:
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                path = next_free(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def discard_orphan_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove the temp files that writers of ``path`` left when they were killed mid-write (a process
-    killed by its node's death cannot clean up after itself); returns them. Call it only when no
-    writer of ``path`` is running, e.g. once every training of a study has returned."""
-    path = Path(path)
-    orphans = sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
-    for orphan in orphans:
-        orphan.unlink(missing_ok=True)
-    return orphans
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (:func:`atomic_write`)."""
-    return atomic_write(path, _json_writer(obj))
-
-
-def _json_writer(obj: Any) -> Callable[[Path], None]:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False, default=_jsonable)
-    return write
 
 
 def validate_record(record: dict) -> None:
@@ -149,18 +71,6 @@ def record_path(results_dir: str | os.PathLike, step: str, seed: int, split_seed
     return path
 
 
-def ensure_writable_dir(path: str | os.PathLike, what: str = "results folder") -> Path:
-    """Create ``path`` if needed; PermissionError / OSError naming it when it cannot be written."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"{what} {path} cannot be created: {err}") from err
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"{what} {path} is not writable")
-    return path
-
-
 def save_record(record: dict, results_dir: str | os.PathLike, path: Path | None = None) -> Path:
     """Validate and write a record atomically under ``results_dir/records``; returns its path.
 
@@ -169,7 +79,7 @@ def save_record(record: dict, results_dir: str | os.PathLike, path: Path | None 
     validate_record(record)
     results_dir = ensure_writable_dir(results_dir)
     fresh = lambda _taken: record_path(results_dir, record["step"], record["seed"], record["split_seed"])  # noqa: E731
-    return atomic_write_new(path if path is not None else fresh(None), _json_writer(record), fresh)
+    return atomic_write_new(path if path is not None else fresh(None), json_writer(record), fresh)
 
 
 def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
@@ -210,17 +120,3 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
         raise FileNotFoundError(f"no run records under {folder}" + (f" for steps {steps}" if steps else "")
                                 + ": run the training notebooks (01-04) first")
     return sorted(records, key=lambda r: (r["step"], r["split_seed"], r["seed"]))
-
-
-def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return None if math.isnan(obj) else float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to a run record")

@@ -10,7 +10,7 @@ never touched. Exit status: 0 on success, 1 when a notebook fails, 2 on bad argu
 (:func:`fsfsl_utils.experiment.train_ahead`); the notebooks then resume from the checkpoints.
 It is the default for the paper profile on CUDA, where the trainings share the GPU (timings:
 ``benchmarks/RESULTS.md``); ``--no-train-ahead`` turns it off. ``--pack N`` trains up to N seeds of
-one arm ahead as one packed network (:mod:`fsfsl_utils.packed`; each member's result is its own).
+one arm ahead as one packed network (:mod:`fsfsl_utils.train.packed`; each member's result is its own).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from . import experiment, models, profiles, results, watchdog
+from . import experiment, io, models, profiles, results, session, watchdog
 from .experiment import project_root
-from .results import atomic_write_json, ensure_writable_dir
+from .io import atomic_write_json, ensure_writable_dir
 
 NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
 # the notebook parameters that Settings.from_parameters takes: each one's name in lower case
-SETTINGS_PARAMETERS = {name.upper(): name for name in inspect.signature(experiment.Settings.from_parameters).parameters
+SETTINGS_PARAMETERS = {name.upper(): name for name in inspect.signature(session.Settings.from_parameters).parameters
                        if name not in ("labels", "results_dir")}
 
 
@@ -79,6 +79,33 @@ def parse_params(pairs: Sequence[str]) -> dict[str, object]:
     return params
 
 
+def training_config(params: dict[str, object], config_file: str | None = None) -> dict[str, object]:
+    """``params`` with every training setting gathered into ``CONFIG`` (the notebooks' dict of
+    :class:`~fsfsl_utils.config.TrainConfig` fields): first the JSON object in ``config_file``, then
+    ``-p CONFIG={...}``, then ``-p name=value`` for each field named in lower case (``-p
+    weight_decay=1e-4``). ValueError names the file or the parameter."""
+    params = dict(params)
+    config: dict[str, object] = {}
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--config {path}: not a readable JSON file ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {path}: must hold a JSON object of training parameters, "
+                             f"e.g. {{\"weight_decay\": 0.0001}}")
+        config.update(loaded)
+    if "CONFIG" in params:
+        config.update(session.check_config_parameter(params.pop("CONFIG")))
+    for key in [k for k in params if k.islower()]:
+        config[key] = params.pop(key)
+    session.check_config_parameter(config)
+    if config:
+        params["CONFIG"] = config
+    return params
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Which notebooks run with which parameters; ValueError on anything unknown."""
     if args.profile not in profiles.PROFILE_NAMES:
@@ -96,7 +123,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
              "DATA": args.data if args.data == "elpv" else str(Path(args.data).expanduser().resolve()),  # not the
              "PROGRESS": bool(args.progress), "WIDGETS": False, "BACKEND": args.backend,      # kernel's folder
              "RAY_ADDRESS": args.ray_address, "TARGET_CLASS": args.target_class}
-    extra = parse_params(args.param or [])
+    extra = training_config(parse_params(args.param or []), args.config)
     declared = {n: notebook_parameters(n) for n in names}
     everywhere = set().union(*declared.values())
     stray = sorted(set(extra) - everywhere)
@@ -158,7 +185,7 @@ RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_
 
 def check_parameter(name: str, value: object, type_name: str) -> None:
     """A notebook parameter has the type its cell declares and lies in its range; ValueError names it."""
-    types = {"int": int, "str": str, "bool": bool, "float": (int, float)}
+    types = {"int": int, "str": str, "bool": bool, "float": (int, float), "dict": dict}
     optional = type_name.startswith("Optional[") and type_name.endswith("]")
     kinds = [type_name[9:-1], "None"] if optional else [t.strip() for t in type_name.split("|")]
     if value is None and "None" in kinds:
@@ -189,10 +216,13 @@ def check_training_settings(params: dict) -> None:
     """The training config the notebooks will resolve, checked now by :class:`~fsfsl_utils.config.TrainConfig`
     (a negative EPOCHS, an input size too small for the backbone fail here, not deep inside a kernel)."""
     names = ("BACKBONE", "INPUT_SIZE", "EPOCHS")  # 0 and "": the profile's value
+    config = session.check_config_parameter(params.get("CONFIG"))
     try:
-        profiles.resolve(str(params.get("PROFILE", "auto")), **{n.lower(): params.get(n) or None for n in names})
+        profiles.resolve(str(params.get("PROFILE", "auto")),
+                         **{**{n.lower(): params.get(n) or None for n in names}, **config})
     except ValueError as err:
-        named = next((n for n in names if n.lower() in str(err)), None)
+        named = next((n for n in names if n.lower() in str(err)), None) \
+            or next((f"CONFIG {k}" for k in config if k in str(err)), None)
         raise ValueError(f"parameter {named}: {err}" if named else str(err)) from None
 
 
@@ -208,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="'elpv', a .fsfslpack file (python -m fsfsl_utils.data pack) or an ImageFolder folder")
     parser.add_argument("--out", default=str(project_root() / "runs"), help="parent of the run folder")
     parser.add_argument("--notebooks", default="", help="comma-separated subset, e.g. 01_baseline,05_analysis")
-    parser.add_argument("-p", "--param", action="append", help="extra notebook parameter NAME=VALUE")
+    parser.add_argument("-p", "--param", action="append",
+                        help="extra notebook parameter NAME=VALUE; a training setting in lower case (name=value, "
+                             "e.g. weight_decay=1e-4: any field of fsfsl_utils.config.TrainConfig) goes into CONFIG")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a JSON object of training settings (TrainConfig fields) over the profile's; -p "
+                             "name=value overrides it")
     parser.add_argument("--progress", action="store_true", help="show progress bars inside the notebooks")
     parser.add_argument("--backend", default="local", choices=("local", "ray"),
                         help="where the trainings run: this machine, one after another (local), or as Ray tasks (ray)")
@@ -228,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: on for the paper profile on CUDA)")
     parser.add_argument("--pack", type=int, default=1, metavar="N",
                         help="training ahead: up to N seeds of one arm fine-tuned as one packed network "
-                             "(fsfsl_utils.packed; each member's result is its own; default 1: none packed)")
+                             "(fsfsl_utils.train.packed; each member's result is its own; default 1: none packed)")
     args = parser.parse_args(argv)
     if os.environ.get("FSFSL_CACHE"):  # relative to where the job started, not to each kernel's folder
         os.environ["FSFSL_CACHE"] = str(Path(os.environ["FSFSL_CACHE"]).expanduser().resolve())
@@ -238,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             refuse_run_options_on_resume(args, parser)
             run_dir, earlier = unfinished_run(out, args.resume)
             check_not_running(run_dir)
-            steps = resumed_steps(earlier, parse_params(args.param or []))
+            steps = resumed_steps(earlier, training_config(parse_params(args.param or [])))
             if args.dry_run:
                 return print_plan(steps, run_dir)
             return execute(steps, run_dir, earlier.get("train_first", False), earlier, pack=earlier.get("pack", 1))
@@ -256,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 RUN_OPTIONS = ("profile", "seeds", "splits", "backbone", "epochs", "input_size", "data", "notebooks", "backend",
-               "ray_address", "target_class", "train_ahead", "pack")  # what shapes a new run
+               "ray_address", "target_class", "train_ahead", "pack", "config")  # what shapes a new run
 
 
 def refuse_run_options_on_resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -393,7 +428,7 @@ def take_lock(run_dir: Path) -> None:
     check_not_running(run_dir)
     me = {"pid": os.getpid(), "host": platform.node(), "started": dt.datetime.now().isoformat(timespec="seconds"),
           "process_created": psutil.Process().create_time()}
-    results.atomic_write_json(run_dir / LOCK_NAME, me)
+    io.atomic_write_json(run_dir / LOCK_NAME, me)
 
 
 def release_lock(run_dir: Path) -> None:
@@ -420,7 +455,7 @@ def training_specs(steps: list[tuple[str, dict]], run_dir: Path) -> list[experim
         declared = notebook_parameters(name)
         values = {key: params[key] if key in params else ast.literal_eval(info["default"])
                   for key, info in declared.items()}
-        settings = experiment.Settings.from_parameters(
+        settings = session.Settings.from_parameters(
             **{arg: values[key] for key, arg in SETTINGS_PARAMETERS.items()}, results_dir=str(run_dir))
         names = [name]
         if values.get("CONTROLS"):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import experiment, results
+from . import experiment, io, results
 from .experiment import DEFAULT_VIEWS, StepSpec
 from .progress import progress_bar
 
@@ -151,7 +151,7 @@ class RayRunner:
             if on_record:
                 on_record(out[i])
         for record in out:  # a task whose node died mid-write left a temp file; its retry wrote the record
-            results.discard_orphan_temps(record["_path"])
+            io.discard_orphan_temps(record["_path"])
         return out  # type: ignore[return-value]
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from . import augment, metrics
-from .results import atomic_write_json
+from .io import atomic_write_json
 
 TASK_TYPES = ("image_classification",)
 FEATURES: dict[str, Callable[[np.ndarray], float]] = {}
@@ -333,16 +333,23 @@ def _read_image(path: str) -> np.ndarray:
 
 
 def _as_predict_fn(model: Callable[[np.ndarray], np.ndarray], backbone: str, input_size: int,
-                   crop_fraction: float) -> Callable[[np.ndarray], np.ndarray]:
+                   crop_fraction: float, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """A torch module wrapped as a function of uint8 images (the kit's one preprocessing for
+    ``backbone``); a function is returned as it is."""
     import torch
 
-    from . import train
+    from . import models
 
-    if isinstance(model, torch.nn.Module):
-        cfg = {"backbone": backbone, "input_size": input_size, "crop_fraction": crop_fraction}
+    if not isinstance(model, torch.nn.Module):
+        return model
+    models.get_spec(backbone)  # a clear error for an unknown backbone
 
-        def predict(images: np.ndarray) -> np.ndarray:
-            dev = next(model.parameters()).device
-            return train.predict(model, torch.from_numpy(images).to(dev), cfg)
-        return predict
-    return model
+    def predict(images: np.ndarray) -> np.ndarray:
+        dev = next(model.parameters()).device
+        model.eval()
+        with torch.inference_mode():
+            out = [model(models.preprocess(torch.from_numpy(images[s:s + batch_size]).to(dev), backbone, input_size,
+                                           crop_fraction)).float().cpu()
+                   for s in range(0, len(images), batch_size)]
+        return torch.cat(out).numpy().astype(np.float64)
+    return predict

@@ -169,7 +169,7 @@ def _images_of(images: dict[str, np.ndarray] | Dataset) -> dict[str, np.ndarray]
     return dict(zip(images.names, images.images)) if isinstance(images, Dataset) else dict(images)
 
 
-def _tile(image: np.ndarray, caption: str | Sequence[str], width: int = 110) -> w.VBox:
+def image_tile(image: np.ndarray, caption: str | Sequence[str], width: int = 110) -> w.VBox:
     lines = [caption] if isinstance(caption, str) else list(caption)
     text = "<br>".join(html.escape(line) for line in lines)
     return w.VBox([w.Image(value=png(image), format="png", width=width),
@@ -233,7 +233,7 @@ class Gallery:
         self.large.value = png(image)
 
     def _tile(self, name: str, lines: list[str]) -> w.VBox:
-        tile = _tile(self.images[name], lines, self.tile_width)
+        tile = image_tile(self.images[name], lines, self.tile_width)
         button = w.Button(description="enlarge", layout=w.Layout(width="80px", height="24px"))
         button.on_click(lambda _b, n=name: self.enlarge(n))
         tile.children = (*tile.children, button)
@@ -411,7 +411,7 @@ class AugmentationPreviewer:
         rows = []
         for k, i in enumerate(self.picks):
             cname = self.train.class_names[self.train.labels[i]]
-            rows.append(w.HBox([_tile(self.current[op][k], [f"{cname}: {op}" if op == "original" else
+            rows.append(w.HBox([image_tile(self.current[op][k], [f"{cname}: {op}" if op == "original" else
                                                               f"{cname}: {self.describe(op)}", self.train.names[i]],
                                       150) for op in self.current]))
         self.grid.children = rows

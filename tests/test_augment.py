@@ -120,7 +120,7 @@ def test_bad_policy_and_operation_names(small):
 def test_expand_keeps_rgb_and_custom_classes():
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
-    meta = data._meta([f"i{k}" for k in range(6)], np.array([0, 0, 1, 1, 2, 2]), split=["train"] * 6)
+    meta = data.make_meta([f"i{k}" for k in range(6)], np.array([0, 0, 1, 1, 2, 2]), split=["train"] * 6)
     ds = data.Dataset(imgs, meta, ["a", "b", "c"])
     ex = augment.expand(ds, augment.Policy("rare", {"c": ("vflip", "brightness")}), progress=False)
     assert ex.counts() == {"a": 2, "b": 2, "c": 6}

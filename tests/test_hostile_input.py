@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsfsl_utils import augment, data, experiment, report, results, run, train, watchdog
+from fsfsl_utils import augment, data, experiment, report, results, run, session, train, watchdog
 from fsfsl_utils.study import class_roles
 
 IMG, SVG = "<img src=x onerror=alert(1)>", "<svg onload=alert(2)> a|b"  # class names (folder names)
@@ -406,15 +406,15 @@ def test_an_unwritable_cache_warns_once(tmp_path):
 
 def test_settings_check_the_target_class_and_split_kind(tmp_path):
     _tiny_folder(tmp_path / "mine", {"ok": 4, "crack": 4})
-    settings = experiment.Settings.from_parameters(profile="smoke", data=str(tmp_path / "mine"), target_class="ok",
+    settings = session.Settings.from_parameters(profile="smoke", data=str(tmp_path / "mine"), target_class="ok",
                                                    results_dir=str(tmp_path / "r"), progress=False)
     spec = next(settings.specs("04_balanced_augment"))
     assert spec.target_class == "ok" and spec.split_kind == "random"
     with pytest.raises(ValueError, match="TARGET_CLASS 'scratch' is not a class"):
-        experiment.Settings.from_parameters(profile="smoke", data=str(tmp_path / "mine"), target_class="scratch",
+        session.Settings.from_parameters(profile="smoke", data=str(tmp_path / "mine"), target_class="scratch",
                                             results_dir=str(tmp_path / "r"), progress=False)
     with pytest.raises(ValueError, match="SPLIT_KIND must be one of random, grouped"):
-        experiment.Settings.from_parameters(profile="smoke", split_kind="modules", results_dir=str(tmp_path / "r"),
+        session.Settings.from_parameters(profile="smoke", split_kind="modules", results_dir=str(tmp_path / "r"),
                                             progress=False)
     assert run.main(["--profile", "smoke", "--data", str(tmp_path / "mine"), "--out", str(tmp_path / "runs"),
                      "-p", "SPLIT_KIND=grouped"]) == 2

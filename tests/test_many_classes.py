@@ -40,7 +40,7 @@ def test_shown_classes_keeps_few_and_picks_the_largest_of_many():
 
 def test_figures_of_a_hundred_classes_are_small_and_quick():
     records = many_class_records(100)
-    ds = data.Dataset(np.zeros((300, 16, 16), np.uint8), data._meta([f"{i}.png" for i in range(300)],
+    ds = data.Dataset(np.zeros((300, 16, 16), np.uint8), data.make_meta([f"{i}.png" for i in range(300)],
                                                                    np.repeat(np.arange(100), 3)),
                       [f"class{c:03d}" for c in range(100)])
     t0 = time.perf_counter()

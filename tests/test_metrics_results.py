@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from fsfsl_utils import metrics, results
+from fsfsl_utils import io, metrics, results
 
 
 def crafted():
@@ -110,7 +110,7 @@ def test_records_validate_and_never_overwrite(tmp_path):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
-        results.atomic_write_json(tmp_path / "r.json", {"bad": object()})
+        io.atomic_write_json(tmp_path / "r.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -120,25 +120,25 @@ def test_temp_files_of_killed_writers_are_discarded_and_nothing_else(tmp_path):
     import subprocess
     import sys
 
-    target = results.atomic_write_json(tmp_path / "a[1].json", {"v": 1})  # glob characters in the name
-    other = results.atomic_write_json(tmp_path / "b.json", {"v": 2})
+    target = io.atomic_write_json(tmp_path / "a[1].json", {"v": 1})  # glob characters in the name
+    other = io.atomic_write_json(tmp_path / "b.json", {"v": 2})
     killed = subprocess.run([sys.executable, "-c", (
-        "import os, signal, sys; from fsfsl_utils import results\n"
+        "import os, signal, sys; from fsfsl_utils import io\n"
         "die = lambda tmp: (tmp.write_text('half'), os.kill(os.getpid(), signal.SIGKILL))\n"
-        "results.atomic_write(sys.argv[1], die)"),
+        "io.atomic_write(sys.argv[1], die)"),
         str(target)], capture_output=True)
     assert killed.returncode == -9
     left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1 and left[0].name.startswith(".a[1].json.")
-    assert results.discard_orphan_temps(other) == []
-    assert results.discard_orphan_temps(target) == left
+    assert io.discard_orphan_temps(other) == []
+    assert io.discard_orphan_temps(target) == left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a[1].json", "b.json"]
     assert json.loads(target.read_text()) == {"v": 1}
 
 
 def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_umask(tmp_path, monkeypatch):
-    target = results.atomic_write_json(tmp_path / "r.json", {"v": 1})
-    assert target.stat().st_mode & 0o777 == 0o666 & ~results.current_umask()  # as open() would make it, not 0600
+    target = io.atomic_write_json(tmp_path / "r.json", {"v": 1})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~io.current_umask()  # as open() would make it, not 0600
 
     def write_then_fail(tmp):
         tmp.write_text("half")
@@ -146,11 +146,11 @@ def test_atomic_write_keeps_the_old_file_hides_its_temp_file_and_follows_the_uma
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        results.atomic_write(target, write_then_fail)
+        io.atomic_write(target, write_then_fail)
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and json.loads(target.read_text()) == {"v": 1}
     old = os.umask(0o027)  # the umask is read when a file is written, not when the kit was imported
     try:
-        assert results.atomic_write(tmp_path / "s.md", lambda tmp: tmp.write_text("x")).stat().st_mode & 0o777 == 0o640
+        assert io.atomic_write(tmp_path / "s.md", lambda tmp: tmp.write_text("x")).stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
 

@@ -62,7 +62,7 @@ def test_preprocess_gray_is_replicated_and_normalised_per_backbone():
     assert torch.allclose(out[0, :, 5, 5], expect, atol=1e-5)
     # the TF-converted EfficientNet-Lite weights take (x - 127) / 128 on 0-255 input
     ramp = torch.tensor([[[0, 127, 255]]], dtype=torch.uint8)
-    lite = models._normalise(models._as_rgb(models.unit_images(ramp)), models.get_spec("efficientnet_lite0"))
+    lite = models.normalise(models.unit_images(ramp), "efficientnet_lite0")
     assert torch.allclose(lite[0, 0, 0], torch.tensor([-127 / 128, 0.0, 1.0]), atol=1e-6)
     gen = torch.Generator().manual_seed(0)
     boxes, flips = augment.draw_crops(2, 30, 40, gen)
@@ -96,7 +96,7 @@ def test_lite0_padding_fold_keeps_outputs():
     plain = EfficientNet.from_name("efficientnet-lite0", num_classes=10).eval()
     folded = EfficientNet.from_name("efficientnet-lite0", num_classes=10).eval()
     folded.load_state_dict(plain.state_dict())
-    assert models._fold_symmetric_padding(folded) == 12
+    assert models.fold_symmetric_padding(folded) == 12
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(plain(x), folded(x))
@@ -130,7 +130,7 @@ def _stem_statistics(name: str, images: np.ndarray, mean=None, std=None) -> tupl
     x = models.unit_images(torch.from_numpy(images))
     x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
     with torch.no_grad():
-        net(models._normalise(models._as_rgb(x), spec))
+        net(models.normalise_with(models.as_rgb(x), spec))
     ratio = float(seen["inp"].var(dim=(0, 2, 3)).sum() / bn.running_var.sum())
     return ratio, float((seen["out"] >= 6).float().mean())
 

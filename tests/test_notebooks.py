@@ -16,14 +16,14 @@ import numpy as np
 import papermill
 import pytest
 
-from fsfsl_utils import experiment, results, run
+from fsfsl_utils import experiment, results, run, session
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
 SMOKE_COUNTS = {"01_baseline": [8, 8], "02_flip": [16, 16], "03_full_augment": [23, 26],
                 "04_balanced_augment": [16, 32], "04_balanced_duplicate": [16, 32], "04_class_weighted": [8, 8]}
 COMMON = {"PROFILE", "BACKBONE", "INPUT_SIZE", "EPOCHS", "SEEDS", "SEED", "SPLIT_SEED", "SPLITS", "LIMIT_PER_CLASS",
-          "DATA", "RESULTS_DIR", "PROGRESS"}
+          "DATA", "RESULTS_DIR", "PROGRESS", "CONFIG"}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_unwritable_results_folder(tmp_path):
         else:
             bad = locked / "runs"
         with pytest.raises((PermissionError, OSError)):
-            experiment.Settings.from_parameters(profile="smoke", results_dir=str(bad), progress=False)
+            session.Settings.from_parameters(profile="smoke", results_dir=str(bad), progress=False)
         assert run.main(["--profile", "smoke", "--out", str(bad)]) == 2
     finally:
         locked.chmod(0o700)
@@ -134,9 +134,9 @@ def test_analysis_before_training_says_what_to_do(tmp_path):
 
 
 def test_splits_and_profile_default_seeds(tmp_path):
-    assert experiment.Settings.from_parameters(profile="cpu", results_dir=str(tmp_path), progress=False).seeds \
+    assert session.Settings.from_parameters(profile="cpu", results_dir=str(tmp_path), progress=False).seeds \
         == [0, 1, 2, 3, 4]
-    settings = experiment.Settings.from_parameters(profile="smoke", seeds=1, splits=2, results_dir=str(tmp_path),
+    settings = session.Settings.from_parameters(profile="smoke", seeds=1, splits=2, results_dir=str(tmp_path),
                                                    progress=False)
     recs = settings.run("01_baseline", analyse_images=False)
     assert [r["split_seed"] for r in recs] == [0, 1]
@@ -144,7 +144,23 @@ def test_splits_and_profile_default_seeds(tmp_path):
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["01_baseline-seed0.json",
                                                                         "01_baseline-split1-seed0.json"]
     with pytest.raises(ValueError, match="SPLITS must be a whole number >= 1"):
-        experiment.Settings.from_parameters(profile="smoke", splits=0, results_dir=str(tmp_path), progress=False)
+        session.Settings.from_parameters(profile="smoke", splits=0, results_dir=str(tmp_path), progress=False)
+
+
+def test_every_training_setting_is_reachable_from_a_notebook(tmp_path):
+    """CONFIG takes any TrainConfig field over the profile's (and EPOCHS & co.); unknown names and bad
+    values are errors that name CONFIG; the specs, hence the records, carry the values."""
+    from fsfsl_utils.config import FIELDS
+
+    assert session.check_config_parameter(dict.fromkeys(FIELDS)).keys() == set(FIELDS)
+    settings = session.Settings.from_parameters(profile="smoke", epochs=2, results_dir=str(tmp_path), progress=False,
+                                                config={"weight_decay": 0.01, "lr_schedule": "cosine", "epochs": 3})
+    cfg = next(settings.specs("02_flip")).config
+    assert (cfg.weight_decay, cfg.lr_schedule, cfg.epochs, cfg.input_size) == (0.01, "cosine", 3, 64)
+    with pytest.raises(ValueError, match=r"CONFIG: unknown training parameter\(s\) \['wd'\]"):
+        session.Settings.from_parameters(profile="smoke", results_dir=str(tmp_path), config={"wd": 0.1})
+    with pytest.raises(ValueError, match="CONFIG lr_schedule: lr_schedule must be 'step' or 'cosine'"):
+        session.Settings.from_parameters(profile="smoke", results_dir=str(tmp_path), config={"lr_schedule": "linear"})
 
 
 def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
@@ -159,11 +175,14 @@ def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
         folder.mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{cname}{i}.jpg")
+    (tmp_path / "recipe.json").write_text('{"weight_decay": 0.01, "lr": 0.5}')       # any training setting:
     code = run.main(["--profile", "smoke", "--data", str(tmp_path / "mine"), "--out", str(tmp_path / "runs"),
-                     "--notebooks", "01_baseline,04_balanced_augment,05_analysis", "-p", "SWEEP_IMAGES=0"])
+                     "--notebooks", "01_baseline,04_balanced_augment,05_analysis", "-p", "SWEEP_IMAGES=0",
+                     "--config", str(tmp_path / "recipe.json"), "-p", "lr=0.002"])      # a file, then -p name=value
     assert code == 0
     run_dir = next((tmp_path / "runs").iterdir())
     recs = {r["step"]: r for r in results.load_records(run_dir)}
+    assert {(r["config"]["weight_decay"], r["config"]["lr"]) for r in recs.values()} == {(0.01, 0.002)}
     assert recs["01_baseline"]["class_names"] == ["crack", "ok"]
     assert recs["01_baseline"]["train_counts"] == {"crack": 2, "ok": 8}
     assert recs["04_balanced_augment"]["train_counts"] == {"crack": 8, "ok": 16}   # minority x4, majority x2
@@ -180,6 +199,10 @@ def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
     (["-p", "SEED=-1"], "parameter SEED must lie in"),
     (["-p", f"SEED={2**70}"], "parameter SEED must lie in"),
     (["-p", "LIMIT_PER_CLASS=-1"], "parameter LIMIT_PER_CLASS must lie in"),
+    (["-p", "learning_rate=0.1"], "CONFIG: unknown training parameter(s) ['learning_rate']; valid: mode, backbone"),
+    (["-p", "weight_decay=2"], "parameter CONFIG weight_decay: weight_decay must be a number in [0, 1], got 2"),
+    (["-p", "CONFIG=[1]"], "CONFIG must be a dict of training parameters"),
+    (["--config", "/nope.json"], "--config /nope.json: not a readable JSON file"),
 ])
 def test_bad_arguments_stop_before_any_kernel(args, message, capsys, tmp_path):
     """Exit status 2 with a message naming the parameter, and no run folder left behind."""

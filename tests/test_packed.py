@@ -1,4 +1,4 @@
-"""Packed fine-tuning (fsfsl_utils.packed): several trainings as one network, each member's result
+"""Packed fine-tuning (fsfsl_utils.train.packed): several trainings as one network, each member's result
 that of the training run alone."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fsfsl_utils import models, packed, train
+from fsfsl_utils import models, train
 from fsfsl_utils.config import TrainConfig
+from fsfsl_utils.train import dispatch, packed
+from fsfsl_utils.train import step as train_step
 
 # stochastic depth (EfficientNet-Lite's drop_connect) is on in training mode: the members' draws are checked too
 TINY = {"mode": "finetune", "input_size": 32, "epochs": 2, "batch_size": 8, "train_aug": "paper"}
@@ -87,14 +89,14 @@ def test_an_interrupted_packed_run_resumes_to_the_same_result(parts, tmp_path, o
         next(runner)
     runner.close()  # stopped: the checkpoints of epoch 2 are written (best.pt: epoch 1, validated meanwhile)
     assert torch.load(dirs[0] / "last.pt", weights_only=True)["epoch"] == 2
-    resumed = train._run_to_end(packed.finetune_packed([tr_a, tr_b], [va, va], cfg, [0, 1], (), dirs, False))
+    resumed = train.run_to_end(packed.finetune_packed([tr_a, tr_b], [va, va], cfg, [0, 1], (), dirs, False))
     assert all(any("resumed from" in n and "at epoch 2" in n for n in r.notes) for r in resumed)
     assert all(any("trained packed" in n for n in r.notes) for r in resumed)
     for res, tr, seed in zip(resumed, (tr_a, tr_b), (0, 1)):
         _same_fit(res, train.fit(tr, va, cfg, seed=seed, views=(), progress=False))
     for name in ("last.pt", "best.pt"):
         (dirs[1] / name).unlink()
-    mixed = train._run_to_end(packed.finetune_packed([tr_a, tr_b], [va, va], cfg, [0, 1], (), dirs, False))
+    mixed = train.run_to_end(packed.finetune_packed([tr_a, tr_b], [va, va], cfg, [0, 1], (), dirs, False))
     assert not any("trained packed" in n for r in mixed for n in r.notes)  # one finished, one from the start
     assert all(any("not packed: the checkpoints of seeds [0, 1] stand at different epochs ([0, 3])" in n
                    for n in r.notes) for r in mixed)
@@ -131,17 +133,18 @@ def test_what_cannot_be_packed_is_refused_or_trained_alone(parts):
     assert "probe" in packed.unpackable_reason(cfg.replace(mode="probe"))
     assert "compile" in packed.unpackable_reason(cfg.replace(compile=True))
     with pytest.raises(ValueError, match="training images differ in number"):
-        train._run_to_end(packed.finetune_packed([tr_a, tr_a.subset(np.arange(5))], [va, va], cfg, [0, 1], ()))
+        train.run_to_end(packed.finetune_packed([tr_a, tr_a.subset(np.arange(5))], [va, va], cfg, [0, 1], ()))
     with pytest.raises(ValueError, match="2 seeds for 1 training"):
-        train._run_to_end(packed.finetune_packed([tr_a], [va], cfg, [0, 1], ()))
+        train.run_to_end(packed.finetune_packed([tr_a], [va], cfg, [0, 1], ()))
     with pytest.raises(ValueError, match="pack must be a whole number"):
         train.fit_many([], pack=0)
     # fit_many packs only what can be packed: sizes differ here, so each trains alone
     jobs = [{"train": tr, "val": va, "config": {**TINY, "epochs": 1}, "seed": 0, "views": ()}
             for tr in (tr_a, tr_a.subset(np.arange(12)))]
-    assert [len(g) for g in train._packs([(i, {**j, "views": ()}, cfg) for i, j in enumerate(jobs)], 4)] == [1, 1]
-    assert [len(g) for g in train._packs([(i, {"train": tr_a, "val": va, "views": ()}, cfg) for i in range(5)], 2)] \
-        == [2, 2, 1]
+    groups = dispatch.pack_groups([(i, {**j, "views": ()}, cfg) for i, j in enumerate(jobs)], 4)
+    assert [len(g) for g in groups] == [1, 1]
+    groups = dispatch.pack_groups([(i, {"train": tr_a, "val": va, "views": ()}, cfg) for i in range(5)], 2)
+    assert [len(g) for g in groups] == [2, 2, 1]
 
 
 def test_packed_steps_through_the_graph_bookkeeping_match_eager_steps(monkeypatch):
@@ -166,7 +169,7 @@ def test_packed_steps_through_the_graph_bookkeeping_match_eager_steps(monkeypatc
             members.append(models.build_classifier("efficientnet_lite0", 2, weights=None))
         nets.append(packed.PackedClassifier(members).train())
         opts.append(train.make_optimizer(nets[-1], 1e-3, 0.0, graphed=False))
-    monkeypatch.setattr(train, "capture_graph", fake_capture(opts[1]))
+    monkeypatch.setattr(train_step, "capture_graph", fake_capture(opts[1]))
     loss = packed.packed_loss([None, None])
     eager = train.TrainStep(nets[0], opts[0], None, False, batch_size=4, graphed=False, loss=loss)
     graphed = train.TrainStep(nets[1], opts[1], None, False, batch_size=4, graphed=True, loss=loss)

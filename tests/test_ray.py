@@ -12,7 +12,7 @@ import pytest
 import ray
 import torch
 
-from fsfsl_utils import experiment, runner
+from fsfsl_utils import experiment, runner, session
 
 
 def ray_processes() -> list[str]:
@@ -89,7 +89,7 @@ def test_a_failing_training_names_its_spec_and_shows_the_traceback(cluster, tmp_
 def test_settings_run_through_ray_resumes(cluster, tiny_pack, tmp_path):
     """A notebook's settings.run with BACKEND='ray': records in the results folder; a second call
     returns the same records without training."""
-    settings = experiment.Settings.from_parameters(profile="smoke", seeds=2, data=tiny_pack, results_dir=str(tmp_path),
+    settings = session.Settings.from_parameters(profile="smoke", seeds=2, data=tiny_pack, results_dir=str(tmp_path),
                                                    progress=False, backend="ray")
     first = settings.run("01_baseline", analyse_images=False)
     assert [r["seed"] for r in first] == [0, 1] and all(r["ran_on"]["backend"] == "ray" for r in first)
@@ -100,7 +100,7 @@ def test_settings_run_through_ray_resumes(cluster, tiny_pack, tmp_path):
 
 def test_bad_backend_and_unreachable_address_fail_fast(tmp_path):
     with pytest.raises(ValueError, match="BACKEND must be one of 'local', 'ray'"):
-        experiment.Settings.from_parameters(profile="smoke", results_dir=str(tmp_path), backend="spark")
+        session.Settings.from_parameters(profile="smoke", results_dir=str(tmp_path), backend="spark")
     t0 = time.perf_counter()
     with pytest.raises(ConnectionError, match="no Ray cluster answers at RAY_ADDRESS='127.0.0.1:9'"):
         runner.check_reachable("127.0.0.1:9", timeout_s=1.0)

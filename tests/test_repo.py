@@ -106,7 +106,8 @@ def test_loss_backward_is_two_calls_from_the_notebook_that_trains():
     """Notebook 01 calls ``train.fit``; ``fit`` calls the loops, and ``loss.backward()`` is in their bodies."""
     import inspect
 
-    from fsfsl_utils import top, train
+    from fsfsl_utils import train
+    from fsfsl_utils.train import top
 
     nb = json.loads((ROOT / "notebooks" / "01_baseline.ipynb").read_text())
     assert any("train.fit(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
@@ -114,3 +115,91 @@ def test_loss_backward_is_two_calls_from_the_notebook_that_trains():
     assert "finetune(" in fit and "fit_top(" in fit
     for loop in (train.finetune, top.fit_top):
         assert "loss.backward()" in inspect.getsource(loop), loop.__name__
+
+
+# Bottom to top: a module imports only modules earlier in this list (docs/architecture.md draws it).
+LAYERS = (
+    # foundation: no kit imports
+    "io", "progress", "study", "metrics", "stats", "watchdog",
+    # data, models and what a training is made of
+    "models", "data", "augment", "features", "config", "profiles", "sensitivity",
+    # training (a subpackage; its modules in their own order, the package's surface last)
+    "train.common", "train.optim", "train.checkpoint", "train.step", "train.evaluate", "train.probe", "train.loop",
+    "train.top", "train.packed", "train.dispatch", "train",
+    # using a trained model
+    "deploy.operating", "deploy.bundle", "deploy.cam", "deploy.exporting", "deploy",
+    # the study: records, one step end to end, where trainings run, a notebook's session
+    "results", "experiment", "runner", "session",
+    # analysis, figures, widgets, and the command lines
+    "report", "report_html", "plots", "widgets", "predict", "export", "run",
+)
+
+
+def kit_imports(path: Path) -> set[str]:
+    """The kit's modules that ``path`` imports anywhere (module level or inside a function), by name
+    relative to the package (``train.loop``; a subpackage by its own name)."""
+    import ast
+
+    package = ROOT / "fsfsl_utils"
+    parts = list(path.relative_to(package).with_suffix("").parts)
+    here = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    is_module = lambda name: name and ((package / name.replace(".", "/")).with_suffix(".py").is_file()  # noqa: E731
+                                       or (package / name.replace(".", "/")).is_dir())
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[:len(here) - node.level + 1]
+            elif (node.module or "").startswith("fsfsl_utils"):
+                base = []
+            else:
+                continue
+            module = (node.module or "").removeprefix("fsfsl_utils").lstrip(".") if not node.level else node.module
+            target = ".".join(base + ([module] if module else []))
+            if module and is_module(target):  # "from . import x" imports x, not the package it is in
+                found.add(target)
+            found |= {name for name in (f"{target}.{a.name}".lstrip(".") for a in node.names) if is_module(name)}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("fsfsl_utils.") for a in node.names
+                      if a.name.startswith("fsfsl_utils.") and is_module(a.name.removeprefix("fsfsl_utils."))}
+    return found
+
+
+def test_imports_only_go_down_the_layers():
+    """Every module has a place in LAYERS and imports only modules below it: no import cycle, no
+    import of a higher layer (e.g. the training loop reaching into the study, a notebook's session
+    imported by what it runs)."""
+    package = ROOT / "fsfsl_utils"
+    modules = {".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package.rglob("*.py") if p.relative_to(package).parts != ("__init__.py",)}
+    assert sorted(set(modules) - set(LAYERS)) == [], "place new modules in LAYERS"
+    assert sorted(set(LAYERS) - set(modules)) == []
+    upward = [f"{name} imports {dep}" for name, path in sorted(modules.items())
+              for dep in sorted(kit_imports(path)) if dep != name and LAYERS.index(dep) > LAYERS.index(name)]
+    assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    """The check above would catch a cycle: an import of session from inside a function of experiment."""
+    probe = ROOT / "fsfsl_utils" / "experiment.py"
+    found = kit_imports(probe)
+    assert "train" in found and "session" not in found
+    fake = ROOT / "fsfsl_utils" / "_layer_probe.py"
+    try:
+        fake.write_text("def f():\n"
+                        "    from . import session\n    from .train import loop\n    import fsfsl_utils.run\n")
+        assert kit_imports(fake) == {"session", "train", "train.loop", "run"}
+    finally:
+        fake.unlink()
+
+
+def test_tests_use_public_names():
+    """Tests reach the kit through its public names (no ``module._private``), so a refactoring that keeps
+    the public surface keeps the tests."""
+    import re
+
+    modules = {p.stem for p in (ROOT / "fsfsl_utils").rglob("*.py")} | {"sens", "train_step", "train_loop"}
+    private = re.compile(r"\b(" + "|".join(sorted(modules)) + r")\._[a-zA-Z]\w*")
+    found = [f"{p.name}:{i} {m.group(0)}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) for m in private.finditer(line)]
+    assert found == []

@@ -130,6 +130,30 @@ def test_sweep_shows_cause():
     assert rec_d[0] == 1.0 and rec_d[2] == 0.0 and rec_n[0] == 0.0 and rec_n[2] == 1.0
 
 
+def test_sweep_takes_a_model_as_well_as_a_function():
+    """A torch module is run through the kit's preprocessing for its backbone, size and crop: the same
+    table as the function that does so by hand (the module path raised AttributeError until round 3)."""
+    import torch
+
+    from fsfsl_utils import models
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(60, 200, (12, 40, 40), dtype=np.uint8)
+    labels = np.array([0, 1] * 6)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 2))
+
+    def by_hand(imgs):
+        with torch.inference_mode():
+            return model(models.preprocess(torch.from_numpy(imgs), "efficientnet_lite0", 32, 0.875)).double().numpy()
+
+    args = dict(op="brightness", levels=[0.6, 1.0, 1.4], class_names=["n", "d"])
+    out = sens.sweep(model, images, labels, backbone="efficientnet_lite0", input_size=32, crop_fraction=0.875, **args)
+    assert out == sens.sweep(by_hand, images, labels, **args)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        sens.sweep(model, images, labels, backbone="vgg", **args)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_list": [0, 1]}, "differ in length"),
     ({"pred_list": np.zeros((6, 3))}, "3 columns but there are 2 classes"),

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fsfsl_utils import data, features, models, profiles, top, train
+from fsfsl_utils import data, features, models, profiles, train
+from fsfsl_utils.config import TrainConfig
+from fsfsl_utils.train import top
 
 SIZE = 64  # small inputs keep these tests to seconds; the cut points are the same at 224 px
 
@@ -18,7 +20,7 @@ def tiny():
 
 
 def top_config(**kw) -> dict:
-    return train.check_config({"mode": "top", "backbone": "efficientnet_lite0", "input_size": SIZE,
+    return TrainConfig.from_dict({"mode": "top", "backbone": "efficientnet_lite0", "input_size": SIZE,
                                "trained_blocks": 1, "epochs": 2, "batch_size": 8, "train_aug": "flip",
                                "lr_schedule": "cosine", "device": "cpu", **kw})
 
@@ -99,18 +101,18 @@ def test_damaged_activation_entries_are_recomputed(tiny, cache_dir):
 ])
 def test_an_impossible_cut_point_is_refused(backbone, blocks, message):
     with pytest.raises(ValueError, match=message):
-        train.check_config({"mode": "top", "backbone": backbone, "trained_blocks": blocks, "train_aug": "flip"})
+        TrainConfig.from_dict({"mode": "top", "backbone": backbone, "trained_blocks": blocks, "train_aug": "flip"})
 
 
 def test_top_mode_refuses_crops_and_unknown_schedules():
     with pytest.raises(ValueError, match="train_aug 'paper'.*cached activations"):
-        train.check_config({"mode": "top", "train_aug": "paper"})
+        TrainConfig.from_dict({"mode": "top", "train_aug": "paper"})
     with pytest.raises(ValueError, match="lr_schedule must be 'step' or 'cosine'"):
-        train.check_config({"mode": "top", "train_aug": "flip", "lr_schedule": "linear"})
+        TrainConfig.from_dict({"mode": "top", "train_aug": "flip", "lr_schedule": "linear"})
 
 
 def test_cpu_finetune_profile_trains_the_top_block():
     resolved = profiles.resolve("cpu-finetune")
-    cfg = train.check_config(resolved["config"])
+    cfg = TrainConfig.from_dict(resolved["config"])
     assert cfg.mode == "top" and cfg.trained_blocks >= 1 and cfg.train_aug == "flip"
     assert resolved["seeds"] == 5 and "cpu-finetune" in profiles.PROFILE_NAMES

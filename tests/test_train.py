@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fsfsl_utils import metrics, train
+from fsfsl_utils import metrics, models, train
+from fsfsl_utils.config import TrainConfig
+from fsfsl_utils.train import loop as train_loop
+from fsfsl_utils.train import step as train_step
 
 TINY = {"mode": "finetune", "input_size": 32, "epochs": 2, "batch_size": 8, "train_aug": "flip"}
 
@@ -38,7 +41,7 @@ def test_probe_head_is_converged_and_blind_to_validation_labels(small, cache_dir
     longer = train.fit(tr, va, {**cfg, "head_max_iter": 4000, "head_tol": 1e-8}, seed=1, views=(), progress=False)
     acc = lambda r: (r.val_logits.argmax(1) == va.labels).mean()  # noqa: E731
     assert abs(acc(base) - acc(longer)) < 0.001 and base.history[0]["converged"]
-    assert base.history[0]["C"] in train.TrainConfig().head_cs and base.history[0]["cv_log_loss"]
+    assert base.history[0]["C"] in TrainConfig().head_cs and base.history[0]["cv_log_loss"]
     np.testing.assert_array_equal(base.val_logits, train.fit(tr, va, cfg, seed=2, views=(), progress=False).val_logits)
     shuffled = va.subset(np.arange(len(va)))
     shuffled.meta["label"] = np.random.default_rng(0).permutation(va.labels)
@@ -56,7 +59,7 @@ def test_class_weighting_raises_minority_recall():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (900, 2)), rng.normal(1, 1, (100, 2))]).astype(np.float32)
     y = np.array([0] * 900 + [1] * 100)
-    cfg = train.check_config({})
+    cfg = TrainConfig.from_dict({})
     recall = {}
     for weighting in ("none", "balanced"):
         head, _ = train.train_head(x, y, 2, cfg.replace(class_weight=weighting), seed=0)
@@ -90,7 +93,7 @@ def test_finetune_resume_matches_uninterrupted(tiny, tmp_path):
     np.testing.assert_array_equal(full.val_logits, resumed.val_logits)
     # the best epoch's validation logits are kept, not recomputed: they are those of the returned model
     np.testing.assert_array_equal(full.val_logits, train.predict(full.model, torch.from_numpy(va.images),
-                                                                 train.check_config(TINY)))
+                                                                 TrainConfig.from_dict(TINY)))
     assert [h["val_accuracy"] for h in full.history] == [h["val_accuracy"] for h in resumed.history]
 
 
@@ -111,14 +114,14 @@ def test_finetune_paper_aug_and_views_run(tiny):
 
 def test_nan_loss_stops_with_message(tiny, tmp_path, monkeypatch):
     tr, va = tiny
-    build = train.models.build_classifier
+    build = models.build_classifier
 
     def poisoned(*args, **kwargs):
         net = build(*args, **kwargs)
         torch.nn.init.constant_(net.head.bias, float("nan"))
         return net
 
-    monkeypatch.setattr(train.models, "build_classifier", poisoned)
+    monkeypatch.setattr(models, "build_classifier", poisoned)
     with pytest.raises(train.TrainingError, match="loss became nan in epoch 1"):
         train.fit(tr, va, TINY, views=(), checkpoint_dir=tmp_path, progress=False)
     assert not (tmp_path / "last.pt").exists()
@@ -132,7 +135,7 @@ def test_nan_loss_stops_with_message(tiny, tmp_path, monkeypatch):
 ])
 def test_bad_config(config, message):
     with pytest.raises(ValueError, match=message):
-        train.check_config(config)
+        TrainConfig.from_dict(config)
 
 
 def _fake_capture(opt):
@@ -175,7 +178,7 @@ def test_graphed_steps_do_what_eager_steps_do(monkeypatch):
     same gradients in place. Same weights and losses as eager steps."""
     net_a, opt_a = _tiny_net()
     net_b, opt_b = _tiny_net()
-    monkeypatch.setattr(train, "capture_graph", _fake_capture(opt_b))
+    monkeypatch.setattr(train_step, "capture_graph", _fake_capture(opt_b))
     step_a = train.TrainStep(net_a, opt_a, None, False, batch_size=4, graphed=False)
     step_b = train.TrainStep(net_b, opt_b, None, False, batch_size=4, graphed=True)
     losses = _run_epochs({"a": step_a, "b": step_b}, epochs=5)
@@ -195,7 +198,7 @@ def test_graph_capture_failure_falls_back_to_eager(monkeypatch):
     def broken(fn):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(train, "capture_graph", broken)
+    monkeypatch.setattr(train_step, "capture_graph", broken)
     net = torch.nn.Linear(3, 2)
     step = train.TrainStep(net, torch.optim.Adam(net.parameters()), None, False, batch_size=2, graphed=True)
     for _ in range(6):
@@ -216,7 +219,7 @@ def test_a_failed_second_capture_keeps_the_first_graph(monkeypatch):
             raise RuntimeError("capture of the short batch failed")
         return works(fn)
 
-    monkeypatch.setattr(train, "capture_graph", second_fails)
+    monkeypatch.setattr(train_step, "capture_graph", second_fails)
     step_a = train.TrainStep(net_a, opt_a, None, False, batch_size=4, graphed=False)
     step_b = train.TrainStep(net_b, opt_b, None, False, batch_size=4, graphed=True)
     losses = _run_epochs({"a": step_a, "b": step_b}, epochs=5)
@@ -253,7 +256,7 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_model(monkeypatch):
             raise torch._dynamo.exc.BackendCompilerFailed("inductor", RuntimeError("no C++ compiler"), None)
         return call
 
-    monkeypatch.setattr(train.torch, "compile", failing_compile)
+    monkeypatch.setattr(torch, "compile", failing_compile)
     net, opt = _tiny_net()
     step = train.TrainStep(net, opt, None, False, batch_size=4, graphed=False, compiled=True)
     losses = _run_epochs({"s": step}, epochs=1)["s"]
@@ -276,8 +279,8 @@ def test_fit_passes_the_measured_options_on(tiny, monkeypatch):
             seen["compiled"] = compiled
             super().__init__(*args, compiled=False, **kwargs)  # compiling EfficientNet on a CPU takes minutes
 
-    monkeypatch.setattr(train, "make_optimizer", spy_opt)
-    monkeypatch.setattr(train, "TrainStep", SpyStep)
+    monkeypatch.setattr(train_loop, "make_optimizer", spy_opt)
+    monkeypatch.setattr(train_loop, "TrainStep", SpyStep)
     res = train.fit(tr, va, {**TINY, "fused_adam": True, "compile": True}, seed=0, views=(), progress=False)
     assert seen["opt"].param_groups[0]["fused"] is True and seen["compiled"] is True
     assert np.isfinite(res.val_logits).all()
@@ -307,9 +310,9 @@ def test_validation_scores_the_weights_it_was_started_with(tiny):
     """Validation runs while the next epoch trains: changing the model after ``start`` must not
     change the result, and the copy it returns holds the validated weights."""
     tr, va = tiny
-    cfg = train.check_config(TINY)
+    cfg = TrainConfig.from_dict(TINY)
     torch.manual_seed(0)
-    model = train.models.build_classifier(cfg.backbone, 2, None).eval()
+    model = models.build_classifier(cfg.backbone, 2, None).eval()
     x_val = torch.from_numpy(va.images)
     expected = train.predict(model, x_val, cfg)
     validation = train.Validation(model, x_val, va.labels, cfg, False, None)

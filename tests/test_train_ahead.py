@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from fsfsl_utils import experiment, run
+from fsfsl_utils import experiment, run, session
 
 TINY_PAPER = {"profile": "paper", "backbone": "efficientnet_lite0", "input_size": 32, "epochs": 1,
               "limit_per_class": 8, "seeds": 1, "progress": False}
@@ -44,8 +44,8 @@ def test_training_specs_follow_the_notebook_parameters(tmp_path):
 def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path, store):
     """Two paper-profile steps trained ahead at once, then run as a notebook runs them: the records
     say they resumed, and hold the same predictions as steps trained the usual way."""
-    ahead = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "ahead"))
-    usual = experiment.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "usual"))
+    ahead = session.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "ahead"))
+    usual = session.Settings.from_parameters(**TINY_PAPER, results_dir=str(tmp_path / "usual"))
     ahead.store = usual.store = store  # decoded once for the session
     specs = [*ahead.specs("01_baseline"), *ahead.specs("04_class_weighted")]
     assert experiment.train_ahead(specs, ahead.results_dir, ahead.store) == 2
@@ -57,7 +57,7 @@ def test_notebook_steps_resume_from_trainings_done_ahead(tmp_path, store):
         assert not any("resumed from" in n for n in plain["notes"])
         np.testing.assert_array_equal(resumed["predictions"]["logits"], plain["predictions"]["logits"])
         assert resumed["history"] == plain["history"] and resumed["metrics"] == plain["metrics"]
-    cpu = experiment.Settings.from_parameters(profile="smoke", progress=False, results_dir=str(tmp_path / "smoke"))
+    cpu = session.Settings.from_parameters(profile="smoke", progress=False, results_dir=str(tmp_path / "smoke"))
     assert experiment.train_ahead(cpu.specs("01_baseline"), cpu.results_dir) == 0  # only the paper profile checkpoints
 
 

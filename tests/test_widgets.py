@@ -141,7 +141,7 @@ def test_run_comparison(smoke_records):
 def test_names_placed_in_html_are_escaped():
     """A file named like markup shows as text: no tag reaches the widget's HTML."""
     crafted = "<img src=x onerror=alert(1)>.png"
-    tile = widgets._tile(np.zeros((8, 8), np.uint8), [crafted, "second line"])
+    tile = widgets.image_tile(np.zeros((8, 8), np.uint8), [crafted, "second line"])
     value = tile.children[1].value
     assert "<br>second line" in value
     assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;.png" in value

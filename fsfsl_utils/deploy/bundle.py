@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import models
 from ..config import TrainConfig
-from ..results import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json
 
 FORMAT = "fsfsl-model/1"
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -68,7 +68,7 @@ def build(mode: str, cfg: TrainConfig, n_classes: int, trained: nn.Module | None
     if mode == "finetune":
         body = trained if trained is not None else models.build_classifier(cfg.backbone, n_classes, None)
     elif mode == "top":
-        from ..top import TopClassifier
+        from ..train.top import TopClassifier
 
         backbone = models.build_backbone(cfg.backbone, weights)
         lower, upper = models.split_backbone(backbone, cfg.backbone, cfg.trained_blocks)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..results import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json
 from .bundle import SavedModel
 
 FORMATS = ("onnx", "torchscript")

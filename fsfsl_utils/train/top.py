@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import features, models
-from .augment import view_images
-from .config import TrainConfig
-from .data import Dataset
-from .progress import progress_bar
-from .train import FitResult, TrainingError, class_weights, lr_at, view_keys
+from .. import features, models
+from ..augment import view_images
+from ..config import TrainConfig
+from ..data import Dataset
+from ..progress import progress_bar
+from .common import FitResult, TrainingError, class_weights, view_keys
+from .optim import lr_at
 
 PREDICT_BATCH = 256
 

@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import models, train
-from .config import TrainConfig
-from .data import Dataset
-from .progress import progress_bar
+from .. import models
+from ..config import TrainConfig
+from ..data import Dataset
+from ..progress import progress_bar
+from . import checkpoint, common, evaluate, loop, optim, step
 
 PACKABLE_BACKBONES = ("efficientnet_lite0",)
 
@@ -75,7 +76,7 @@ class PackedClassifier(nn.Module):
         super().__init__()
         if len(members) < 1:
             raise ValueError("a packed network needs at least one member")
-        if not all(isinstance(m.backbone, models._LiteFeatures) for m in members):
+        if not all(isinstance(m.backbone, models.LiteFeatures) for m in members):
             raise ValueError(f"packing supports {', '.join(PACKABLE_BACKBONES)} classifiers only")
         n = self.members = len(members)
         self.features, self.classes = members[0].head.in_features, members[0].head.out_features
@@ -196,7 +197,7 @@ def packed_loss(weights: Sequence[torch.Tensor | None]) -> Callable[..., torch.T
     return loss
 
 
-class PackedValidation(train.Validation):
+class PackedValidation(evaluate.Validation):
     """:class:`~fsfsl_utils.train.Validation` of a packed network: each member on its own
     validation images; ``finish()`` gives one accuracy per member and ``logits`` is ``M x N x K``."""
 
@@ -206,7 +207,7 @@ class PackedValidation(train.Validation):
         self.x_vals, self.y_vals = list(x_vals), [np.asarray(y) for y in y_vals]
 
     def _logits(self) -> torch.Tensor:
-        return train.device_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
+        return evaluate.device_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
 
     def finish(self) -> list[float] | None:  # type: ignore[override]
         if self.pending is None:
@@ -254,17 +255,17 @@ def _resumed_member(seed: int, tr: Dataset, va: Dataset, ckpt: Path | None, cfg:
     its checkpoint when there is one."""
     torch.manual_seed(seed)  # the head's initial weights, as a training alone draws them
     model = models.build_classifier(cfg.backbone, len(tr.class_names), cfg.weights)
-    model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
-    opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+    model = model.to(dev).to(memory_format=common.memory_format(cfg.channels_last))
+    opt = optim.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
     notes: list[str] = []
     run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(tr), "n_val": len(va)}
-    start, best_acc, best_state, history = train._resume(ckpt, model, opt, dev, notes, run_config)
+    start, best_acc, best_state, history = checkpoint.resume(ckpt, model, opt, dev, notes, run_config)
     return _Member(model, opt, start, best_acc, best_state, history, notes, run_config, ckpt)
 
 
 def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: TrainConfig, seeds: Sequence[int],
                     views: Sequence[str], checkpoint_dirs: Sequence[str | Path | None] | None = None,
-                    progress: bool | None = None) -> Generator[None, None, list[train.FitResult]]:
+                    progress: bool | None = None) -> Generator[None, None, list[common.FitResult]]:
     """:func:`fsfsl_utils.train.finetune` of ``len(seeds)`` trainings as one packed network; a
     generator (it pauses after every step) whose value is each member's ``FitResult``, as the
     member would have it alone. Members whose checkpoints stand at different epochs are trained
@@ -285,7 +286,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         del members
         alone = []
         for tr, va, seed, ckpt in zip(trains, vals, seeds, ckpts):
-            result = yield from train.finetune(tr, va, cfg, seed, views, ckpt, progress)
+            result = yield from loop.finetune(tr, va, cfg, seed, views, ckpt, progress)
             result.notes.append(f"not packed: the checkpoints of seeds {list(seeds)} stand at different epochs "
                                 f"({sorted(starts)}); each resumed alone")
             alone.append(result)
@@ -293,13 +294,13 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     start = starts.pop()
 
     model = PackedClassifier([m.model for m in members])
-    model = model.to(dev).to(memory_format=train.memory_format(cfg.channels_last))
-    opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+    model = model.to(dev).to(memory_format=common.memory_format(cfg.channels_last))
+    opt = optim.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
     if start > 0:
-        train.load_optimizer_state(opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
+        checkpoint.load_optimizer_state(opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
     for member in members:
         member.opt = None  # packed from here on
-    weights = [torch.tensor(train.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
+    weights = [torch.tensor(common.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
                if cfg.class_weight == "balanced" else None for tr in trains]
     loss_of = packed_loss(weights)
     x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
@@ -314,13 +315,13 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         transformed: dict[int, torch.Tensor] = {}
         for x in x_vals:
             if id(x) not in transformed:
-                transformed[id(x)] = train._preprocess_all(x, cfg)
+                transformed[id(x)] = evaluate.preprocess_all(x, cfg)
         member_inputs = [transformed[id(x)] for x in x_vals]
-    val_inputs = torch.cat(member_inputs, 1).contiguous(memory_format=train.memory_format(cfg.channels_last)) \
+    val_inputs = torch.cat(member_inputs, 1).contiguous(memory_format=common.memory_format(cfg.channels_last)) \
         if member_inputs is not None else None
-    fast_step = train.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of) if graphed else None
+    fast_step = step.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of) if graphed else None
     draw_dtype = torch.bfloat16 if use_amp else torch.float32
-    writer = train.CheckpointWriter()
+    writer = checkpoint.CheckpointWriter()
     validation = PackedValidation(model, x_vals, [va.labels for va in vals], cfg, use_amp, val_inputs)
     if pending.pop():
         validation.start(model)
@@ -337,7 +338,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
             if acc > member.best_acc:
                 state = state if state is not None else validation.model.state_dict()
                 member.best_acc, best_logits[m] = acc, validation.logits[m]
-                member.best_state = train.cpu_copy(unpack_tensors(state, m, n))
+                member.best_state = checkpoint.cpu_copy(unpack_tensors(state, m, n))
                 if member.ckpt:
                     writer.save(member.best_state, member.ckpt / "best.pt")
 
@@ -345,18 +346,19 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     try:
         for epoch in progress_bar(range(start, cfg.epochs), desc=f"epochs ({n} packed)", enable=progress,
                                   initial=start, total=cfg.epochs):
-            gens = [torch.Generator().manual_seed(train.epoch_seed(seed, epoch)) for seed in seeds]
-            drops = [torch.Generator(device=dev).manual_seed(train.epoch_seed(seed, epoch)) for seed in seeds]
-            train.set_lr(opt, train.lr_at(cfg, epoch))
+            gens = [torch.Generator().manual_seed(common.epoch_seed(seed, epoch)) for seed in seeds]
+            drops = [torch.Generator(device=dev).manual_seed(common.epoch_seed(seed, epoch)) for seed in seeds]
+            optim.set_lr(opt, optim.lr_at(cfg, epoch))
             model.train()
             perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(x_trains, gens)]
             y_epochs = [y[p] for y, p in zip(y_trains, perms)]
             loss_sum = torch.zeros(n, device=dev)
             chunk = 512 if dev.type == "cuda" else cfg.batch_size
-            batches = zip(*(train._epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(x_trains, perms, gens)))
+            batches = zip(*(loop.epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(x_trains, perms, gens)))
             for parts in batches:
                 s, size = parts[0][0], len(parts[0][1])
-                x = torch.cat([v for _, v in parts], 1).contiguous(memory_format=train.memory_format(cfg.channels_last))
+                x = torch.cat([v for _, v in parts], 1)
+                x = x.contiguous(memory_format=common.memory_format(cfg.channels_last))
                 y = torch.stack([ye[s:s + size] for ye in y_epochs], 1)
                 u = draw_uniforms(drops, model.drop_sites, size, draw_dtype, dev)
                 if fast_step is not None:
@@ -372,12 +374,12 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
             totals = loss_sum.tolist()
             for total in totals:
                 if not np.isfinite(total):
-                    raise train._loss_error(total, epoch)
+                    raise common.loss_error(total, epoch)
             settle()
             packed_state, opt_state = model.state_dict(), opt.state_dict()
             for m, member in enumerate(members):
                 member.history.append({"epoch": epoch + 1, "train_loss": totals[m] / len(x_trains[m]),
-                                       "lr": train.lr_at(cfg, epoch)})
+                                       "lr": optim.lr_at(cfg, epoch)})
                 if member.ckpt:
                     writer.save({"epoch": epoch + 1, "model": unpack_tensors(packed_state, m, n),
                                  "optimizer": member_optimizer_state(opt_state, m, n), "best_acc": member.best_acc,
@@ -395,12 +397,12 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     for m, member in enumerate(members):
         net = member.model
         net.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
-        val_logits, view_logits, last_logits = train.final_logits(
+        val_logits, view_logits, last_logits = evaluate.final_logits(
             net, x_vals[m], vals[m], views, cfg, use_amp, member_inputs[m] if member_inputs is not None else None,
             validation.logits[m] if validation.logits is not None else None, member.best_state, best_logits[m])
         notes = member.notes + step_notes + [
             f"trained packed: {n} trainings of this config as one network (fsfsl_utils.packed), seeds "
-            f"{list(seeds)}", train.best_epoch_note(member.best_acc)]
-        results.append(train.FitResult("finetune", val_logits, view_logits, net, str(dev), member.history,
+            f"{list(seeds)}", common.best_epoch_note(member.best_acc)]
+        results.append(common.FitResult("finetune", val_logits, view_logits, net, str(dev), member.history,
                                        {"train": train_seconds}, notes, last_logits))
     return results

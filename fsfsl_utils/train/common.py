@@ -1,0 +1,66 @@
+"""What every training mode shares: its result, its errors, class weights, per-epoch seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import augment, features
+from ..data import Dataset
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, a checkpoint of another config)."""
+
+
+@dataclass
+class FitResult:
+    mode: str
+    val_logits: np.ndarray
+    view_logits: dict[str, np.ndarray]
+    model: nn.Module
+    device: str
+    history: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    last_logits: np.ndarray | None = None  # finetune: the last epoch's validation logits (val_logits: the best's)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Weights inverse to class frequency, scaled so the weighted count equals the sample count:
+    ``w_c = N / (K * n_c)`` (scikit-learn's 'balanced')."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    if (counts == 0).any():
+        raise ValueError(f"class weighting needs every class in the training set, counts {counts.tolist()}")
+    return len(labels) / (n_classes * counts)
+
+
+def view_keys(ds: Dataset, view: str | None = None) -> list[str]:
+    """The feature-cache keys (content hashes) of a Dataset's images or of one view of them, hashed
+    once per Dataset."""
+    return ds.derived(f"keys:{view}", lambda: features.image_keys(ds.images if view is None
+                                                                  else augment.view_images(ds, view)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a training's random draws in ``epoch``: a function of the two alone, so a resumed
+    or packed training draws what the same training run alone from the start draws."""
+    return seed * 100_003 + epoch
+
+
+def best_epoch_note(best_acc: float) -> str:
+    return (f"validation logits from the best epoch by validation accuracy ({best_acc:.4f}), "
+            "as pytorch/examples imagenet keeps model_best: chosen on the reported validation images, "
+            "so optimistic; the last epoch's metrics are recorded beside them")
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def loss_error(value: float, epoch: int) -> TrainingError:
+    return TrainingError(f"loss became {value} in epoch {epoch + 1}: stopping instead of writing garbage "
+                         "(lower the learning rate or check the input images)")
