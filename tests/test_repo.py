@@ -102,19 +102,32 @@ def test_no_module_level_mutable_state():
     assert found == []
 
 
-def test_loss_backward_is_two_calls_from_the_notebook_that_trains():
-    """Notebook 01 calls ``train.fit``; ``fit`` calls the loops, and ``loss.backward()`` is in their bodies."""
+def test_one_step_for_every_loop_two_calls_from_the_notebook_that_trains():
+    """Notebook 01 calls ``train.fit``; ``fit`` calls the loops (fine-tuning, top blocks; the packed
+    network through the fine-tuning's own loop), and each loop's body calls the one ``TrainStep``,
+    whose body is forward, loss, ``backward()``, ``opt.step()``: the code a reader finds is the code
+    that runs, on a CPU and on a GPU (where the same step is captured as a CUDA graph)."""
+    import ast
     import inspect
 
     from fsfsl_utils import train
-    from fsfsl_utils.train import top
+    from fsfsl_utils.train import loop, packed, step, top
 
     nb = json.loads((ROOT / "notebooks" / "01_baseline.ipynb").read_text())
     assert any("train.fit(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     fit = inspect.getsource(train.fit)
     assert "finetune(" in fit and "fit_top(" in fit
-    for loop in (train.finetune, top.fit_top):
-        assert "loss.backward()" in inspect.getsource(loop), loop.__name__
+
+    def code_calls(fn: object) -> set[str]:
+        tree = ast.parse(inspect.getsource(fn).lstrip() if not inspect.isclass(fn) else inspect.getsource(fn))
+        return {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+
+    for fn in (loop.finetune_turns, top.fit_top, packed.finetune_packed):
+        calls = code_calls(fn)
+        assert any(c.endswith("TrainStep") for c in calls), fn.__name__          # builds the one step ...
+        assert not any(c.endswith((".backward", "opt.step")) for c in calls), fn.__name__   # ... and no other
+    step_calls = code_calls(step.TrainStep._forward_backward)
+    assert {"self.opt.step"} <= step_calls and any(c.endswith(".backward") for c in step_calls)
 
 
 # Bottom to top: a module imports only modules earlier in this list (docs/architecture.md draws it).

@@ -23,8 +23,8 @@ weights), ``optim`` (optimiser and schedule), ``checkpoint``, ``step`` (one opti
 """
 
 from .checkpoint import CHECKSUM_KEY, LAST_KEYS, CheckpointWriter, content_digest, cpu_copy, load_checkpoint
-from .common import FitResult, TrainingError, class_weights, epoch_seed, memory_format
-from .dispatch import fit, fit_many, run_to_end
+from .common import FitResult, TrainingError, class_weights, epoch_seed, memory_format, run_to_end
+from .dispatch import fit, fit_many
 from .evaluate import Validation, device_logits, final_logits, predict
 from .loop import finetune
 from .optim import lr_at, make_optimizer, set_lr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,3 +65,12 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 def loss_error(value: float, epoch: int) -> TrainingError:
     return TrainingError(f"loss became {value} in epoch {epoch + 1}: stopping instead of writing garbage "
                          "(lower the learning rate or check the input images)")
+
+
+def run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
+    """A training that takes turns (a generator), run to its end: its result."""
+    while True:
+        try:
+            next(runner)
+        except StopIteration as done:
+            return done.value

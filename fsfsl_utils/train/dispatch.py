@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -13,7 +13,7 @@ from ..config import TrainConfig
 from ..data import Dataset
 from . import packed
 from .common import FitResult
-from .loop import finetune
+from .loop import finetune, finetune_turns
 from .probe import fit_probe
 from .top import fit_top
 
@@ -30,7 +30,7 @@ def fit(train: Dataset, val: Dataset, config: TrainConfig | dict | None = None, 
         return fit_probe(train, val, cfg, seed, views, progress)
     if cfg.mode == "top":
         return fit_top(train, val, cfg, seed, views, progress)
-    return run_to_end(finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
+    return finetune(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end)
 
 
 def _checked(train: Dataset, val: Dataset, config: TrainConfig | dict | None, views: Sequence[str]) -> TrainConfig:
@@ -76,7 +76,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None, pack: int = 1) 
     for group in pack_groups(finetunes, pack):
         cfg, first = group[0][2], group[0][1]
         if len(group) == 1:
-            runner = finetune(first["train"], first["val"], cfg, first.get("seed", 0), first["views"],
+            runner = finetune_turns(first["train"], first["val"], cfg, first.get("seed", 0), first["views"],
                               first.get("checkpoint_dir"), first["progress"], None)
         else:
             runner = packed.finetune_packed([j["train"] for _, j, _ in group], [j["val"] for _, j, _ in group], cfg,
@@ -156,10 +156,3 @@ def _cuda_generator(dev: torch.device) -> torch.Generator:
     torch.cuda.init()  # the default generators exist once CUDA is initialised
     return torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
 
-
-def run_to_end(runner: Generator[None, None, FitResult]) -> FitResult:
-    while True:
-        try:
-            next(runner)
-        except StopIteration as done:
-            return done.value

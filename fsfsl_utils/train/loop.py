@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import augment, models
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
 from .checkpoint import CheckpointWriter, cpu_copy, resume
-from .common import FitResult, best_epoch_note, class_weights, epoch_seed, loss_error, memory_format
+from .common import FitResult, best_epoch_note, class_weights, epoch_seed, loss_error, memory_format, run_to_end
 from .evaluate import Validation, final_logits, preprocess_all
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
@@ -24,16 +23,23 @@ from .step import TrainStep
 
 def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
              checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None,
-             on_epoch_end: Callable[[int, dict], None] | None = None) -> Generator[None, None, FitResult]:
-    """The pytorch/examples imagenet recipe as one loop: per epoch, shuffle and augment, then for each
-    batch forward, loss, ``loss.backward()``, ``opt.step()``; validate; checkpoint; keep the best.
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Fine-tune the whole network with the recipe (:func:`finetune_turns`, run to its end)."""
+    return run_to_end(finetune_turns(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
 
-    A generator: it pauses (``yield``) after every step so that :func:`fit_many` can interleave
-    trainings; :func:`fit` runs it to the end and gets the result. Speed layers, each switched by
-    the config and used on CUDA only, do the same work faster: bf16 autocast (``amp``), the step
-    captured as a CUDA graph or compiled (``cuda_graphs``, ``compile``: :class:`TrainStep`),
-    validation on a side stream (:class:`Validation`); checkpoints are written by a background
-    thread (:class:`CheckpointWriter`).
+
+def finetune_turns(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
+                   checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None,
+                   on_epoch_end: Callable[[int, dict], None] | None = None) -> Generator[None, None, FitResult]:
+    """The pytorch/examples imagenet recipe as one loop: per epoch, shuffle and augment, then for each
+    batch one :class:`TrainStep` (forward, loss, ``loss.backward()``, ``opt.step()``, the same step on
+    a CPU and a GPU); validate; checkpoint; keep the best.
+
+    It pauses (``yield``) after every step so that :func:`fit_many` can interleave trainings;
+    :func:`finetune` runs it to the end. Speed layers, each switched by the config and used on CUDA
+    only, do the same work faster: bf16 autocast (``amp``), the step captured as a CUDA graph or
+    compiled (``cuda_graphs``, ``compile``), validation on a side stream (:class:`Validation`);
+    checkpoints are written by a background thread (:class:`CheckpointWriter`).
     """
     dev = models.pick_device(cfg.device)
     use_amp = cfg.amp and dev.type == "cuda"
@@ -53,8 +59,7 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
     notes: list[str] = []
     run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
     start, best_acc, best_state, history = resume(ckpt, model, opt, dev, notes, run_config)
-    fast_step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=cfg.compile) \
-        if graphed or cfg.compile else None
+    step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=cfg.compile)
     writer = CheckpointWriter()
     validation = Validation(model, x_val, val.labels, cfg, use_amp, val_inputs)
     if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
@@ -89,16 +94,8 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
             y_epoch = y_train[perm]
             loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
             for s, x in epoch_views(x_train, perm, cfg, gen, chunk=512 if dev.type == "cuda" else cfg.batch_size):
-                y = y_epoch[s:s + len(x)]
-                if fast_step is not None:  # the same step as below, as a CUDA graph replay or compiled
-                    loss = fast_step(x, y)
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = F.cross_entropy(model(x).float(), y, weight=weight)
-                    loss.backward()
-                    opt.step()
-                loss_sum += loss.detach() * len(x)
+                loss = step(x, y_epoch[s:s + len(x)])  # forward, loss, loss.backward(), opt.step()
+                loss_sum += loss * len(x)
                 yield  # fit_many: another training's turn
             total = float(loss_sum)
             if not np.isfinite(total):
@@ -116,8 +113,7 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
-    if fast_step is not None:
-        notes += fast_step.summary_notes()
+    notes += step.summary_notes()
     val_logits, view_logits, last_logits = final_logits(model, x_val, val, views, cfg, use_amp, val_inputs,
                                                         validation.logits, best_state, best_logits)
     notes.append(best_epoch_note(best_acc))

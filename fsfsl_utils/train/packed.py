@@ -286,7 +286,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         del members
         alone = []
         for tr, va, seed, ckpt in zip(trains, vals, seeds, ckpts):
-            result = yield from loop.finetune(tr, va, cfg, seed, views, ckpt, progress)
+            result = yield from loop.finetune_turns(tr, va, cfg, seed, views, ckpt, progress)
             result.notes.append(f"not packed: the checkpoints of seeds {list(seeds)} stand at different epochs "
                                 f"({sorted(starts)}); each resumed alone")
             alone.append(result)
@@ -319,7 +319,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         member_inputs = [transformed[id(x)] for x in x_vals]
     val_inputs = torch.cat(member_inputs, 1).contiguous(memory_format=common.memory_format(cfg.channels_last)) \
         if member_inputs is not None else None
-    fast_step = step.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of) if graphed else None
+    train_step = step.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of)
     draw_dtype = torch.bfloat16 if use_amp else torch.float32
     writer = checkpoint.CheckpointWriter()
     validation = PackedValidation(model, x_vals, [va.labels for va in vals], cfg, use_amp, val_inputs)
@@ -361,15 +361,8 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
                 x = x.contiguous(memory_format=common.memory_format(cfg.channels_last))
                 y = torch.stack([ye[s:s + size] for ye in y_epochs], 1)
                 u = draw_uniforms(drops, model.drop_sites, size, draw_dtype, dev)
-                if fast_step is not None:
-                    losses = fast_step(x, y, u)
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                        losses = loss_of(model, x, y, u)
-                    losses.sum().backward()
-                    opt.step()
-                loss_sum += losses.detach() * size
+                losses = train_step(x, y, u)  # the members' losses; their sum is what is differentiated
+                loss_sum += losses * size
                 yield
             totals = loss_sum.tolist()
             for total in totals:
@@ -392,7 +385,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - t0
-    step_notes = fast_step.summary_notes() if fast_step is not None else []
+    step_notes = train_step.summary_notes()
     results = []
     for m, member in enumerate(members):
         net = member.model

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import features, models
@@ -29,8 +28,9 @@ from ..augment import view_images
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
-from .common import FitResult, TrainingError, class_weights, view_keys
-from .optim import lr_at
+from .common import FitResult, class_weights, loss_error, view_keys
+from .optim import lr_at, make_optimizer, set_lr
+from .step import TrainStep
 
 PREDICT_BATCH = 256
 
@@ -110,12 +110,12 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
     with torch.random.fork_rng(devices=[]):  # the seed decides the linear layer and stochastic depth, nothing else
         torch.manual_seed(seed)
         model = build(cfg, len(train.class_names), dev)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed=False)
+        step = TrainStep(model, opt, weight, use_amp=False, batch_size=cfg.batch_size, graphed=False)
         gen = torch.Generator().manual_seed(seed)
         n, bs = len(x_train), cfg.batch_size
         for epoch in progress_bar(range(cfg.epochs), desc="epochs (top blocks)", enable=progress):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
+            set_lr(opt, lr_at(cfg, epoch))
             model.train()
             perm = torch.randperm(n, generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5
@@ -124,14 +124,10 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
                 idx = perm[s:s + bs]
                 x = x_train[idx] if x_flip is None else \
                     torch.where(flips[idx].to(dev).view(-1, 1, 1, 1), x_flip[idx], x_train[idx])
-                loss = F.cross_entropy(model(x), y_train[idx.to(dev)], weight=weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = step(x, y_train[idx.to(dev)])  # forward, loss, loss.backward(), opt.step()
                 loss_sum += loss.item() * len(idx)
             if not np.isfinite(loss_sum):
-                raise TrainingError(f"the training loss became {loss_sum} at epoch {epoch + 1}: lower lr "
-                                    f"(now {cfg.lr}) or check the data")
+                raise loss_error(loss_sum, epoch)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "lr": lr_at(cfg, epoch)})
     t2 = time.perf_counter()
     val_logits = logits(model, x_val)
