@@ -81,7 +81,7 @@ def synthetic_dataset(n_per_class: dict[str, int], size: int = 300, seed: int = 
     labels = np.concatenate([[c] * n for c, n in enumerate(n_per_class.values())]).astype(np.int64)
     base = (150 - 40 * labels).reshape(-1, 1, 1)
     images = np.clip(base + rng.normal(0, 30, (len(labels), size, size)), 0, 255).astype(np.uint8)
-    meta = data._meta([f"syn{i:05d}.png" for i in range(len(labels))], labels, split=["train"] * len(labels))
+    meta = data.make_meta([f"syn{i:05d}.png" for i in range(len(labels))], labels, split=["train"] * len(labels))
     return data.Dataset(images, meta, list(n_per_class))
 
 

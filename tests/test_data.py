@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -155,7 +156,7 @@ def test_pack_is_lossless_portable_and_refuses_damage(tmp_path, monkeypatch):
 
     ds = data.load_elpv("study", limit_per_class=12, seed=2)
     path = data.write_pack(ds, tmp_path / "sub.fsfslpack", origin="elpv", labels="study", progress=False)
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     serial = data.write_pack(ds, tmp_path / "serial.fsfslpack", origin="elpv", labels="study", progress=False)
     with zipfile.ZipFile(path) as a, zipfile.ZipFile(serial) as b:
         assert a.namelist() == b.namelist() and all(a.read(n) == b.read(n) for n in a.namelist())
