@@ -1,0 +1,135 @@
+"""What 05 writes: ``summary.md`` (Markdown escaped for renderers) and ``summary.json``, styled tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_write, atomic_write_json
+from .prose import conclusions, smoke_warning
+from .records import CONTROL_COMPARISONS, STUDY_COMPARISONS
+from .tables import (
+    INTERVALS_NOTE,
+    OPERATING_NOTE,
+    arm_table,
+    chosen_operating_points,
+    operating_points,
+    study_comparison,
+)
+from .verdicts import SEED_PLAN_NOTE, last_epoch_effects, paired_tests, seed_plan, verdict_rule
+
+
+def analysis_dir(results_dir: str | os.PathLike) -> Path:
+    """Where an analysis of ``results_dir`` writes its summary, report and figures: the folder itself
+    the first time; once it holds an analysis (``summary.md``), a new ``analysis-<time>`` folder
+    inside it, so that a finished run's analysis is never overwritten."""
+    results_dir = Path(results_dir)
+    if not (results_dir / "summary.md").exists():
+        return results_dir
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(100):
+        folder = results_dir / (f"analysis-{stamp}" if k == 0 else f"analysis-{stamp}-{k + 1}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        print(f"note: {results_dir} already holds an analysis (summary.md): this one goes to {folder}")
+        return folder
+    raise FileExistsError(f"could not create a new analysis folder in {results_dir}")
+
+
+def styled(frame: pd.DataFrame, note: str | None = None) -> pd.io.formats.style.Styler:
+    """A table as a notebook shows it: points and percents with one decimal, p-values with two
+    significant digits, blanks where there is no number, text (verdicts) wrapped, never cut, and
+    ``note`` (the decision rule, what the intervals are) as the caption beside it."""
+    p_columns = [c for c in frame.columns if str(c) == "p" or str(c).endswith(" p")]
+    sty = frame.style.format(precision=1, na_rep="", thousands=",", escape="html")
+    if p_columns:
+        sty = sty.format("{:.2g}", subset=p_columns, na_rep="", escape="html")
+    sty = sty.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+    sty = sty.set_properties(**{"white-space": "normal", "max-width": "26em", "text-align": "right"})
+    sty = sty.set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 12em;"},
+                                {"selector": "caption", "props": "caption-side: bottom; text-align: left; "
+                                 "font-size: 0.85em; white-space: normal; max-width: 80em;"}])
+    return sty.set_caption(html.escape(note)) if note else sty
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]|*_])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as literal Markdown: ``<``, ``>`` and ``&`` become HTML entities, so no tag or script in a
+    class or file name reaches a renderer that lets HTML through (JupyterLab, GitHub), and Markdown's
+    own punctuation (backslash, backquote, brackets, ``|``, ``*``, ``_``) is backslash-escaped, so a name
+    cannot make a link, split a table's columns or start emphasis. Line breaks become spaces."""
+    one_line = " ".join(str(text).splitlines())
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", one_line), quote=False)
+
+
+def conclusions_markdown(records: Sequence[dict]) -> str:
+    """:func:`conclusions` as a Markdown list, the smoke warning (if any) above it: 05's first output.
+    Every line is escaped (:func:`markdown_text`): names from the data show as text."""
+    warning = smoke_warning(records)
+    return "\n".join(([f"**{markdown_text(warning)}**", ""] if warning else [])
+                     + ["- " + markdown_text(line) for line in conclusions(records)])
+
+
+def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None
+                  ) -> Path:
+    """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically."""
+    results_dir = Path(results_dir)
+    sections = {"Kit vs study": study_comparison(records),
+                "Every arm: mean over seeds, percent (intervals: seeds; images)": arm_table(records),
+                "Paired effects (study's comparisons and controls)":
+                    paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
+                "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
+                    operating_points(records),
+                "Seeds needed (power from this run's variance components)": seed_plan(records)}
+    chosen = chosen_operating_points(records)
+    if len(chosen):
+        sections["Operating point chosen on the training part"] = chosen
+    last = last_epoch_effects(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
+    if len(last):
+        sections["Best epoch vs last epoch (from the recorded metrics)"] = last
+    sections.update(extra or {})
+    notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
+             "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule(),
+             "Seeds needed (power from this run's variance components)": SEED_PLAN_NOTE,
+             "Operating point chosen on the training part": OPERATING_NOTE}
+    warning = smoke_warning(records)
+    lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
+        ([f"**{markdown_text(warning)}**", ""] if warning else []) + ["## Conclusions", ""]
+    lines += [f"- {markdown_text(c)}" for c in conclusions(records)] + [""]
+    for title, frame in sections.items():
+        lines += [f"## {markdown_text(title)}", ""] + ([markdown_text(notes[title]), ""] if title in notes else []) \
+            + [_markdown(frame), ""]
+    text = "\n".join(lines)
+    path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
+    tables = {k: _records(v) for k, v in sections.items()}
+    atomic_write_json(results_dir / "summary.json", tables | {"conclusions": conclusions(records),
+                                                          "decision_rule": verdict_rule(), "intervals": INTERVALS_NOTE})
+    return path
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    frame = frame.reset_index() if frame.index.name else frame
+    return [{k: (None if v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    frame = frame.reset_index() if frame.index.name else frame
+    cols = [markdown_text(c) for c in frame.columns]
+    fmt = lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731
+        f"{v:.4g}" if isinstance(v, float) else markdown_text(v))
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    return "\n".join(rows)
+
