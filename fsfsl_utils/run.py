@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
-import inspect
 import json
 import os
-import platform
 import resource
 import signal
 import sys
@@ -31,25 +29,22 @@ from pathlib import Path
 
 import torch
 
-from . import experiment, io, models, profiles, results, session, watchdog
+from . import experiment, models, profiles, session, watchdog
 from .experiment import project_root
 from .io import atomic_write_json, ensure_writable_dir
-
-NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
-# the notebook parameters that Settings.from_parameters takes: each one's name in lower case
-SETTINGS_PARAMETERS = {name.upper(): name for name in inspect.signature(session.Settings.from_parameters).parameters
-                       if name not in ("labels", "results_dir")}
-
-
-def notebook_dir() -> Path:
-    return project_root() / "notebooks"
-
-
-def notebook_parameters(name: str) -> dict[str, dict]:
-    """The parameters a notebook declares (papermill's inspection of its tagged cell)."""
-    import papermill
-
-    return papermill.inspect_notebook(str(notebook_dir() / f"{name}.ipynb"))
+from .job_lock import LOCK_NAME, StopRequest, Terminated, check_not_running, release_lock, take_lock
+from .job_notebooks import library_messages_to, run_notebooks
+from .job_parameters import (
+    NOTEBOOKS,
+    SETTINGS_PARAMETERS,
+    check_backend,
+    check_data,
+    check_parameter,
+    check_training_settings,
+    notebook_parameters,
+    parse_params,
+    training_config,
+)
 
 
 def new_run_dir(out: Path) -> Path:
@@ -63,47 +58,6 @@ def new_run_dir(out: Path) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a new run folder under {out}")
-
-
-def parse_params(pairs: Sequence[str]) -> dict[str, object]:
-    """``NAME=VALUE`` pairs; values are Python literals when they parse as one, else strings."""
-    params = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"parameter {pair!r} must look like NAME=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            params[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value
-    return params
-
-
-def training_config(params: dict[str, object], config_file: str | None = None) -> dict[str, object]:
-    """``params`` with every training setting gathered into ``CONFIG`` (the notebooks' dict of
-    :class:`~fsfsl_utils.config.TrainConfig` fields): first the JSON object in ``config_file``, then
-    ``-p CONFIG={...}``, then ``-p name=value`` for each field named in lower case (``-p
-    weight_decay=1e-4``). ValueError names the file or the parameter."""
-    params = dict(params)
-    config: dict[str, object] = {}
-    if config_file:
-        path = Path(config_file).expanduser()
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--config {path}: not a readable JSON file ({err})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {path}: must hold a JSON object of training parameters, "
-                             f"e.g. {{\"weight_decay\": 0.0001}}")
-        config.update(loaded)
-    if "CONFIG" in params:
-        config.update(session.check_config_parameter(params.pop("CONFIG")))
-    for key in [k for k in params if k.islower()]:
-        config[key] = params.pop(key)
-    session.check_config_parameter(config)
-    if config:
-        params["CONFIG"] = config
-    return params
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
@@ -139,91 +93,6 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     check_data(merged)
     check_backend(str(merged.get("BACKEND", "local")), str(merged.get("RAY_ADDRESS", "")))
     return [(n, {k: v for k, v in merged.items() if k in declared[n]}) for n in names]
-
-
-def check_data(params: dict) -> None:
-    """DATA, TARGET_CLASS and REFERENCE_DIR point at something usable, checked before any kernel starts
-    (nothing is decoded: folder names and a pack's header only); ValueError names the parameter."""
-    from . import data
-    from .study import class_roles
-
-    source = str(params.get("DATA", "elpv"))
-    try:
-        names = data.class_names_of(source, "study")
-    except (FileNotFoundError, data.DataError, OSError) as err:
-        raise ValueError(f"parameter DATA: {err} (give 'elpv', a .fsfslpack file or an ImageFolder folder)") from None
-    if params.get("TARGET_CLASS"):
-        class_roles(names, target=str(params["TARGET_CLASS"]))
-    if "REQUIREMENT" in params:
-        from .deploy.operating import parse_requirement
-
-        parse_requirement(str(params["REQUIREMENT"]))
-    kind = params.get("SPLIT_KIND", "random")
-    if kind not in data.SPLIT_KINDS:
-        raise ValueError(f"parameter SPLIT_KIND must be one of {', '.join(data.SPLIT_KINDS)}, got {kind!r}")
-    if kind == "grouped" and data.source_origin(source) != "elpv":
-        raise ValueError("parameter SPLIT_KIND: a grouped split needs each image's module, which only ELPV cells "
-                         "carry (DATA elpv or a pack of it)")
-    reference = str(params.get("REFERENCE_DIR") or "")
-    if reference:
-        folder = Path(reference).expanduser()
-        try:
-            found = results.load_records(folder) if (folder / "records").is_dir() else []
-        except (OSError, ValueError) as err:
-            raise ValueError(f"parameter REFERENCE_DIR: {folder} cannot be read ({err})") from None
-        if not found:
-            raise ValueError(f"parameter REFERENCE_DIR: {folder} holds no run records (records/*.json); give the "
-                             "folder of an earlier run, e.g. runs/<timestamp>")
-
-
-MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
-# the run-level parameters (training parameters are checked by TrainConfig)
-RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED),
-          "THRESHOLD_FOLDS": (0, 20),
-          "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
-
-
-def check_parameter(name: str, value: object, type_name: str) -> None:
-    """A notebook parameter has the type its cell declares and lies in its range; ValueError names it."""
-    types = {"int": int, "str": str, "bool": bool, "float": (int, float), "dict": dict}
-    optional = type_name.startswith("Optional[") and type_name.endswith("]")
-    kinds = [type_name[9:-1], "None"] if optional else [t.strip() for t in type_name.split("|")]
-    if value is None and "None" in kinds:
-        return
-    want = types.get(kinds[0]) if len([k for k in kinds if k != "None"]) == 1 else None
-    if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
-        raise ValueError(f"parameter {name} must be {type_name}, got {value!r}")
-    if name in RANGES:
-        lo, hi = RANGES[name]
-        if not lo <= value <= hi:
-            raise ValueError(f"parameter {name} must lie in [{lo}, {hi}], got {value!r}")
-
-
-def check_backend(backend: str, address: str) -> None:
-    """BACKEND names a runner, and a given RAY_ADDRESS answers (before any kernel starts)."""
-    from . import runner
-
-    if backend not in runner.BACKENDS:
-        raise ValueError(f"parameter BACKEND must be one of {', '.join(runner.BACKENDS)}, got {backend!r}")
-    if backend == "ray" and address:
-        try:
-            runner.check_reachable(address, timeout_s=3.0)
-        except ConnectionError as err:
-            raise ValueError(str(err)) from None
-
-
-def check_training_settings(params: dict) -> None:
-    """The training config the notebooks will resolve, checked now by :class:`~fsfsl_utils.config.TrainConfig`
-    (a negative EPOCHS, an input size too small for the backbone fail here, not deep inside a kernel)."""
-    names = ("BACKBONE", "INPUT_SIZE", "EPOCHS")  # 0 and "": the profile's value
-    config = session.check_config_parameter(params.get("CONFIG"))
-    try:
-        profiles.resolve(str(params.get("PROFILE", "auto")),
-                         **{**{n.lower(): params.get(n) or None for n in names}, **config})
-    except ValueError as err:
-        named = next((n for n in names if n.lower() in str(err)), None) \
-            or next((f"CONFIG {k}" for k in config if k in str(err)), None)
-        raise ValueError(f"parameter {named}: {err}" if named else str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,81 +233,6 @@ def unfinished_run(out: Path, which: str) -> tuple[Path, dict]:
     raise ValueError(f"no unfinished run under {out} to resume")
 
 
-LOCK_NAME = "run.lock"  # in a run folder while a job runs it: pid, host and start time of that job
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, ``kill``): the job stops like Ctrl-C and marks its run as stopped."""
-
-
-class StopRequest:
-    """The signal that asked this job to stop (SIGINT or SIGTERM; None until one does). Its handler raises
-    at once; :meth:`check` raises again at the next notebook when that first exception landed where
-    Python swallows it (a ``__del__``, a callback: "Exception ignored in ..."), so a stop is never lost."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handler(self, signum: int, frame: object) -> None:
-        self.signum = signum
-        self.check()
-
-    def check(self) -> None:
-        if self.signum == signal.SIGTERM:
-            raise Terminated
-        if self.signum is not None:
-            raise KeyboardInterrupt
-
-
-def _lock_holder(run_dir: Path) -> dict | None:
-    """The job that holds ``run_dir``'s lock when it is still alive (same host, same process, same start
-    time: a reused pid does not count), else None. A job on another host counts as alive: it cannot
-    be checked from here."""
-    import psutil
-
-    try:
-        lock = json.loads((run_dir / LOCK_NAME).read_text())
-        pid, host, created = int(lock["pid"]), str(lock["host"]), float(lock["process_created"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if host != platform.node():
-        return lock
-    try:
-        alive = abs(psutil.Process(pid).create_time() - created) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        alive = False
-    return lock if alive and pid != os.getpid() else None
-
-
-def check_not_running(run_dir: Path) -> None:
-    """ValueError naming the job when another job is running ``run_dir`` now (its lock's process is alive)."""
-    holder = _lock_holder(run_dir)
-    if holder is not None:
-        where = "" if holder["host"] == platform.node() else f" (on host {holder['host']}: if that job is gone, " \
-            f"delete {run_dir / LOCK_NAME})"
-        raise ValueError(f"{run_dir} is being run by another job: pid {holder['pid']} on {holder['host']}, started "
-                         f"{holder['started']}{where}; wait for it to end or stop it before --resume")
-
-
-def take_lock(run_dir: Path) -> None:
-    """Mark ``run_dir`` as run by this process (pid, host, start time); ValueError when a live job holds
-    it. A lock left by a dead job (kill -9) is taken over."""
-    import psutil
-
-    check_not_running(run_dir)
-    me = {"pid": os.getpid(), "host": platform.node(), "started": dt.datetime.now().isoformat(timespec="seconds"),
-          "process_created": psutil.Process().create_time()}
-    io.atomic_write_json(run_dir / LOCK_NAME, me)
-
-
-def release_lock(run_dir: Path) -> None:
-    try:
-        if json.loads((run_dir / LOCK_NAME).read_text()).get("pid") == os.getpid():
-            (run_dir / LOCK_NAME).unlink()
-    except (OSError, ValueError):
-        pass
-
-
 def train_ahead_by_default(profile: str) -> bool:
     """Whether the main job trains ahead unless told: when the profile's fine-tunings checkpoint (paper)
     and CUDA is there (one stream each; on a CPU the trainings would only take turns)."""
@@ -488,7 +282,8 @@ def execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool = Fa
         if _main_thread() else {}
     guard = watchdog.start()  # ends the kernels and a local Ray cluster if this job is killed with SIGKILL
     try:
-        return _execute(steps, run_dir, train_first, earlier, pack, stop)
+        with library_messages_to(run_dir / "kernels.log"):
+            return _execute(steps, run_dir, train_first, earlier, pack, stop)
     finally:
         guard.terminate()  # this job ends normally: it stops its helpers itself
         guard.wait()
@@ -549,7 +344,7 @@ def _execute(steps: list[tuple[str, dict]], run_dir: Path, train_first: bool, ea
             timings["train_ahead"] = time.perf_counter() - t0
         cluster_steps, stop_cluster = shared_ray_cluster(steps)
         try:
-            status = _run_notebooks(cluster_steps, run_dir, timings, completed,
+            status = run_notebooks(cluster_steps, run_dir, timings, completed,
                                     lambda: atomic_write_json(run_dir / "run.json", progress_record("running")),
                                     stop.check)
         finally:
@@ -610,96 +405,6 @@ def shared_ray_cluster(steps: list[tuple[str, dict]]) -> tuple[list[tuple[str, d
     print(f"Ray: a local cluster for this job at {address}", flush=True)
     return ([(n, {**p, "RAY_ADDRESS": address} if p.get("BACKEND") == "ray" and not p.get("RAY_ADDRESS") else p)
              for n, p in steps], runner.shutdown)
-
-
-def kernel_manager(log_path: Path) -> type:
-    """A Jupyter kernel manager whose kernels write their own messages (start-up warnings, the traceback
-    of a kernel stopped mid-reply by Ctrl-C) to ``log_path`` instead of the job's terminal; cell
-    errors still reach the executed notebooks. Uses jupyter_client's documented hook for launching
-    kernels differently (``_async_launch_kernel``)."""
-    from jupyter_client import AsyncKernelManager
-
-    class LoggedKernelManager(AsyncKernelManager):
-        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: object) -> None:
-            with open(log_path, "a") as log:  # the kernel keeps its own copy of the descriptor
-                kw.setdefault("stderr", log)
-                kw.setdefault("stdout", log)
-                await super()._async_launch_kernel(kernel_cmd, **kw)
-
-    return LoggedKernelManager
-
-
-class Published:
-    """Whether :func:`publish_notebook` kept the executed notebook (truthy), and if not, why."""
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
-
-    def __bool__(self) -> bool:
-        return not self.reason
-
-
-def publish_notebook(partial: Path, target: Path) -> Published:
-    """Move an executed notebook from where papermill saved it cell by cell to ``target``, atomically and
-    only when it is whole JSON: a notebook cut off by a full disk (or a killed job) is never left as
-    ``target``; the cut file is removed and the reason returned."""
-    try:
-        json.loads(partial.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return Published(f"no executed notebook was written for {target.name}")
-    except (OSError, ValueError) as err:
-        partial.unlink(missing_ok=True)
-        return Published(f"the executed {target.name} could not be written whole ({type(err).__name__}; a full "
-                         "disk?): not kept")
-    os.replace(partial, target)
-    return Published()
-
-
-def _run_notebooks(steps: list[tuple[str, dict]], run_dir: Path, timings: dict[str, float], completed: list[str],
-                   after_each: Callable[[], object], before_each: Callable[[], object] = lambda: None) -> str:
-    """Execute the notebooks in order (those in ``completed`` are kept), stopping at the first failure;
-    returns the run's status. ``before_each`` runs before every notebook (it may raise to stop the job),
-    ``after_each`` after every finished one."""
-    import papermill
-
-    for i, (name, params) in enumerate(steps, 1):
-        before_each()
-        if name in completed:
-            print(f"[{i}/{len(steps)}] {name}: kept from the earlier run", flush=True)
-            continue
-        params = {**params, "RESULTS_DIR": str(run_dir)} if "RESULTS_DIR" in notebook_parameters(name) else params
-        target = run_dir / "notebooks" / f"{name}.ipynb"
-        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "RESULTS_DIR")
-        print(f"[{i}/{len(steps)}] {name} ({shown}) ...", flush=True)
-        t0 = time.perf_counter()
-        partial = run_dir / "notebooks" / ".partial" / f"{name}.ipynb"  # papermill saves after every cell
-        partial.parent.mkdir(exist_ok=True)
-        try:
-            try:
-                papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(partial), parameters=params,
-                                           kernel_name="python3", cwd=str(run_dir), progress_bar=False,
-                                           kernel_manager_class=kernel_manager(run_dir / "kernels.log"))
-            finally:
-                kept = publish_notebook(partial, target)
-        except papermill.PapermillExecutionError as err:
-            timings[name] = time.perf_counter() - t0
-            print(f"      FAILED after {timings[name]:.0f} s: {err.ename}: {err.evalue}\n"
-                  f"      {'executed notebook with the error: ' + str(target) if kept else kept.reason}",
-                  file=sys.stderr)
-            return f"failed in {name}: {err.ename}: {err.evalue}"
-        except OSError as err:  # e.g. the run folder became read-only, the disk full
-            timings[name] = time.perf_counter() - t0
-            print(f"      FAILED: {type(err).__name__}: {err}" + ("" if kept else f"\n      {kept.reason}"),
-                  file=sys.stderr)
-            return f"failed in {name}: {type(err).__name__}: {err}"
-        timings[name] = time.perf_counter() - t0
-        completed.append(name)
-        try:
-            after_each()
-        except OSError as err:  # the next notebook (or the final run.json) reports the folder's state
-            print(f"      warning: run.json not updated: {err}", file=sys.stderr)
-        print(f"      done in {timings[name]:.0f} s", flush=True)
-    return "ok"
 
 
 if __name__ == "__main__":

@@ -258,6 +258,31 @@ def test_a_stop_that_python_swallowed_still_stops_the_job(sig, kind, monkeypatch
     assert (caught.type is run.Terminated) == (sig == signal.SIGTERM)
 
 
+def test_what_a_ctrl_c_leaves_behind_goes_to_kernels_log(tmp_path, capfd):
+    """Ctrl-C mid-cell leaves nbclient's "Kernel died" and an unfinished asyncio task whose error is
+    logged when it is collected ("Task exception was never retrieved"): both go to kernels.log, the
+    terminal keeps the job's one line (the signal test saw 8 lines once in 40 runs)."""
+    import asyncio
+    import logging
+
+    from fsfsl_utils import job_notebooks
+
+    async def dies() -> None:
+        raise RuntimeError("Kernel died")
+
+    with job_notebooks.library_messages_to(tmp_path / "kernels.log"):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(dies())
+        loop.run_until_complete(asyncio.sleep(0))                       # it ran and failed; nobody asks
+        loop.close()
+        del task
+        logging.getLogger("traitlets").error("Kernel died while waiting for execute reply.")
+    assert capfd.readouterr().err == ""
+    logged = (tmp_path / "kernels.log").read_text()
+    assert "Task exception was never retrieved" in logged and "Kernel died while waiting" in logged
+    assert logging.getLogger("asyncio").propagate and logging.getLogger("traitlets").propagate  # put back
+
+
 def test_a_killed_job_takes_its_helpers_with_it(tmp_path):
     """kill -9 of a job: the watchdog ends the processes it started (here: two sleepers in their own
     sessions, as kernels and Ray's processes are), which outlive the job without it."""

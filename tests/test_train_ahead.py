@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from fsfsl_utils import experiment, run, session
+from fsfsl_utils import experiment, job_parameters, run, session
 
 TINY_PAPER = {"profile": "paper", "backbone": "efficientnet_lite0", "input_size": 32, "epochs": 1,
               "limit_per_class": 8, "seeds": 1, "progress": False}
@@ -19,8 +19,8 @@ def test_the_trainings_of_each_notebook_are_known():
     04 the controls): otherwise training ahead would train the wrong steps (and the notebooks would
     train theirs again)."""
     for name in run.NOTEBOOKS:
-        source = "".join("".join(c["source"]) for c in json.loads((run.notebook_dir() / f"{name}.ipynb").read_text())
-                         ["cells"] if c["cell_type"] == "code")
+        cells = json.loads((job_parameters.notebook_dir() / f"{name}.ipynb").read_text())["cells"]
+        source = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         expected = (name,) if name in experiment.STUDY_STEPS else ()
         assert set(re.findall(r'settings\.(?:run|specs)\("([^"]+)"\)', source)) == set(expected)
         assert ("run_controls()" in source) == (name == "04_balanced_augment")
