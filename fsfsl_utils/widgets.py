@@ -15,144 +15,29 @@ a live notebook, or a static figure in batch runs (papermill has no frontend to 
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 
 import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from IPython.display import display
-from PIL import Image
 
-from . import augment, metrics, plots, report, sensitivity
+from . import augment, metrics, plots, report
 from .data import Dataset
-
-GALLERY_SIZE = 12
-
-
-# ----------------------------------------------------------------------------- plain functions
-def bin_index(record: dict, feature: str) -> np.ndarray:
-    """The bin of every validation image of a record for one feature (as ``analyse`` formed them)."""
-    block = record["sensitivity"][feature]
-    idx, _ = sensitivity.assign_bins(np.asarray(record["feature_values"][feature]), len(block["bins"]),
-                                     block["binning"])
-    return idx
-
-
-def gallery_items(record: dict, feature: str, bin_label: str, class_name: str) -> list[dict]:
-    """Images of ``class_name`` in one bin: name, true and predicted class, score, the feature's value;
-    wrong first."""
-    labels, logits = report.record_arrays(record)
-    prob = metrics.softmax(logits)
-    pred = logits.argmax(1)
-    names, classes = record["predictions"]["names"], record["class_names"]
-    values = record["feature_values"][feature]
-    b = [x["label"] for x in record["sensitivity"][feature]["bins"]].index(bin_label)
-    c = classes.index(class_name)
-    members = np.flatnonzero((bin_index(record, feature) == b) & (labels == c))
-    items = [{"name": names[i], "label": classes[labels[i]], "predicted": classes[pred[i]],
-              "score": float(prob[i, pred[i]]), "correct": bool(pred[i] == labels[i]), "value": float(values[i]),
-              "wrong_in": int(pred[i] != labels[i]), "runs": 1} for i in members]
-    return sorted(items, key=lambda d: (d["correct"], -d["score"]))
-
-
-def pooled_items(records: Sequence[dict], feature: str, bin_label: str, class_name: str) -> list[dict]:
-    """:func:`gallery_items` over several seeds of one step on the same images: each image once, with
-    how many runs got it wrong (``wrong_in`` of ``runs``) and its mean score for the true class;
-    the most often wrong first."""
-    per_run = [{d["name"]: d for d in gallery_items(r, feature, bin_label, class_name)} for r in records]
-    out = []
-    for name, first in per_run[0].items():
-        seen = [run[name] for run in per_run]
-        wrong = sum(not d["correct"] for d in seen)
-        true_score = float(np.mean([d["score"] if d["correct"] else 1 - d["score"] for d in seen]))
-        out.append({**first, "wrong_in": wrong, "runs": len(seen), "correct": wrong == 0, "score": true_score,
-                    "predicted": first["label"] if wrong * 2 < len(seen) else "mostly other"})
-    return sorted(out, key=lambda d: (-d["wrong_in"], d["score"]))
-
-
-def pooled_record(records: Sequence[dict]) -> dict:
-    """One record-like dict for several seeds of a step on the same validation images: per bin and
-    class, recall over all runs' predictions together (Wilson interval on the pooled counts, which
-    treats the runs as independent: narrower than it should be). Its ``p_value`` is left empty: the
-    permutation test needs independent images. Figures and galleries take it like a record."""
-    first = records[0]
-    if any(r["predictions"]["names"] != first["predictions"]["names"] for r in records):
-        raise ValueError("pooling needs records evaluated on the same validation images (one split)")
-    pooled = {**first, "seed": "all", "sensitivity": {}}
-    labels = np.asarray(first["predictions"]["labels"])
-    preds = [report.record_arrays(r)[1].argmax(1) for r in records]
-    for feature, block in first["sensitivity"].items():
-        idx = bin_index(first, feature)
-        bins = []
-        for b, old in enumerate(block["bins"]):
-            cells = {}
-            for c, cname in enumerate(first["class_names"]):
-                own = (idx == b) & (labels == c)
-                n = int(own.sum()) * len(records)
-                tp = int(sum(np.sum(own & (p == c)) for p in preds))
-                ci = metrics.wilson_interval(tp, n)
-                cells[cname] = {"n": n, "recall": tp / n if n else None, "recall_ci": list(ci) if ci else None}
-            bins.append({**old, "per_class": cells, "n": int((idx == b).sum()) * len(records)})
-        std = {c: float(np.std([x["per_class"][c]["recall"] for x in bins if x["per_class"][c]["recall"] is not None]))
-               for c in first["class_names"]}
-        pooled["sensitivity"][feature] = {**block, "bins": bins, "std": std,
-                                          "p_value": {c: None for c in first["class_names"]}}
-    return pooled
-
-
-def default_pair(records: Sequence[dict]) -> tuple[dict, dict]:
-    """The study's headline comparison for :class:`RunComparison`: 04 balanced vs 01 baseline on the
-    same seed and split when both ran, else the last record vs the first."""
-    by_key = {(r["step"], r["split_seed"], r["seed"]): r for r in records}
-    for r in records:
-        if r["step"] == report.PRIMARY[0] and (report.PRIMARY[1], r["split_seed"], r["seed"]) in by_key:
-            return r, by_key[(report.PRIMARY[1], r["split_seed"], r["seed"])]
-    return records[-1], records[0]
-
-
-def disagreements(rec_a: dict, rec_b: dict) -> dict[str, list[str]]:
-    """Validation images that A gets right and B wrong (``a_only``), and the reverse (``b_only``)."""
-    la, lga = report.record_arrays(rec_a)
-    lb, lgb = report.record_arrays(rec_b)
-    if rec_a["predictions"]["names"] != rec_b["predictions"]["names"]:
-        raise ValueError("the two records were evaluated on different validation images")
-    ra, rb = lga.argmax(1) == la, lgb.argmax(1) == lb
-    names = np.asarray(rec_a["predictions"]["names"])
-    return {"a_only": names[ra & ~rb].tolist(), "b_only": names[~ra & rb].tolist()}
-
-
-def compare_table(rec_a: dict, rec_b: dict) -> pd.DataFrame:
-    """Scores of two records side by side (percent, each score once), with the difference A - B."""
-    aliases = ("recall_target", "recall_reference", "f1_target")  # other names of rows already shown
-    sa, sb = ({k: 100 * v for k, v in report.scores(r).items() if k not in aliases} for r in (rec_a, rec_b))
-    frame = pd.DataFrame({f"A: {label(rec_a)}": sa, f"B: {label(rec_b)}": sb})
-    frame["A - B (points)"] = frame.iloc[:, 0] - frame.iloc[:, 1]
-    return frame.round(1)
-
-
-def policy_counts(class_counts: dict[str, int], policies: Sequence[str]) -> pd.DataFrame:
-    """Images per class each policy produces from the given counts."""
-    return pd.DataFrame({p: augment.get_policy(p).counts(class_counts) for p in policies}).T
-
-
-def label(record: dict) -> str:
-    split = f" split{record['split_seed']}" if record.get("split_seed") else ""
-    seed = "all seeds (pooled)" if record["seed"] == "all" else f"seed{record['seed']}"
-    return f"{record['step']} {seed}{split}"
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def figure_png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return buf.getvalue()
+from .explore import (
+    GALLERY_SIZE,
+    bin_index,
+    compare_table,
+    default_pair,
+    disagreements,
+    figure_png,
+    gallery_items,
+    label,
+    png,
+    policy_counts,
+    pooled_items,
+    pooled_record,
+)
 
 
 def show(widget: SensitivityExplorer | AugmentationPreviewer | RunComparison, interactive: bool = True) -> None:
@@ -494,3 +379,8 @@ class RunComparison:
              f"B alone on {self.test['b_only']} images")
         ax.set_title(f"A: {self.a.value} vs B: {self.b.value} (percent)\n{title}", fontsize=9)
         return fig
+
+
+__all__ = ("GALLERY_SIZE", "AugmentationPreviewer", "Gallery", "RunComparison", "SensitivityExplorer", "bin_index",
+           "compare_table", "default_pair", "disagreements", "figure_png", "gallery_items", "image_tile", "label",
+           "png", "policy_counts", "pooled_items", "pooled_record", "show")

@@ -146,7 +146,8 @@ LAYERS = (
     "results", "experiment", "runner", "session",
     # analysis, figures, widgets, and the command lines
     "report.records", "report.tables", "report.verdicts", "report.prose", "report.files", "report",
-    "report_html", "plots", "widgets", "predict", "export", "job_parameters", "job_lock", "job_notebooks", "run",
+    "report_html", "plots", "explore", "widgets", "predict", "export", "job_parameters", "job_lock", "job_notebooks",
+    "run",
 )
 
 
