@@ -1,5 +1,5 @@
 # fsfsl: every target bootstraps a local .venv once (a second call installs nothing).
-# Main job:  make reproduce [PROFILE=auto|cpu|cpu-finetune|paper|smoke] [SEEDS=0 (profile default)] [SPLITS=1]
+# Main job:  make reproduce [PROFILE=auto|cpu|cpu-finetune|paper|smoke] [SEEDS=n (default: the profile's)] [SPLITS=1]
 #            [RUN_ARGS='--backbone resnet18 -p CONTROLS=False']
 # Tests:     make test
 
@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fsfsl-installed
 PROFILE ?= auto
-SEEDS   ?= 0
+SEEDS   ?=
 SPLITS  ?= 1
 RUN_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) --seeds $(SEEDS) --splits $(SPLITS) $(RUN_ARGS)
+	$(BIN)/python -m fsfsl_utils.run --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) --splits $(SPLITS) $(RUN_ARGS)
 
 test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest

@@ -111,9 +111,9 @@ MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 
 
 # the run-level parameters (training parameters are checked by TrainConfig)
-RANGES = {"SEEDS": (0, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED),
+RANGES = {"SEEDS": (1, 1000), "SPLITS": (1, 100), "SEED": (0, MAX_SEED), "SPLIT_SEED": (0, MAX_SEED),
           "THRESHOLD_FOLDS": (0, 20),
-          "LIMIT_PER_CLASS": (0, 10**9), "SWEEP_IMAGES": (0, 10**6)}
+          "LIMIT_PER_CLASS": (1, 10**9), "SWEEP_IMAGES": (0, 10**6)}
 
 
 def check_parameter(name: str, value: object, type_name: str) -> None:
@@ -125,7 +125,7 @@ def check_parameter(name: str, value: object, type_name: str) -> None:
         return
     want = types.get(kinds[0]) if len([k for k in kinds if k != "None"]) == 1 else None
     if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
-        raise ValueError(f"parameter {name} must be {type_name}, got {value!r}")
+        raise ValueError(f"parameter {name} must be {' or '.join(kinds)}, got {value!r}")
     if name in RANGES:
         lo, hi = RANGES[name]
         if not lo <= value <= hi:
@@ -148,11 +148,11 @@ def check_backend(backend: str, address: str) -> None:
 def check_training_settings(params: dict) -> None:
     """The training config the notebooks will resolve, checked now by :class:`~fsfsl_utils.config.TrainConfig`
     (a negative EPOCHS, an input size too small for the backbone fail here, not deep inside a kernel)."""
-    names = ("BACKBONE", "INPUT_SIZE", "EPOCHS")  # 0 and "": the profile's value
+    names = ("BACKBONE", "INPUT_SIZE", "EPOCHS")  # None: the profile's value
     config = session.check_config_parameter(params.get("CONFIG"))
     try:
         profiles.resolve(str(params.get("PROFILE", "auto")),
-                         **{**{n.lower(): params.get(n) or None for n in names}, **config})
+                         **{**{n.lower(): params.get(n) for n in names}, **config})
     except ValueError as err:
         named = next((n for n in names if n.lower() in str(err)), None) \
             or next((f"CONFIG {k}" for k in config if k in str(err)), None)

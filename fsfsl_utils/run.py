@@ -66,14 +66,14 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
         raise ValueError(f"unknown profile {args.profile!r}; valid: {', '.join(profiles.PROFILE_NAMES)}")
     if args.backbone:
         models.get_spec(args.backbone)
-    if args.seeds < 0 or args.splits < 1:
-        raise ValueError(f"--seeds must be >= 0 and --splits >= 1, got {args.seeds} and {args.splits}")
+    if (args.seeds is not None and args.seeds < 1) or args.splits < 1:
+        raise ValueError(f"--seeds and --splits must be >= 1, got {args.seeds} and {args.splits}")
     names = args.notebooks.split(",") if args.notebooks else list(NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
-    given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone or "",
-             "EPOCHS": args.epochs or 0, "INPUT_SIZE": args.input_size or 0,
+    given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone,
+             "EPOCHS": args.epochs, "INPUT_SIZE": args.input_size,
              "DATA": args.data if args.data == "elpv" else str(Path(args.data).expanduser().resolve()),  # not the
              "PROGRESS": bool(args.progress), "WIDGETS": False, "BACKEND": args.backend,      # kernel's folder
              "RAY_ADDRESS": args.ray_address, "TARGET_CLASS": args.target_class}
@@ -98,11 +98,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fsfsl_utils.run", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="auto", help=f"one of {', '.join(profiles.PROFILE_NAMES)}")
-    parser.add_argument("--seeds", type=int, default=0, help="seeds per step (default 0: the profile's, cpu 5)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per step (default: the profile's, cpu 5)")
     parser.add_argument("--splits", type=int, default=1, help="study-style splits per step (default 1)")
-    parser.add_argument("--backbone", default="", help="override the profile's backbone")
-    parser.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (fine-tune)")
-    parser.add_argument("--input-size", type=int, default=0, help="override the profile's input size")
+    parser.add_argument("--backbone", default=None, help="override the profile's backbone")
+    parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs (fine-tune)")
+    parser.add_argument("--input-size", type=int, default=None, help="override the profile's input size")
     parser.add_argument("--data", default="elpv",
                         help="'elpv', a .fsfslpack file (python -m fsfsl_utils.data pack) or an ImageFolder folder")
     parser.add_argument("--out", default=str(project_root() / "runs"), help="parent of the run folder")

@@ -58,17 +58,20 @@ class Settings:
     _started: dict[StepSpec, float] = field(default_factory=dict, repr=False)  # when each yielded spec began
 
     @classmethod
-    def from_parameters(cls, profile: str = "auto", backbone: str = "", input_size: int = 0, epochs: int = 0,
-                        seeds: int = 0, seed: int = 0, split_seed: int = 0, splits: int = 1,
-                        limit_per_class: int = 0, data: str = "elpv", labels: str = "study", results_dir: str = "",
-                        progress: bool = True, backend: str = "local", ray_address: str = "",
-                        target_class: str = "", split_kind: str = "random", requirement: str = DEFAULT_REQUIREMENT,
-                        threshold_folds: int | None = None, config: dict | None = None) -> Settings:
+    def from_parameters(cls, profile: str = "auto", backbone: str | None = None, input_size: int | None = None,
+                        epochs: int | None = None, seeds: int | None = None, seed: int = 0, split_seed: int = 0,
+                        splits: int = 1, limit_per_class: int | None = None, data: str = "elpv",
+                        labels: str = "study", results_dir: str = "", progress: bool = True, backend: str = "local",
+                        ray_address: str = "", target_class: str = "", split_kind: str = "random",
+                        requirement: str = DEFAULT_REQUIREMENT, threshold_folds: int | None = None,
+                        config: dict | None = None) -> Settings:
         """Check and resolve notebook parameters (each argument is a parameter's name in lower case);
         errors name the parameter.
 
-        ``seeds=0`` takes the profile's default number of seeds; ``splits`` > 1 repeats every step on
-        that many study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
+        None means the profile's value (``backbone``, ``input_size``, ``epochs``, ``seeds``,
+        ``limit_per_class``: all images but in the smoke profile), one rule, applied once by
+        :func:`fsfsl_utils.profiles.resolve`; ``splits`` > 1 repeats every step on that many
+        study-style splits (split seeds ``split_seed``, ``split_seed + 1``, ...);
         ``target_class``: the class whose recall matters most ("": ``defective`` on ELPV, else the
         smallest class), checked against the data's classes before anything is decoded;
         ``split_kind``: ``random`` (the study's split) or ``grouped`` (no module on both sides);
@@ -79,9 +82,9 @@ class Settings:
         the whole config it trained with.
         """
         config = check_config_parameter(config)
-        for name, value, low in (("SEEDS", seeds, 0), ("SPLITS", splits, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name, value in (("SEEDS", seeds), ("SPLITS", splits), ("LIMIT_PER_CLASS", limit_per_class)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1 (None: the profile's), got {value!r}")
         check_label_policy(labels)
         if backend not in BACKENDS:
             raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
@@ -98,16 +101,15 @@ class Settings:
                                             or not 0 <= threshold_folds <= 20):
             raise ValueError(f"THRESHOLD_FOLDS must be a whole number in [0, 20], got {threshold_folds!r}")
         set_progress(progress)
-        overrides = {k: v for k, v in (("backbone", backbone), ("input_size", input_size), ("epochs", epochs)) if v}
-        overrides.update(config)
+        overrides = {"backbone": backbone, "input_size": input_size, "epochs": epochs, **config}
         settings = cls(profile=profile, overrides=overrides, split_seeds=list(range(split_seed, split_seed + splits)),
-                       limit_per_class=limit_per_class or None, source=data, labels=labels,
+                       limit_per_class=limit_per_class, source=data, labels=labels,
                        results_dir=resolve_results_dir(results_dir), progress=progress, backend=backend,
                        ray_address=ray_address, target_class=target_class or None, split_kind=split_kind,
                        requirement=requirement)
         try:
             settings.resolved = profiles.resolve(profile, limit_per_class=settings.limit_per_class,
-                                                 seeds=seeds or None, **overrides)
+                                                 seeds=seeds, **overrides)
         except ValueError as err:
             named = next((k for k in config if k in str(err)), None)
             raise ValueError(f"CONFIG {named}: {err}" if named else str(err)) from None

@@ -193,7 +193,9 @@ def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-p", "SEEDS=abc"], "parameter SEEDS must be int, got 'abc'"),
+    (["-p", "SEEDS=abc"], "parameter SEEDS must be int or None, got 'abc'"),
+    (["-p", "SEEDS=0"], "parameter SEEDS must lie in [1, 1000], got 0"),       # None, not 0, is the profile's
+    (["--epochs", "0"], "parameter EPOCHS: epochs must be a number in [1, 10000]"),
     (["--epochs", "-1"], "parameter EPOCHS: epochs must be a number in [1, 10000]"),
     (["--input-size", "20"], "input_size 20 is too small for efficientnet_lite0"),
     (["-p", "SEED=-1"], "parameter SEED must lie in"),
