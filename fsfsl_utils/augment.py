@@ -244,6 +244,7 @@ def manifest(ds: Dataset) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- test-time views
 TEST_VIEWS: dict[str, str] = {"vflip": "vflip", "blur": "boxblur"}  # view -> operation: the study's TTA
+DEFAULT_VIEWS = tuple(TEST_VIEWS)  # the test-time views whose logits a training keeps (TTA in 05)
 
 
 def check_views(views: Sequence[str]) -> None:

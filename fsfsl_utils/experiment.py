@@ -29,7 +29,7 @@ from . import augment, data, io, metrics, profiles, results, sensitivity, train
 from .config import TrainConfig
 from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles  # noqa: F401  (re-exported)
 
-DEFAULT_VIEWS = ("vflip", "blur")  # test-time views whose logits a record keeps (TTA in 05)
+DEFAULT_VIEWS = augment.DEFAULT_VIEWS  # test-time views whose logits a record keeps (TTA in 05)
 
 
 def project_root() -> Path:

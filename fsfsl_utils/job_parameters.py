@@ -136,8 +136,10 @@ def check_backend(backend: str, address: str) -> None:
     """BACKEND names a runner, and a given RAY_ADDRESS answers (before any kernel starts)."""
     from . import runner
 
-    if backend not in runner.BACKENDS:
-        raise ValueError(f"parameter BACKEND must be one of {', '.join(runner.BACKENDS)}, got {backend!r}")
+    try:
+        runner.check_backend(backend)
+    except ValueError as err:
+        raise ValueError(f"parameter {err}") from None
     if backend == "ray" and address:
         try:
             runner.check_reachable(address, timeout_s=3.0)

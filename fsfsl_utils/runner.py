@@ -208,13 +208,18 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def check_backend(backend: str) -> None:
+    """ValueError naming BACKEND unless it is one of :data:`BACKENDS` (the one check, wherever it is set)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+
+
 def make_runner(backend: str = "local", ray_address: str | None = None, progress: bool | None = None,
                 num_gpus: float = 0.25, num_cpus: float = 1.0,
                 store: experiment.DataStore | None = None) -> LocalRunner | RayRunner:
     """The runner of a backend name (``store``: the local runner's decoded data); ValueError names
     the parameter."""
-    if backend not in BACKENDS:
-        raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    check_backend(backend)
     if backend == "local":
         return LocalRunner(progress, store)
     return RayRunner(ray_address or None, num_gpus, num_cpus, progress=progress)

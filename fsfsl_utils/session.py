@@ -27,7 +27,7 @@ from .experiment import (
     save_record,
 )
 from .progress import set_progress
-from .runner import BACKENDS, make_runner, where
+from .runner import check_backend, make_runner, where
 from .study import CONTROL_STEPS, class_roles
 
 
@@ -86,8 +86,7 @@ class Settings:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a whole number >= 1 (None: the profile's), got {value!r}")
         check_label_policy(labels)
-        if backend not in BACKENDS:
-            raise ValueError(f"BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        check_backend(backend)
         if data != "elpv" and not Path(data).expanduser().is_dir() \
                 and not (data.endswith(".fsfslpack") and Path(data).expanduser().is_file()):
             raise FileNotFoundError(f"DATA must be 'elpv', a .fsfslpack file or an ImageFolder folder; "

@@ -30,6 +30,14 @@ class FitResult:
     last_logits: np.ndarray | None = None  # finetune: the last epoch's validation logits (val_logits: the best's)
 
 
+def loss_weights(labels: np.ndarray, n_classes: int, class_weight: str, device: torch.device) -> torch.Tensor | None:
+    """The loss's class weights on ``device`` for a config's ``class_weight`` (``balanced``:
+    :func:`class_weights`; ``none``: None, an unweighted loss)."""
+    if class_weight != "balanced":
+        return None
+    return torch.tensor(class_weights(labels, n_classes), dtype=torch.float32, device=device)
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Weights inverse to class frequency, scaled so the weighted count equals the sample count:
     ``w_c = N / (K * n_c)`` (scikit-learn's 'balanced')."""

@@ -19,7 +19,7 @@ from .top import fit_top
 
 
 def fit(train: Dataset, val: Dataset, config: TrainConfig | dict | None = None, seed: int = 0,
-        views: Sequence[str] = ("vflip", "blur"), checkpoint_dir: str | os.PathLike | None = None,
+        views: Sequence[str] = augment.DEFAULT_VIEWS, checkpoint_dir: str | os.PathLike | None = None,
         progress: bool | None = None, on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
     """Train on ``train``, predict ``val`` (and its test-time ``views``); the mode comes from the config.
 
@@ -65,7 +65,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None, pack: int = 1) 
         if unknown:
             raise ValueError(f"job {i}: unknown fit argument(s) {sorted(unknown)}")
         try:
-            cfg = _checked(job["train"], job["val"], job.get("config"), job.setdefault("views", ("vflip", "blur")))
+            cfg = _checked(job["train"], job["val"], job.get("config"), job.setdefault("views", augment.DEFAULT_VIEWS))
         except ValueError as err:
             raise ValueError(f"job {i}: {err}") from None
         if cfg.mode != "finetune":

@@ -107,5 +107,12 @@ class Validation:
             return None
         if self.stream is not None:
             torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
-        self.logits, self.pending = self.pending.cpu().numpy().astype(np.float64), None
+        self.logits, self.pending = self.host_logits(self.pending), None
+        return self.accuracy()
+
+    def host_logits(self, pending: torch.Tensor) -> np.ndarray:
+        """The finished validation's logits on the host (float64, as :func:`predict` gives)."""
+        return pending.cpu().numpy().astype(np.float64)
+
+    def accuracy(self) -> float:
         return float((self.logits.argmax(1) == self.y_val).mean())

@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
 from .checkpoint import CheckpointWriter, cpu_copy, resume
-from .common import FitResult, best_epoch_note, class_weights, epoch_seed, loss_error, memory_format, run_to_end
+from .common import FitResult, best_epoch_note, epoch_seed, loss_error, loss_weights, memory_format, run_to_end
 from .evaluate import Validation, final_logits, preprocess_all
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
@@ -48,8 +48,7 @@ def finetune_turns(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, vi
     model = models.build_classifier(cfg.backbone, len(train.class_names), cfg.weights)
     model = model.to(dev).to(memory_format=memory_format(cfg.channels_last))
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
-    weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
-        if cfg.class_weight == "balanced" else None
+    weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
     x_train = torch.from_numpy(train.images).to(dev)
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
     x_val = torch.from_numpy(val.images).to(dev)

@@ -209,13 +209,10 @@ class PackedValidation(evaluate.Validation):
     def _logits(self) -> torch.Tensor:
         return evaluate.device_logits(self.model, self.x_vals, self.cfg, self.use_amp, inputs=self.inputs)
 
-    def finish(self) -> list[float] | None:  # type: ignore[override]
-        if self.pending is None:
-            return None
-        if self.stream is not None:
-            torch.cuda.current_stream(self.x_val.device).wait_stream(self.stream)
-        self.logits = self.pending.cpu().numpy().astype(np.float64).transpose(1, 0, 2)
-        self.pending = None
+    def host_logits(self, pending: torch.Tensor) -> np.ndarray:
+        return pending.cpu().numpy().astype(np.float64).transpose(1, 0, 2)  # members first
+
+    def accuracy(self) -> list[float]:  # type: ignore[override]
         return [float((lg.argmax(1) == y).mean()) for lg, y in zip(self.logits, self.y_vals)]
 
 
@@ -300,8 +297,7 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
         checkpoint.load_optimizer_state(opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
     for member in members:
         member.opt = None  # packed from here on
-    weights = [torch.tensor(common.class_weights(tr.labels, len(tr.class_names)), dtype=torch.float32, device=dev)
-               if cfg.class_weight == "balanced" else None for tr in trains]
+    weights = [common.loss_weights(tr.labels, len(tr.class_names), cfg.class_weight, dev) for tr in trains]
     loss_of = packed_loss(weights)
     x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
     y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]

@@ -28,7 +28,7 @@ from ..augment import view_images
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
-from .common import FitResult, class_weights, loss_error, view_keys
+from .common import FitResult, loss_error, loss_weights, view_keys
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
 
@@ -104,8 +104,7 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
     x_views = {v: dataset_activations(val, cfg, v, progress) for v in views}
     t1 = time.perf_counter()
     y_train = torch.from_numpy(np.array(train.labels)).to(dev)
-    weight = torch.tensor(class_weights(train.labels, len(train.class_names)), dtype=torch.float32, device=dev) \
-        if cfg.class_weight == "balanced" else None
+    weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
     history = []
     with torch.random.fork_rng(devices=[]):  # the seed decides the linear layer and stochastic depth, nothing else
         torch.manual_seed(seed)
