@@ -122,10 +122,14 @@ def test_one_step_for_every_loop_two_calls_from_the_notebook_that_trains():
         tree = ast.parse(inspect.getsource(fn).lstrip() if not inspect.isclass(fn) else inspect.getsource(fn))
         return {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
 
-    for fn in (loop.finetune_turns, top.fit_top, packed.finetune_packed):
+    for fn in (loop.Alone.__init__, packed.Packed.__init__, top.fit_top):  # one training, a packed one, top
         calls = code_calls(fn)
-        assert any(c.endswith("TrainStep") for c in calls), fn.__name__          # builds the one step ...
-        assert not any(c.endswith((".backward", "opt.step")) for c in calls), fn.__name__   # ... and no other
+        assert any(c.endswith("TrainStep") for c in calls), fn.__qualname__      # builds the one step ...
+    for fn in (loop.train_epochs, loop.finetune_turns, packed.finetune_packed, top.fit_top):
+        assert not any(c.endswith((".backward", "opt.step")) for c in code_calls(fn)), fn.__name__  # ... no other
+    assert "trainee.step" in code_calls(loop.train_epochs)      # the one loop: a training alone and a packed one
+    assert "loop.train_epochs" in code_calls(packed.finetune_packed)
+    assert "train_epochs" in code_calls(loop.finetune_turns)
     step_calls = code_calls(step.TrainStep._forward_backward)
     assert {"self.opt.step"} <= step_calls and any(c.endswith(".backward") for c in step_calls)
 

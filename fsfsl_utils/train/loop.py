@@ -1,14 +1,17 @@
-"""Mode ``finetune``: the recipe as one loop a reader can follow (:func:`finetune`)."""
+"""Mode ``finetune``: the recipe as one loop a reader can follow (:func:`train_epochs`), for one training
+(:class:`Alone`) and for a packed network alike (:mod:`fsfsl_utils.train.packed`)."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import augment, models
 from ..config import TrainConfig
@@ -28,96 +31,152 @@ def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: S
     return run_to_end(finetune_turns(train, val, cfg, seed, views, checkpoint_dir, progress, on_epoch_end))
 
 
+class Trainee(Protocol):
+    """What the recipe's loop (:func:`train_epochs`) trains: one training (:class:`Alone`) or several
+    packed into one network (:class:`fsfsl_utils.train.packed.Packed`). It owns the model, the
+    optimiser, the one :class:`TrainStep`, the validation and each training's bookkeeping; the loop
+    owns the order of things."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    step: TrainStep
+    validation: Validation
+    dev: torch.device
+    start: int  # the first epoch to train (a resumed training starts later)
+    pending: bool  # the last checkpointed epoch was not validated yet
+    desc: str  # the progress bar's label
+
+    def zero_losses(self) -> torch.Tensor: ...  # the epoch's summed loss per training, on the device
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]: ...  # (step inputs, size)
+
+    def settle(self, writer: CheckpointWriter) -> None: ...  # a finished validation: accuracy, best epoch
+
+    def end_epoch(self, epoch: int, totals: list[float], writer: CheckpointWriter) -> None: ...  # history, last.pt
+
+
+def train_epochs(trainee: Trainee, cfg: TrainConfig, progress: bool | None) -> Generator[None, None, float]:
+    """The recipe (pytorch/examples imagenet/main.py's shape): per epoch set the learning rate, then for
+    each batch one step (forward, loss, ``loss.backward()``, ``opt.step()``); validate while the next
+    epoch trains; checkpoint; keep the best. It pauses (``yield``) after every step so that
+    :func:`fsfsl_utils.train.fit_many` can interleave trainings. Returns the seconds it trained."""
+    writer = CheckpointWriter()
+    if trainee.pending:  # stopped before the last epoch was validated: validate those weights first
+        trainee.validation.start(trainee.model)
+    t0 = time.perf_counter()
+    try:
+        for epoch in progress_bar(range(trainee.start, cfg.epochs), desc=trainee.desc, enable=progress,
+                                  initial=trainee.start, total=cfg.epochs):
+            set_lr(trainee.opt, lr_at(cfg, epoch))
+            trainee.model.train()
+            loss_sum = trainee.zero_losses()  # summed on the device: no host sync per step
+            for inputs, size in trainee.epoch_batches(epoch):
+                loss_sum += trainee.step(*inputs) * size  # forward, loss, loss.backward(), opt.step()
+                yield  # fit_many: another training's turn
+            totals = loss_sum.reshape(-1).tolist()
+            for total in totals:
+                if not np.isfinite(total):
+                    raise loss_error(total, epoch)
+            trainee.settle(writer)  # the previous epoch's validation ran alongside this epoch's training
+            trainee.end_epoch(epoch, totals, writer)
+            trainee.validation.start(trainee.model)
+            yield
+        trainee.settle(writer)
+    finally:  # checkpoints already taken are written out, also when training stops with an error
+        writer.close()
+    if trainee.dev.type == "cuda":
+        torch.cuda.synchronize(trainee.dev)
+    return time.perf_counter() - t0
+
+
 def finetune_turns(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
                    checkpoint_dir: str | os.PathLike | None = None, progress: bool | None = None,
                    on_epoch_end: Callable[[int, dict], None] | None = None) -> Generator[None, None, FitResult]:
-    """The pytorch/examples imagenet recipe as one loop: per epoch, shuffle and augment, then for each
-    batch one :class:`TrainStep` (forward, loss, ``loss.backward()``, ``opt.step()``, the same step on
-    a CPU and a GPU); validate; checkpoint; keep the best.
+    """:func:`finetune` as a generator that pauses after every step (:func:`train_epochs`). Speed
+    layers, each switched by the config and used on CUDA only, do the same work faster: bf16 autocast
+    (``amp``), the step captured as a CUDA graph or compiled (``cuda_graphs``, ``compile``), validation
+    on a side stream (:class:`Validation`); checkpoints are written by a background thread."""
+    alone = Alone(train, val, cfg, seed, checkpoint_dir, on_epoch_end)
+    seconds = yield from train_epochs(alone, cfg, progress)
+    return alone.result(views, seconds)
 
-    It pauses (``yield``) after every step so that :func:`fit_many` can interleave trainings;
-    :func:`finetune` runs it to the end. Speed layers, each switched by the config and used on CUDA
-    only, do the same work faster: bf16 autocast (``amp``), the step captured as a CUDA graph or
-    compiled (``cuda_graphs``, ``compile``), validation on a side stream (:class:`Validation`);
-    checkpoints are written by a background thread (:class:`CheckpointWriter`).
-    """
-    dev = models.pick_device(cfg.device)
-    use_amp = cfg.amp and dev.type == "cuda"
-    graphed = cfg.cuda_graphs and dev.type == "cuda"
-    torch.manual_seed(seed)
-    model = models.build_classifier(cfg.backbone, len(train.class_names), cfg.weights)
-    model = model.to(dev).to(memory_format=memory_format(cfg.channels_last))
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
-    weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
-    x_train = torch.from_numpy(train.images).to(dev)
-    y_train = torch.from_numpy(np.array(train.labels)).to(dev)
-    x_val = torch.from_numpy(val.images).to(dev)
-    # on a GPU the validation images are preprocessed once, not once per epoch
-    val_inputs = preprocess_all(x_val, cfg) if dev.type == "cuda" else None
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    notes: list[str] = []
-    run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
-    start, best_acc, best_state, history = resume(ckpt, model, opt, dev, notes, run_config)
-    step = TrainStep(model, opt, weight, use_amp, cfg.batch_size, graphed, compiled=cfg.compile)
-    writer = CheckpointWriter()
-    validation = Validation(model, x_val, val.labels, cfg, use_amp, val_inputs)
-    if history and "val_accuracy" not in history[-1]:  # stopped before the last epoch was validated
-        validation.start(model)
 
-    best_logits = None  # the best epoch's validation logits (None: the best epoch came from a checkpoint)
+class Alone:
+    """One fine-tuning, as :func:`train_epochs` trains it: the model, the optimiser, the step, the
+    validation and the checkpoints of one seed (resumed from ``checkpoint_dir`` when one is there)."""
 
-    def settle() -> None:
+    desc = "epochs"
+
+    def __init__(self, train: Dataset, val: Dataset, cfg: TrainConfig, seed: int,
+                 checkpoint_dir: str | os.PathLike | None = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None):
+        self.cfg, self.seed, self.val, self.on_epoch_end = cfg, seed, val, on_epoch_end
+        self.dev = dev = models.pick_device(cfg.device)
+        self.use_amp = cfg.amp and dev.type == "cuda"
+        graphed = cfg.cuda_graphs and dev.type == "cuda"
+        torch.manual_seed(seed)
+        model = models.build_classifier(cfg.backbone, len(train.class_names), cfg.weights)
+        self.model = model.to(dev).to(memory_format=memory_format(cfg.channels_last))
+        self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+        weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
+        self.x_train = torch.from_numpy(train.images).to(dev)
+        self.y_train = torch.from_numpy(np.array(train.labels)).to(dev)
+        self.x_val = torch.from_numpy(val.images).to(dev)
+        # on a GPU the validation images are preprocessed once, not once per epoch
+        self.val_inputs = preprocess_all(self.x_val, cfg) if dev.type == "cuda" else None
+        self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+        self.notes: list[str] = []
+        self.run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
+        self.start, self.best_acc, self.best_state, self.history = resume(self.ckpt, self.model, self.opt, dev,
+                                                                          self.notes, self.run_config)
+        self.pending = bool(self.history) and "val_accuracy" not in self.history[-1]
+        self.step = TrainStep(self.model, self.opt, weight, self.use_amp, cfg.batch_size, graphed,
+                              compiled=cfg.compile)
+        self.validation = Validation(self.model, self.x_val, val.labels, cfg, self.use_amp, self.val_inputs)
+        self.best_logits: np.ndarray | None = None  # None: the best epoch came from a checkpoint
+
+    def zero_losses(self) -> torch.Tensor:
+        return torch.zeros((), device=self.dev)
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
+        torch.manual_seed(epoch_seed(self.seed, epoch))  # stateless per epoch: resuming gives the same run
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        perm = torch.randperm(len(self.x_train), generator=gen).to(self.dev)
+        y_epoch = self.y_train[perm]
+        chunk = 512 if self.dev.type == "cuda" else self.cfg.batch_size
+        for s, x in epoch_views(self.x_train, perm, self.cfg, gen, chunk):
+            yield (x, y_epoch[s:s + len(x)]), len(x)
+
+    def settle(self, writer: CheckpointWriter) -> None:
         """Finish the pending validation: its row's accuracy, the best epoch, the callback."""
-        nonlocal best_acc, best_state, best_logits
-        acc = validation.finish()
+        acc = self.validation.finish()
         if acc is None:
             return
-        history[-1]["val_accuracy"] = acc
-        if acc > best_acc:
-            best_acc, best_logits = acc, validation.logits
-            best_state = cpu_copy(validation.model.state_dict())
-            if ckpt:
-                writer.save(best_state, ckpt / "best.pt")
-        if on_epoch_end is not None:
-            on_epoch_end(history[-1]["epoch"], history[-1])
+        self.history[-1]["val_accuracy"] = acc
+        if acc > self.best_acc:
+            self.best_acc, self.best_logits = acc, self.validation.logits
+            self.best_state = cpu_copy(self.validation.model.state_dict())
+            if self.ckpt:
+                writer.save(self.best_state, self.ckpt / "best.pt")
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self.history[-1]["epoch"], self.history[-1])
 
-    t0 = time.perf_counter()
-    try:
-        for epoch in progress_bar(range(start, cfg.epochs), desc="epochs", enable=progress, initial=start,
-                                  total=cfg.epochs):
-            torch.manual_seed(epoch_seed(seed, epoch))  # stateless per epoch: resuming gives the same run
-            gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-            set_lr(opt, lr_at(cfg, epoch))
-            model.train()
-            perm = torch.randperm(len(x_train), generator=gen).to(dev)
-            y_epoch = y_train[perm]
-            loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
-            for s, x in epoch_views(x_train, perm, cfg, gen, chunk=512 if dev.type == "cuda" else cfg.batch_size):
-                loss = step(x, y_epoch[s:s + len(x)])  # forward, loss, loss.backward(), opt.step()
-                loss_sum += loss * len(x)
-                yield  # fit_many: another training's turn
-            total = float(loss_sum)
-            if not np.isfinite(total):
-                raise loss_error(total, epoch)
-            settle()  # the previous epoch's validation ran alongside this epoch's training
-            history.append({"epoch": epoch + 1, "train_loss": total / len(x_train), "lr": lr_at(cfg, epoch)})
-            validation.start(model)
-            if ckpt:  # the last row has no accuracy yet: a resumed run validates these weights first
-                writer.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "best_acc": best_acc, "history": history, "config": run_config}, ckpt / "last.pt")
-            yield
-        settle()
-    finally:  # checkpoints already taken are written out, also when training stops with an error
-        writer.close()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    train_seconds = time.perf_counter() - t0
-    notes += step.summary_notes()
-    val_logits, view_logits, last_logits = final_logits(model, x_val, val, views, cfg, use_amp, val_inputs,
-                                                        validation.logits, best_state, best_logits)
-    notes.append(best_epoch_note(best_acc))
-    return FitResult("finetune", val_logits, view_logits, model, str(dev), history,
-                     {"train": train_seconds}, notes, last_logits)
+    def end_epoch(self, epoch: int, totals: list[float], writer: CheckpointWriter) -> None:
+        self.history.append({"epoch": epoch + 1, "train_loss": totals[0] / len(self.x_train),
+                             "lr": lr_at(self.cfg, epoch)})
+        if self.ckpt:  # the last row has no accuracy yet: a resumed run validates these weights first
+            writer.save({"epoch": epoch + 1, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                         "best_acc": self.best_acc, "history": self.history, "config": self.run_config},
+                        self.ckpt / "last.pt")
+
+    def result(self, views: Sequence[str], train_seconds: float) -> FitResult:
+        """The finished training's result: the best epoch's validation logits, the last epoch's beside them."""
+        val_logits, view_logits, last_logits = final_logits(self.model, self.x_val, self.val, views, self.cfg,
+                                                            self.use_amp, self.val_inputs, self.validation.logits,
+                                                            self.best_state, self.best_logits)
+        notes = [*self.notes, *self.step.summary_notes(), best_epoch_note(self.best_acc)]
+        return FitResult("finetune", val_logits, view_logits, self.model, str(self.dev), self.history,
+                         {"train": train_seconds}, notes, last_logits)
 
 
 def epoch_views(x_train: torch.Tensor, perm: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, chunk: int):

@@ -29,8 +29,7 @@ resumes, or is recorded, as if it had trained alone.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,6 @@ from torch import nn
 from .. import models
 from ..config import TrainConfig
 from ..data import Dataset
-from ..progress import progress_bar
 from . import checkpoint, common, evaluate, loop, optim, step
 
 PACKABLE_BACKBONES = ("efficientnet_lite0",)
@@ -288,110 +286,117 @@ def finetune_packed(trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: Tra
                                 f"({sorted(starts)}); each resumed alone")
             alone.append(result)
         return alone
-    start = starts.pop()
+    packed = Packed(members, trains, vals, cfg, seeds, dev, use_amp, graphed)
+    seconds = yield from loop.train_epochs(packed, cfg, progress)
+    return packed.results(views, seconds)
 
-    model = PackedClassifier([m.model for m in members])
-    model = model.to(dev).to(memory_format=common.memory_format(cfg.channels_last))
-    opt = optim.make_optimizer(model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
-    if start > 0:
-        checkpoint.load_optimizer_state(opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
-    for member in members:
-        member.opt = None  # packed from here on
-    weights = [common.loss_weights(tr.labels, len(tr.class_names), cfg.class_weight, dev) for tr in trains]
-    loss_of = packed_loss(weights)
-    x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
-    y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]
-    on_device: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
-    for va in vals:
-        if id(va) not in on_device:
-            on_device[id(va)] = torch.from_numpy(va.images).to(dev)
-    x_vals = [on_device[id(va)] for va in vals]
-    member_inputs = None
-    if dev.type == "cuda":  # on a GPU validation images are transformed once, each set once
-        transformed: dict[int, torch.Tensor] = {}
-        for x in x_vals:
-            if id(x) not in transformed:
-                transformed[id(x)] = evaluate.preprocess_all(x, cfg)
-        member_inputs = [transformed[id(x)] for x in x_vals]
-    val_inputs = torch.cat(member_inputs, 1).contiguous(memory_format=common.memory_format(cfg.channels_last)) \
-        if member_inputs is not None else None
-    train_step = step.TrainStep(model, opt, None, use_amp, cfg.batch_size, graphed, loss=loss_of)
-    draw_dtype = torch.bfloat16 if use_amp else torch.float32
-    writer = checkpoint.CheckpointWriter()
-    validation = PackedValidation(model, x_vals, [va.labels for va in vals], cfg, use_amp, val_inputs)
-    if pending.pop():
-        validation.start(model)
-    best_logits: list[np.ndarray | None] = [None] * n
 
-    def settle() -> None:
+class Packed:
+    """Several fine-tunings of one config as one network, as :func:`fsfsl_utils.train.loop.train_epochs`
+    trains it: the packed model, its optimiser and the one step with the members' summed loss; each
+    member's own data, random draws (augmentation and stochastic depth), validation accuracy, best
+    epoch and checkpoints, so that each member's result is the one it would have alone."""
+
+    def __init__(self, members: list[_Member], trains: Sequence[Dataset], vals: Sequence[Dataset], cfg: TrainConfig,
+                 seeds: Sequence[int], dev: torch.device, use_amp: bool, graphed: bool):
+        self.members, self.vals, self.cfg, self.seeds = members, list(vals), cfg, list(seeds)
+        self.dev, self.use_amp, self.n = dev, use_amp, len(members)
+        self.start = members[0].start
+        self.pending = bool(members[0].history) and "val_accuracy" not in members[0].history[-1]
+        self.desc = f"epochs ({self.n} packed)"
+        model = PackedClassifier([m.model for m in members])
+        self.model = model.to(dev).to(memory_format=common.memory_format(cfg.channels_last))
+        self.opt = optim.make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
+        if self.start > 0:
+            checkpoint.load_optimizer_state(self.opt, pack_optimizer_states([m.opt.state_dict() for m in members]))
+        for member in members:
+            member.opt = None  # packed from here on
+        weights = [common.loss_weights(tr.labels, len(tr.class_names), cfg.class_weight, dev) for tr in trains]
+        self.x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
+        self.y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]
+        on_device: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
+        for va in vals:
+            if id(va) not in on_device:
+                on_device[id(va)] = torch.from_numpy(va.images).to(dev)
+        self.x_vals = [on_device[id(va)] for va in vals]
+        self.member_inputs = None
+        if dev.type == "cuda":  # on a GPU validation images are transformed once, each set once
+            transformed: dict[int, torch.Tensor] = {}
+            for x in self.x_vals:
+                if id(x) not in transformed:
+                    transformed[id(x)] = evaluate.preprocess_all(x, cfg)
+            self.member_inputs = [transformed[id(x)] for x in self.x_vals]
+        layout = common.memory_format(cfg.channels_last)
+        val_inputs = torch.cat(self.member_inputs, 1).contiguous(memory_format=layout) \
+            if self.member_inputs is not None else None
+        self.step = step.TrainStep(self.model, self.opt, None, use_amp, cfg.batch_size, graphed,
+                                   loss=packed_loss(weights))
+        self.draw_dtype = torch.bfloat16 if use_amp else torch.float32
+        self.validation = PackedValidation(self.model, self.x_vals, [va.labels for va in vals], cfg, use_amp,
+                                           val_inputs)
+        self.best_logits: list[np.ndarray | None] = [None] * self.n
+
+    def zero_losses(self) -> torch.Tensor:
+        return torch.zeros(self.n, device=self.dev)
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
+        """Each member's batch of its own views side by side on the channel axis, its labels, and its
+        stochastic-depth draws, from its own generators (seeded by its seed and the epoch)."""
+        cfg, dev = self.cfg, self.dev
+        gens = [torch.Generator().manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
+        drops = [torch.Generator(device=dev).manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
+        perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(self.x_trains, gens)]
+        y_epochs = [y[p] for y, p in zip(self.y_trains, perms)]
+        chunk = 512 if dev.type == "cuda" else cfg.batch_size
+        batches = zip(*(loop.epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(self.x_trains, perms, gens)))
+        for parts in batches:
+            s, size = parts[0][0], len(parts[0][1])
+            x = torch.cat([v for _, v in parts], 1)
+            x = x.contiguous(memory_format=common.memory_format(cfg.channels_last))
+            y = torch.stack([ye[s:s + size] for ye in y_epochs], 1)
+            u = draw_uniforms(drops, self.model.drop_sites, size, self.draw_dtype, dev)
+            yield (x, y, u), size
+
+    def settle(self, writer: checkpoint.CheckpointWriter) -> None:
         """Finish the pending validation: each member's accuracy, best epoch and best checkpoint."""
-        accs = validation.finish()
+        accs = self.validation.finish()
         if accs is None:
             return
         state = None
-        for m, (member, acc) in enumerate(zip(members, accs)):
+        for m, (member, acc) in enumerate(zip(self.members, accs)):
             member.history[-1]["val_accuracy"] = acc
             if acc > member.best_acc:
-                state = state if state is not None else validation.model.state_dict()
-                member.best_acc, best_logits[m] = acc, validation.logits[m]
-                member.best_state = checkpoint.cpu_copy(unpack_tensors(state, m, n))
+                state = state if state is not None else self.validation.model.state_dict()
+                member.best_acc, self.best_logits[m] = acc, self.validation.logits[m]
+                member.best_state = checkpoint.cpu_copy(unpack_tensors(state, m, self.n))
                 if member.ckpt:
                     writer.save(member.best_state, member.ckpt / "best.pt")
 
-    t0 = time.perf_counter()
-    try:
-        for epoch in progress_bar(range(start, cfg.epochs), desc=f"epochs ({n} packed)", enable=progress,
-                                  initial=start, total=cfg.epochs):
-            gens = [torch.Generator().manual_seed(common.epoch_seed(seed, epoch)) for seed in seeds]
-            drops = [torch.Generator(device=dev).manual_seed(common.epoch_seed(seed, epoch)) for seed in seeds]
-            optim.set_lr(opt, optim.lr_at(cfg, epoch))
-            model.train()
-            perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(x_trains, gens)]
-            y_epochs = [y[p] for y, p in zip(y_trains, perms)]
-            loss_sum = torch.zeros(n, device=dev)
-            chunk = 512 if dev.type == "cuda" else cfg.batch_size
-            batches = zip(*(loop.epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(x_trains, perms, gens)))
-            for parts in batches:
-                s, size = parts[0][0], len(parts[0][1])
-                x = torch.cat([v for _, v in parts], 1)
-                x = x.contiguous(memory_format=common.memory_format(cfg.channels_last))
-                y = torch.stack([ye[s:s + size] for ye in y_epochs], 1)
-                u = draw_uniforms(drops, model.drop_sites, size, draw_dtype, dev)
-                losses = train_step(x, y, u)  # the members' losses; their sum is what is differentiated
-                loss_sum += losses * size
-                yield
-            totals = loss_sum.tolist()
-            for total in totals:
-                if not np.isfinite(total):
-                    raise common.loss_error(total, epoch)
-            settle()
-            packed_state, opt_state = model.state_dict(), opt.state_dict()
-            for m, member in enumerate(members):
-                member.history.append({"epoch": epoch + 1, "train_loss": totals[m] / len(x_trains[m]),
-                                       "lr": optim.lr_at(cfg, epoch)})
-                if member.ckpt:
-                    writer.save({"epoch": epoch + 1, "model": unpack_tensors(packed_state, m, n),
-                                 "optimizer": member_optimizer_state(opt_state, m, n), "best_acc": member.best_acc,
-                                 "history": member.history, "config": member.run_config}, member.ckpt / "last.pt")
-            validation.start(model)
-            yield
-        settle()
-    finally:
-        writer.close()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    train_seconds = time.perf_counter() - t0
-    step_notes = train_step.summary_notes()
-    results = []
-    for m, member in enumerate(members):
-        net = member.model
-        net.load_state_dict(unpack_tensors(model.state_dict(), m, n))  # the last epoch's weights
-        val_logits, view_logits, last_logits = evaluate.final_logits(
-            net, x_vals[m], vals[m], views, cfg, use_amp, member_inputs[m] if member_inputs is not None else None,
-            validation.logits[m] if validation.logits is not None else None, member.best_state, best_logits[m])
-        notes = member.notes + step_notes + [
-            f"trained packed: {n} trainings of this config as one network (fsfsl_utils.packed), seeds "
-            f"{list(seeds)}", common.best_epoch_note(member.best_acc)]
-        results.append(common.FitResult("finetune", val_logits, view_logits, net, str(dev), member.history,
-                                       {"train": train_seconds}, notes, last_logits))
-    return results
+    def end_epoch(self, epoch: int, totals: list[float], writer: checkpoint.CheckpointWriter) -> None:
+        packed_state, opt_state = self.model.state_dict(), self.opt.state_dict()
+        for m, member in enumerate(self.members):
+            member.history.append({"epoch": epoch + 1, "train_loss": totals[m] / len(self.x_trains[m]),
+                                   "lr": optim.lr_at(self.cfg, epoch)})
+            if member.ckpt:
+                writer.save({"epoch": epoch + 1, "model": unpack_tensors(packed_state, m, self.n),
+                             "optimizer": member_optimizer_state(opt_state, m, self.n), "best_acc": member.best_acc,
+                             "history": member.history, "config": member.run_config}, member.ckpt / "last.pt")
+
+    def results(self, views: Sequence[str], train_seconds: float) -> list[common.FitResult]:
+        """Each member's result, as it would have it alone (its own network, given its weights)."""
+        step_notes = self.step.summary_notes()
+        out = []
+        for m, member in enumerate(self.members):
+            net = member.model
+            net.load_state_dict(unpack_tensors(self.model.state_dict(), m, self.n))  # the last epoch's weights
+            val_logits, view_logits, last_logits = evaluate.final_logits(
+                net, self.x_vals[m], self.vals[m], views, self.cfg, self.use_amp,
+                self.member_inputs[m] if self.member_inputs is not None else None,
+                self.validation.logits[m] if self.validation.logits is not None else None, member.best_state,
+                self.best_logits[m])
+            notes = member.notes + step_notes + [
+                f"trained packed: {self.n} trainings of this config as one network (fsfsl_utils.packed), seeds "
+                f"{self.seeds}", common.best_epoch_note(member.best_acc)]
+            out.append(common.FitResult("finetune", val_logits, view_logits, net, str(self.dev), member.history,
+                                        {"train": train_seconds}, notes, last_logits))
+        return out
