@@ -80,6 +80,12 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("blur", _blur, ((0.5, 1.5),), "Gaussian blur, 5x5 kernel, sigma 0.5-1.5"),
     Operation("boxblur", _box_blur, doc="3x3 box blur (the study's blur test-time view)"),
     Operation("sharpen", lambda x, p: TF.adjust_sharpness(x, p), ((2.0, 3.0),), "sharpness factor 2-3"),
+    Operation("rot90", lambda x, p: torch.rot90(x, 1, (-2, -1)), doc="rotate a quarter turn (counter-clockwise)"),
+    Operation("rot180", lambda x, p: torch.rot90(x, 2, (-2, -1)), doc="rotate a half turn"),
+    Operation("rot270", lambda x, p: torch.rot90(x, 3, (-2, -1)), doc="rotate three quarter turns"),
+    Operation("transpose", lambda x, p: x.transpose(-2, -1), doc="mirror about the main diagonal"),
+    Operation("antitranspose", lambda x, p: torch.rot90(x, 2, (-2, -1)).transpose(-2, -1),
+              doc="mirror about the other diagonal"),
 )}
 
 
@@ -243,8 +249,11 @@ def manifest(ds: Dataset) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- test-time views
-TEST_VIEWS: dict[str, str] = {"vflip": "vflip", "blur": "boxblur"}  # view -> operation: the study's TTA
-DEFAULT_VIEWS = tuple(TEST_VIEWS)  # the test-time views whose logits a training keeps (TTA in 05)
+TEST_VIEWS: dict[str, str] = {"vflip": "vflip", "blur": "boxblur",  # view -> operation: the study's TTA
+                              **{v: v for v in ("hflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")}}
+DEFAULT_VIEWS = ("vflip", "blur")  # the test-time views whose logits a training keeps (the study's TTA, in 05)
+# the image itself and these seven: the eight symmetries of a square (flips and quarter turns), exact on square cells
+DIHEDRAL_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 
 
 def check_views(views: Sequence[str]) -> None:
@@ -336,6 +345,25 @@ def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     return models.normalise(torch.where(flips, out.flip(-1), out), backbone)
 
 
+def draw_dihedral(n: int, height: int, width: int, generator: torch.Generator) -> Draws:
+    """Per image one of the eight symmetries of a square: a quarter-turn count (0-3) and a flip."""
+    return torch.randint(0, 4, (n,), generator=generator), torch.rand(n, generator=generator) < 0.5
+
+
+def dihedral(views: torch.Tensor, turns: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Each square image of ``views`` (``B x C x S x S``) turned ``turns`` quarter turns, then mirrored
+    left-right where ``flips``: all eight symmetries, exact (pixels move, none is interpolated)."""
+    turns, flips = turns.to(views.device), flips.to(views.device)
+    out = views
+    for k in (1, 2, 3):
+        out = torch.where((turns == k).view(-1, 1, 1, 1), torch.rot90(views, k, (-2, -1)), out)
+    return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def _dihedral(images: torch.Tensor, draws: Draws, size: int, backbone: str, crop_fraction: float) -> torch.Tensor:
+    return dihedral(models.preprocess(images, backbone, size, crop_fraction), *draws)
+
+
 def _flipped(images: torch.Tensor, draws: Draws, size: int, backbone: str, crop_fraction: float) -> torch.Tensor:
     views = models.preprocess(images, backbone, size, crop_fraction)
     flip = draws[0].to(views.device).view(-1, 1, 1, 1)
@@ -347,6 +375,9 @@ TRAIN_TIME: dict[str, TrainAugmentation] = {a.name: a for a in (
                       "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)"),
     TrainAugmentation("flip", lambda n, h, w, gen: (torch.rand(n, generator=gen) < 0.5,), _flipped,
                       "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')"),
+    TrainAugmentation("dihedral", draw_dihedral, _dihedral,
+                      "one of the eight symmetries of a square per image (flips and quarter turns; a cell has no "
+                      "up or left)"),
     TrainAugmentation("none", lambda n, h, w, gen: (),
                       lambda x, d, size, backbone, crop: models.preprocess(x, backbone, size, crop),
                       "none: the evaluation transform"),

@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata=_number(0, 10, open_low=True))
     lr_step: int = field(default=30, metadata=_number(1, 100_000))  # lr / 10 every lr_step epochs ("step")
     lr_schedule: str = field(default="step", metadata=_choice("step", "cosine"))
+    warmup_epochs: int = field(default=0, metadata=_number(0, 10_000))  # lr rises linearly from lr / warmup first
     weight_decay: float = field(default=0.0, metadata=_number(0, 1))
     train_aug: str = "paper"  # finetune: a training-time augmentation of augment.TRAIN_TIME; top: flip or none
     # finetune speed layers (used on CUDA only)
@@ -62,6 +63,9 @@ class TrainConfig:
     trained_blocks: int = 1
     # all modes
     class_weight: str = field(default="none", metadata=_choice("none", "balanced"))
+    # finetune and top: the stronger recipe's ingredients, each off by default
+    label_smoothing: float = field(default=0.0, metadata=_number(0, 0.5))  # cross-entropy's label smoothing
+    sampler: str = field(default="shuffle", metadata=_choice("shuffle", "balanced"))  # balanced: classes drawn equally
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -75,6 +79,8 @@ class TrainConfig:
         if self.input_size < spec.min_input_size:
             raise ValueError(f"input_size {self.input_size} is too small for {self.backbone}: it needs at least "
                              f"{spec.min_input_size} px")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         if self.mode == "top":
             models.check_trained_blocks(self.backbone, self.trained_blocks)
             if self.train_aug not in ("flip", "none"):

@@ -22,7 +22,7 @@ def test_defaults_are_valid_and_the_dict_round_trips():
     ({"weight_decay": -1}, "weight_decay must be a number in \\[0, 1\\]"),
     ({"crop_fraction": 0}, "crop_fraction must be a number in \\(0, 1\\]"),
     ({"lr_schedule": "linear"}, "lr_schedule must be 'step' or 'cosine'"),
-    ({"train_aug": "mixup"}, "train_aug must be one of 'paper', 'flip', 'none'"),
+    ({"train_aug": "mixup"}, "train_aug must be one of 'paper', 'flip', 'dihedral', 'none'"),
     ({"amp": 1}, "amp must be True or False"), ({"head_cs": []}, "head_cs must be a non-empty list"),
     ({"input_size": 16, "backbone": "resnet18"}, "too small for resnet18"),
     ({"epochs": True}, "epochs must be a number"),

@@ -50,7 +50,7 @@ def test_resnet_without_local_weights_says_where_to_put_them(tmp_path, monkeypat
 
 
 def test_unknown_backbone_lists_valid():
-    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*efficientnet_lite0, resnet50, resnet18"):
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*efficientnet_lite0, efficientnet_lite2, resnet50, resnet18"):
         models.build_classifier("vgg", 2)
 
 
@@ -140,7 +140,9 @@ def test_each_backbone_sees_inputs_normalised_as_its_weights_expect(elpv):
     cells (2026-11-28): EfficientNet-Lite0 summed variance ratio 0.46 and 0.9% of stem activations
     at ReLU6's ceiling with (x - 127) / 128, against 2.27 and 7.9% with ImageNet's mean / std. Gray,
     low-contrast cells have less variance than ImageNet photos, so the ratio sits below 1 with the
-    right normalisation: the bound is [0.25, 4] (a factor 4 either way), saturation < 2%."""
+    right normalisation: the bound is [0.25, 4] (a factor 4 either way), saturation < 2%. Lite2 on the same
+    cells (2026-12-05): 0.34 and 0.4%, against 1.70 and 3.2% with ImageNet's (eight times as many at the
+    ceiling; the wrong normalisation must saturate at least five times as many, and over 2%)."""
     images = elpv.images[::40][:64]
     checked = 0
     for name in models.BACKBONES:
@@ -151,7 +153,7 @@ def test_each_backbone_sees_inputs_normalised_as_its_weights_expect(elpv):
         if name.startswith("efficientnet_lite"):
             assert saturated < 0.02, (name, saturated)
             _, wrong = _stem_statistics(name, images, models.IMAGENET_MEAN, models.IMAGENET_STD)
-            assert wrong > 0.05, wrong  # the check can fail: ImageNet's normalisation saturates the stem
+            assert wrong > max(0.02, 5 * saturated), (name, wrong)  # the check can fail: ImageNet's saturates
         checked += 1
     assert checked >= 1
 

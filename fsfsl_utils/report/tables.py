@@ -273,3 +273,31 @@ def compare_runs(records: Sequence[dict], reference: Sequence[dict], names: tupl
     if not rows:
         raise ValueError("the two runs share no step: nothing to compare")
     return pd.DataFrame(rows).set_index("step").round(1)
+
+
+def ensemble_record(records: Sequence[dict], step: str, views: Sequence[str] = (), split_seed: int = 0) -> dict:
+    """The seeds of ``step`` (on split ``split_seed``) as one model, an arm of its own: each image's class
+    probabilities averaged over the k seeds' models and, with ``views``, over each model's test-time
+    views too (the image itself and, e.g., :data:`fsfsl_utils.augment.DIHEDRAL_VIEWS`). Returned as a
+    record (its logits are the log of the mean probability), so every table and score takes it;
+    ``seeds`` lists the members. ValueError when the step has no records there or a view is missing."""
+    members = [r for r in by_step(records).get(step, []) if r["split_seed"] == split_seed]
+    if not members:
+        raise ValueError(f"no records of {step!r} on split {split_seed} to ensemble")
+    labels = np.asarray(members[0]["predictions"]["labels"])
+    probs = []
+    for r in members:
+        if not np.array_equal(np.asarray(r["predictions"]["labels"]), labels):
+            raise ValueError(f"the records of {step!r} were not scored on the same images")
+        missing = [v for v in views if v not in r.get("view_logits", {})]
+        if missing:
+            raise ValueError(f"{step} seed {r['seed']} has no logits of test-time view(s) {missing}")
+        for logits in [r["predictions"]["logits"], *(r["view_logits"][v] for v in views)]:
+            z = np.asarray(logits, float)
+            z = np.exp(z - z.max(1, keepdims=True))
+            probs.append(z / z.sum(1, keepdims=True))
+    log_mean = np.log(np.clip(np.mean(probs, axis=0), 1e-12, 1))
+    first = members[0]
+    return {**first, "step": f"{step} (ensemble of {len(members)})", "seed": 0, "seeds": [r["seed"] for r in members],
+            "views": list(views), "predictions": {**first["predictions"], "logits": log_mean.tolist()},
+            "view_logits": {}, "metrics": metrics.evaluate(labels, log_mean, first["class_names"])}

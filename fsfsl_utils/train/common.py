@@ -38,6 +38,18 @@ def loss_weights(labels: np.ndarray, n_classes: int, class_weight: str, device: 
     return torch.tensor(class_weights(labels, n_classes), dtype=torch.float32, device=device)
 
 
+def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """The indices of one epoch's images, drawn from ``generator`` on the CPU: ``shuffle``, each image
+    once in a random order (the recipe's); ``balanced``, as many draws with replacement, each class
+    equally likely (a class-balanced sampler: the rare class is seen as often as the common one)."""
+    n = len(labels)
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    labels = labels.cpu()
+    counts = torch.bincount(labels).double()
+    return torch.multinomial(1.0 / counts[labels], n, replacement=True, generator=generator)
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Weights inverse to class frequency, scaled so the weighted count equals the sample count:
     ``w_c = N / (K * n_c)`` (scikit-learn's 'balanced')."""

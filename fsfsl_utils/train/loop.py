@@ -18,7 +18,16 @@ from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
 from .checkpoint import CheckpointWriter, cpu_copy, resume
-from .common import FitResult, best_epoch_note, epoch_seed, loss_error, loss_weights, memory_format, run_to_end
+from .common import (
+    FitResult,
+    best_epoch_note,
+    epoch_order,
+    epoch_seed,
+    loss_error,
+    loss_weights,
+    memory_format,
+    run_to_end,
+)
 from .evaluate import Validation, final_logits, preprocess_all
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
@@ -131,7 +140,7 @@ class Alone:
                                                                           self.notes, self.run_config)
         self.pending = bool(self.history) and "val_accuracy" not in self.history[-1]
         self.step = TrainStep(self.model, self.opt, weight, self.use_amp, cfg.batch_size, graphed,
-                              compiled=cfg.compile)
+                              compiled=cfg.compile, label_smoothing=cfg.label_smoothing)
         self.validation = Validation(self.model, self.x_val, val.labels, cfg, self.use_amp, self.val_inputs)
         self.best_logits: np.ndarray | None = None  # None: the best epoch came from a checkpoint
 
@@ -141,7 +150,7 @@ class Alone:
     def epoch_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
         torch.manual_seed(epoch_seed(self.seed, epoch))  # stateless per epoch: resuming gives the same run
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        perm = torch.randperm(len(self.x_train), generator=gen).to(self.dev)
+        perm = epoch_order(self.y_train, self.cfg.sampler, gen).to(self.dev)
         y_epoch = self.y_train[perm]
         chunk = 512 if self.dev.type == "cuda" else self.cfg.batch_size
         for s, x in epoch_views(self.x_train, perm, self.cfg, gen, chunk):

@@ -24,8 +24,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graphed: bo
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of ``epoch`` (0-based): ``step``, the recipe's (``lr`` / 10 every ``lr_step``
     epochs), or ``cosine`` (from ``lr`` down towards 0 over ``epochs``)."""
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if epoch < cfg.warmup_epochs:  # linear warm-up: lr / warmup, 2 lr / warmup, ... up to lr
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":  # after the warm-up, from lr down towards 0 over the epochs left
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / (cfg.epochs - cfg.warmup_epochs)))
     return cfg.lr * 0.1 ** (epoch // cfg.lr_step)
 
 

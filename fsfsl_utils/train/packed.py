@@ -186,12 +186,13 @@ def draw_uniforms(generators: Sequence[torch.Generator], sites: int, batch: int,
     return torch.stack(columns, 1).view(sites, batch, len(generators))
 
 
-def packed_loss(weights: Sequence[torch.Tensor | None]) -> Callable[..., torch.Tensor]:
+def packed_loss(weights: Sequence[torch.Tensor | None], label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """The members' weighted cross-entropies (``M``), for :class:`~fsfsl_utils.train.TrainStep`."""
     def loss(net: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              uniforms: torch.Tensor) -> torch.Tensor:
         logits = net(x, uniforms)
-        return torch.stack([F.cross_entropy(logits[:, m].float(), y[:, m], weight=w) for m, w in enumerate(weights)])
+        return torch.stack([F.cross_entropy(logits[:, m].float(), y[:, m], weight=w, label_smoothing=label_smoothing)
+                            for m, w in enumerate(weights)])
     return loss
 
 
@@ -330,7 +331,7 @@ class Packed:
         val_inputs = torch.cat(self.member_inputs, 1).contiguous(memory_format=layout) \
             if self.member_inputs is not None else None
         self.step = step.TrainStep(self.model, self.opt, None, use_amp, cfg.batch_size, graphed,
-                                   loss=packed_loss(weights))
+                                   loss=packed_loss(weights, cfg.label_smoothing))
         self.draw_dtype = torch.bfloat16 if use_amp else torch.float32
         self.validation = PackedValidation(self.model, self.x_vals, [va.labels for va in vals], cfg, use_amp,
                                            val_inputs)
@@ -345,7 +346,7 @@ class Packed:
         cfg, dev = self.cfg, self.dev
         gens = [torch.Generator().manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
         drops = [torch.Generator(device=dev).manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
-        perms = [torch.randperm(len(x), generator=g).to(dev) for x, g in zip(self.x_trains, gens)]
+        perms = [common.epoch_order(y, cfg.sampler, g).to(dev) for y, g in zip(self.y_trains, gens)]
         y_epochs = [y[p] for y, p in zip(self.y_trains, perms)]
         chunk = 512 if dev.type == "cuda" else cfg.batch_size
         batches = zip(*(loop.epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(self.x_trains, perms, gens)))

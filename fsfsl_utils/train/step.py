@@ -42,8 +42,9 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, weight: torch.Tensor | None, use_amp: bool,
                  batch_size: int, graphed: bool, compiled: bool = False,
-                 loss: Callable[..., torch.Tensor] | None = None):
+                 loss: Callable[..., torch.Tensor] | None = None, label_smoothing: float = 0.0):
         self.model, self.opt, self.weight, self.use_amp = model, opt, weight, use_amp
+        self.label_smoothing = label_smoothing
         self.loss = loss or self._cross_entropy
         self.batch_size, self.graphed = batch_size, graphed
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model, dynamic=False) if compiled else model
@@ -61,7 +62,7 @@ class TrainStep:
 
     def _cross_entropy(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                        y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(net(x).float(), y, weight=self.weight)
+        return F.cross_entropy(net(x).float(), y, weight=self.weight, label_smoothing=self.label_smoothing)
 
     def _forward_backward(self, *inputs: torch.Tensor) -> torch.Tensor:
         # no autocast weight cache: a captured step must cast the weights it reads on every replay

@@ -28,7 +28,7 @@ from ..augment import view_images
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
-from .common import FitResult, loss_error, loss_weights, view_keys
+from .common import FitResult, epoch_order, loss_error, loss_weights, view_keys
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
 
@@ -110,13 +110,14 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
         torch.manual_seed(seed)
         model = build(cfg, len(train.class_names), dev)
         opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed=False)
-        step = TrainStep(model, opt, weight, use_amp=False, batch_size=cfg.batch_size, graphed=False)
+        step = TrainStep(model, opt, weight, use_amp=False, batch_size=cfg.batch_size, graphed=False,
+                         label_smoothing=cfg.label_smoothing)
         gen = torch.Generator().manual_seed(seed)
         n, bs = len(x_train), cfg.batch_size
         for epoch in progress_bar(range(cfg.epochs), desc="epochs (top blocks)", enable=progress):
             set_lr(opt, lr_at(cfg, epoch))
             model.train()
-            perm = torch.randperm(n, generator=gen)
+            perm = epoch_order(y_train, cfg.sampler, gen)
             flips = torch.rand(n, generator=gen) < 0.5
             loss_sum = 0.0
             for s in range(0, n, bs):

@@ -1,0 +1,143 @@
+"""The stronger recipe's ingredients (issue 34), each off by default: each does what it says."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsfsl_utils import augment, models, report, train
+from fsfsl_utils.config import TrainConfig
+from fsfsl_utils.train import common, optim
+
+
+@pytest.fixture(scope="module")
+def tiny(small):
+    tr, va = small
+    pick = lambda ds, n: ds.subset(np.concatenate([np.flatnonzero(ds.labels == c)[:n] for c in (0, 1)]))  # noqa
+    return pick(tr, 6), pick(va, 4)
+
+
+def _square(seed: int = 0, size: int = 24) -> np.ndarray:
+    """An asymmetric square image: no two of its eight symmetries are alike."""
+    return np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+
+
+def test_the_eight_dihedral_views_are_the_symmetries_of_a_square_and_exact():
+    image = _square()
+    views = [image] + [augment.apply_operation(image, augment.TEST_VIEWS[v], float("nan"))
+                       for v in augment.DIHEDRAL_VIEWS]
+    assert len({v.tobytes() for v in views}) == 8                       # eight different images ...
+    assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)  # ... of the same pixels, moved
+    turned = augment.apply_operation(image, "rot90", 0.0)
+    for _ in range(3):
+        turned = augment.apply_operation(turned, "rot90", 0.0)
+    assert np.array_equal(turned, image)                                # four quarter turns: the image again
+    # the training-time draws reach the same eight, on preprocessed tensors
+    x = torch.from_numpy(image).float()[None, None]
+    out = augment.dihedral(x.repeat(8, 1, 1, 1), torch.tensor([0, 1, 2, 3] * 2), torch.tensor([False] * 4 + [True] * 4))
+    assert {o[0].numpy().astype(np.uint8).tobytes() for o in out} == {v.tobytes() for v in views}
+
+
+def test_dihedral_training_views_are_drawn_per_image_and_seeded():
+    aug = augment.get_train_augmentation("dihedral")
+    draws = aug.draw(400, 32, 32, torch.Generator().manual_seed(0))
+    again = aug.draw(400, 32, 32, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(draws, again))
+    turns, flips = draws
+    assert set(turns.tolist()) == {0, 1, 2, 3} and 0.4 < flips.float().mean() < 0.6
+    images = torch.from_numpy(np.stack([_square(s, 40) for s in range(4)]))
+    views = aug.apply(images, tuple(d[:4] for d in draws), 32, "efficientnet_lite0", 1.0)
+    plain = models.preprocess(images, "efficientnet_lite0", 32, 1.0)
+    assert views.shape == plain.shape
+    for v, p, k, f in zip(views, plain, turns[:4], flips[:4]):
+        expect = torch.rot90(p, int(k), (-2, -1))
+        assert torch.equal(v, expect.flip(-1) if f else expect)
+
+
+def test_label_smoothing_reaches_the_loss():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 2)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    losses = {}
+    for smoothing in (0.0, 0.1):
+        model = torch.nn.Linear(6, 2)
+        model.load_state_dict(net.state_dict())
+        opt = optim.make_optimizer(model, 1e-3, 0.0, graphed=False)
+        step = train.TrainStep(model, opt, None, False, 8, graphed=False, label_smoothing=smoothing)
+        expected = F.cross_entropy(net(x), y, label_smoothing=smoothing)
+        losses[smoothing] = step(x, y)
+        assert torch.allclose(losses[smoothing], expected)
+    assert losses[0.1] != losses[0.0]
+    with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+        TrainConfig(label_smoothing=0.7)
+
+
+def test_warm_up_then_cosine():
+    cfg = TrainConfig(mode="finetune", lr=1.0, epochs=6, warmup_epochs=2, lr_schedule="cosine")
+    lrs = [optim.lr_at(cfg, e) for e in range(6)]
+    assert lrs[:2] == [0.5, 1.0]                                        # linear warm-up to lr
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]   # over the 4 epochs after it
+    assert lrs[2:] == pytest.approx(cosine)
+    off = TrainConfig(mode="finetune", lr=1.0, epochs=6)
+    assert [optim.lr_at(off, e) for e in range(6)] == [1.0] * 6         # no warm-up: the step schedule as before
+    with pytest.raises(ValueError, match="warmup_epochs .* must be fewer than epochs"):
+        TrainConfig(mode="finetune", epochs=3, warmup_epochs=3)
+
+
+def test_the_balanced_sampler_shows_each_class_as_often():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    gen = torch.Generator().manual_seed(0)
+    order = common.epoch_order(labels, "balanced", gen)
+    share = float((labels[order] == 1).float().mean())
+    assert len(order) == 1000 and 0.45 < share < 0.55                   # 10% of the images, half the draws
+    shuffled = common.epoch_order(labels, "shuffle", torch.Generator().manual_seed(3))
+    assert torch.equal(shuffled, torch.randperm(1000, generator=torch.Generator().manual_seed(3)))  # the recipe's
+    assert torch.equal(common.epoch_order(labels, "balanced", torch.Generator().manual_seed(0)), order)
+
+
+def test_the_ingredients_reach_a_training_and_its_record(tiny):
+    tr, va = tiny
+    cfg = {"mode": "finetune", "input_size": 32, "epochs": 3, "batch_size": 8, "train_aug": "dihedral",
+           "label_smoothing": 0.1, "warmup_epochs": 1, "lr_schedule": "cosine", "sampler": "balanced"}
+    res = train.fit(tr, va, cfg, seed=0, views=augment.DIHEDRAL_VIEWS, progress=False)
+    assert set(res.view_logits) == set(augment.DIHEDRAL_VIEWS)
+    assert [round(h["lr"], 6) for h in res.history] == [1e-3, 1e-3, 5e-4]
+    assert np.isfinite(res.val_logits).all()
+    plain = train.fit(tr, va, {**cfg, "train_aug": "flip", "label_smoothing": 0.0, "sampler": "shuffle"}, seed=0,
+                      views=(), progress=False)
+    assert not np.array_equal(plain.val_logits, res.val_logits)
+
+
+def test_efficientnet_lite2_builds_from_its_offline_weights_and_splits():
+    spec = models.get_spec("efficientnet_lite2")
+    assert models.weights_available("efficientnet_lite2") and spec.blocks == 21
+    net = models.build_backbone("efficientnet_lite2").eval()
+    x = models.preprocess(torch.from_numpy(np.stack([_square(s, 64) for s in range(2)])), "efficientnet_lite2", 64)
+    with torch.no_grad():
+        whole = net(x)
+        lower, upper = models.split_backbone(net, "efficientnet_lite2", trained_blocks=3)
+        assert whole.shape == (2, 1280) and torch.allclose(upper.eval()(lower(x)), whole, atol=1e-5)
+
+
+def _record(seed: int, logits: np.ndarray, labels: list[int], views: dict | None = None) -> dict:
+    return {"step": "06_recipe", "seed": seed, "split_seed": 0, "class_names": ["defective", "normal"],
+            "predictions": {"labels": labels, "logits": logits.tolist()},
+            "view_logits": {k: v.tolist() for k, v in (views or {}).items()}}
+
+
+def test_a_seed_ensemble_averages_probabilities():
+    labels = [0, 1, 1]
+    a = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]))
+    b = np.log(np.array([[0.5, 0.5], [0.2, 0.8], [0.4, 0.6]]))
+    ens = report.ensemble_record([_record(0, a, labels), _record(1, b, labels)], "06_recipe")
+    probs = np.exp(np.asarray(ens["predictions"]["logits"]))
+    assert np.allclose(probs, [[0.7, 0.3], [0.4, 0.6], [0.3, 0.7]])     # the mean probability, not the mean logit
+    assert ens["seeds"] == [0, 1] and ens["metrics"]["accuracy"] == 1.0 and "ensemble of 2" in ens["step"]
+    with pytest.raises(ValueError, match="no logits of test-time view"):
+        report.ensemble_record([_record(0, a, labels)], "06_recipe", views=("rot90",))
+    with_views = report.ensemble_record([_record(0, a, labels, {"rot90": b})], "06_recipe", views=("rot90",))
+    assert np.allclose(np.exp(np.asarray(with_views["predictions"]["logits"])), probs)
