@@ -50,7 +50,8 @@ def test_resnet_without_local_weights_says_where_to_put_them(tmp_path, monkeypat
 
 
 def test_unknown_backbone_lists_valid():
-    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*efficientnet_lite0, efficientnet_lite2, resnet50, resnet18"):
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*efficientnet_lite0, efficientnet_lite2, resnet50, "
+                                         "resnet18"):
         models.build_classifier("vgg", 2)
 
 
