@@ -141,3 +141,57 @@ def test_a_seed_ensemble_averages_probabilities():
         report.ensemble_record([_record(0, a, labels)], "06_recipe", views=("rot90",))
     with_views = report.ensemble_record([_record(0, a, labels, {"rot90": b})], "06_recipe", views=("rot90",))
     assert np.allclose(np.exp(np.asarray(with_views["predictions"]["logits"])), probs)
+
+
+@pytest.fixture(scope="module")
+def soft_elpv():
+    from fsfsl_utils import data
+
+    return data.load_elpv("soft")
+
+
+def test_soft_labels_add_the_unsure_cells_to_training_only(soft_elpv, elpv):
+    """Label policy ``soft``: the study's cells split exactly as under ``study`` (the same validation
+    images), and the 401 cells of p = 1/3 or 2/3 added to the training part with their probability."""
+    from fsfsl_utils import data
+
+    train, val = data.split(soft_elpv, seed=0)
+    study_train, study_val = data.split(elpv, seed=0)
+    assert val.names == study_val.names and np.array_equal(val.images, study_val.images)
+    assert train.names[:len(study_train)] == study_train.names
+    extra = train.meta.iloc[len(study_train):]
+    assert len(extra) == 401 and set(np.round(extra["soft"] * 3).astype(int)) == {1, 2}
+    assert not set(train.meta["source"]) & set(val.meta["source"])      # disjoint
+    assert val.soft_targets() is None and study_train.soft_targets() is None
+    targets = train.soft_targets()
+    assert targets.shape == (len(train), 2) and np.allclose(targets.sum(1), 1)
+    p = extra["soft"].to_numpy()
+    assert np.allclose(targets[len(study_train):, 1], p)                # the defect probability, not a hard label
+    assert np.array_equal(targets[:len(study_train)].argmax(1), study_train.labels)
+    grouped_train, grouped_val = data.split(soft_elpv, seed=0, kind="grouped")
+    modules = lambda ds: set(data.elpv_module_groups(ds.meta["source"].tolist()))  # noqa: E731
+    assert not modules(grouped_train) & modules(grouped_val)            # no module on both sides, soft cells too
+    with pytest.raises(data.DataError, match="label policy 'soft' is ELPV's"):
+        data.class_names_of(".", "soft")
+    with pytest.raises(data.DataError, match="a pack cannot hold soft labels"):
+        data.write_pack(train.subset(np.arange(len(train) - 3, len(train))), "x.fsfslpack")
+
+
+def test_soft_labels_reach_the_loss(soft_elpv):
+    """A training on soft labels gives the loss class probabilities (cross-entropy against 1/3, 2/3),
+    and learns something else than the same cells with their rounded, hard labels."""
+    unsure = np.flatnonzero(soft_elpv.meta["soft"].notna())[:8]
+    sure = np.concatenate([np.flatnonzero(soft_elpv.meta["soft"].isna().to_numpy() & (soft_elpv.labels == c))[:6]
+                           for c in (0, 1)])
+    soft = soft_elpv.subset(np.concatenate([sure, unsure]))
+    targets = common.training_targets(soft, torch.device("cpu"))
+    assert targets.dtype == torch.float32
+    assert torch.allclose(targets[-8:, 1], torch.tensor(soft.meta["soft"].to_numpy()[-8:], dtype=torch.float32))
+    hard = soft.subset(np.arange(len(soft)))
+    hard.meta = hard.meta.drop(columns="soft")
+    assert common.training_targets(hard, torch.device("cpu")).dtype == torch.int64
+    val = soft_elpv.subset(np.flatnonzero(soft_elpv.meta["soft"].isna())[-10:])
+    cfg = {"mode": "finetune", "input_size": 32, "epochs": 1, "batch_size": 8, "train_aug": "none"}
+    on_soft = train.fit(soft, val, cfg, seed=0, views=(), progress=False)
+    on_hard = train.fit(hard, val, cfg, seed=0, views=(), progress=False)
+    assert on_soft.history[0]["train_loss"] != pytest.approx(on_hard.history[0]["train_loss"])

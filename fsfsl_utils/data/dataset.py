@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-LABEL_POLICIES = ("study", "threshold", "four_level")
+LABEL_POLICIES = ("study", "threshold", "four_level", "soft")
 
 
 T = TypeVar("T")
@@ -69,6 +69,19 @@ class Dataset:
         if name not in self._derived:
             self._derived[name] = make()
         return self._derived[name]
+
+    def soft_targets(self) -> np.ndarray | None:
+        """Training targets as class probabilities (``N x K``) when some rows carry a soft label (the
+        ``soft`` column: the probability of the last class, from label policy ``soft``); the other rows
+        are one-hot. None when every label is hard (the loss then takes class indices, as always)."""
+        if "soft" not in self.meta or self.meta["soft"].isna().all():
+            return None
+        targets = np.eye(len(self.class_names))[self.labels]
+        soft = self.meta["soft"].to_numpy(float)
+        rows = ~np.isnan(soft)
+        targets[rows] = 0.0
+        targets[rows, -1], targets[rows, 0] = soft[rows], 1.0 - soft[rows]
+        return targets
 
     def counts(self) -> dict[str, int]:
         """Number of images per class name, in class order."""

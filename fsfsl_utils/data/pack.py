@@ -32,6 +32,9 @@ def write_pack(ds: Dataset, out: str | os.PathLike, origin: str = "", labels: st
     from ..progress import progress_bar
 
     out = check_pack_name(out)
+    if "soft" in ds.meta and ds.meta["soft"].notna().any():  # a pack holds hard labels only
+        raise DataError("a pack cannot hold soft labels (label policy 'soft'): pack the 'study' policy; the soft "
+                        "cells would otherwise reach the validation part with rounded labels")
     files = [f"images/{i:06d}.webp" for i in range(len(ds))]
     chunk = 256  # images encoded ahead of the writer at most
 

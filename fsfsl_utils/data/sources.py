@@ -36,6 +36,9 @@ def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: i
     ``study``: p = 0 -> normal, p = 1 -> defective, 1/3 and 2/3 left out (1508 + 715 images).
     ``threshold``: p >= 0.5 -> defective, else normal (all 2,624 images).
     ``four_level``: classes p0, p33, p67, p100 (all 2,624 images).
+    ``soft``: the study's classes and cells, plus the 401 cells of p = 1/3 or 2/3 with their
+    probability as a soft label (column ``soft``; :func:`split` puts them in the training part only,
+    and the study's cells are split exactly as under ``study``).
     ``limit_per_class`` keeps a seeded random subset per class (for smoke runs).
     """
     check_label_policy(labels)
@@ -48,6 +51,10 @@ def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: i
         class_names = ["normal", "defective"]
         keep = (level == 0) | (level == 3)
         label = (level == 3).astype(int)
+    elif labels == "soft":
+        class_names = ["normal", "defective"]
+        keep = np.ones(len(table), bool)
+        label = (probs >= 0.5).astype(int)
     elif labels == "threshold":
         class_names = ["normal", "defective"]
         keep = np.ones(len(table), bool)
@@ -68,6 +75,8 @@ def load_elpv(labels: str = "study", limit_per_class: int | None = None, seed: i
     names = [Path(table["path"][i]).name for i in index]
     meta = make_meta(names, label[index], cell_type=table["cell_type"].to_numpy()[index],
                  probability=probs[index])
+    if labels == "soft":  # a soft label where the experts were unsure; NaN: a hard label
+        meta["soft"] = np.where((level[index] == 1) | (level[index] == 2), probs[index], np.nan)
     return Dataset(images, meta, class_names)
 
 
@@ -162,6 +171,8 @@ def class_names_of(source: str | os.PathLike, labels: str = "study") -> list[str
     if str(source) == "elpv":
         check_label_policy(labels)
         return ["p0", "p33", "p67", "p100"] if labels == "four_level" else ["normal", "defective"]
+    if labels == "soft":
+        raise DataError("label policy 'soft' is ELPV's (its p = 1/3 and 2/3 cells): give DATA 'elpv'")
     if is_pack(source):
         return list(read_pack_header(source)["class_names"])
     root = Path(source).expanduser()

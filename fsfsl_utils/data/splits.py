@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .dataset import DataError, Dataset
 from .sources import elpv_module_groups, load_elpv
@@ -28,6 +29,8 @@ def split(ds: Dataset, seed: int = 0, train_fraction: float = 0.5,
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if "soft" in ds.meta and ds.meta["soft"].notna().any():
+        return _with_soft_cells(ds, seed, train_fraction, train_counts, kind)
     if kind not in SPLIT_KINDS:
         raise ValueError(f"split kind must be one of {', '.join(SPLIT_KINDS)}, got {kind!r}")
     if (ds.meta["split"] != "").all():
@@ -107,3 +110,20 @@ def grouped_split(ds: Dataset, groups: Sequence[str], seed: int = 0,
 def study_split(seed: int = 0, labels: str = "study") -> tuple[Dataset, Dataset]:
     """ELPV with the study's counts: train 754 normal + 358 defective, validation 754 + 357."""
     return split(load_elpv(labels), seed=seed)
+
+
+def _with_soft_cells(ds: Dataset, seed: int, train_fraction: float, train_counts: dict[str, int] | None,
+                     kind: str) -> tuple[Dataset, Dataset]:
+    """Label policy ``soft``: the cells with hard labels split exactly as without the others, then the
+    soft-labelled cells added to the training part (never to validation; with a grouped split only
+    those of the training part's modules, so that no module is on both sides)."""
+    soft = ds.meta["soft"].notna().to_numpy()
+    train, val = split(ds.subset(np.flatnonzero(~soft)), seed, train_fraction, train_counts, kind)
+    extra = np.flatnonzero(soft)
+    if kind == "grouped":
+        modules = set(elpv_module_groups(train.meta["source"].tolist()))
+        extra = extra[np.isin(elpv_module_groups(ds.meta["source"].iloc[extra].tolist()), list(modules))]
+    added = ds.subset(extra)
+    added.meta["split"] = "train"
+    meta = pd.concat([train.meta, added.meta], ignore_index=True)
+    return Dataset(np.concatenate([train.images, added.images]), meta, list(ds.class_names)), val

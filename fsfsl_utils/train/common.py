@@ -38,6 +38,15 @@ def loss_weights(labels: np.ndarray, n_classes: int, class_weight: str, device: 
     return torch.tensor(class_weights(labels, n_classes), dtype=torch.float32, device=device)
 
 
+def training_targets(ds: Dataset, device: torch.device) -> torch.Tensor:
+    """What the loss compares the model's output with: the class indices, or, when the data carries
+    soft labels (label policy ``soft``), class probabilities (``N x K``; cross-entropy takes either)."""
+    soft = ds.soft_targets()
+    if soft is None:
+        return torch.from_numpy(np.array(ds.labels)).to(device)
+    return torch.from_numpy(soft.astype(np.float32)).to(device)
+
+
 def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
     """The indices of one epoch's images, drawn from ``generator`` on the CPU: ``shuffle``, each image
     once in a random order (the recipe's); ``balanced``, as many draws with replacement, each class

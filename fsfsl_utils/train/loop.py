@@ -27,6 +27,7 @@ from .common import (
     loss_weights,
     memory_format,
     run_to_end,
+    training_targets,
 )
 from .evaluate import Validation, final_logits, preprocess_all
 from .optim import lr_at, make_optimizer, set_lr
@@ -129,7 +130,8 @@ class Alone:
         self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graphed, cfg.fused_adam)
         weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
         self.x_train = torch.from_numpy(train.images).to(dev)
-        self.y_train = torch.from_numpy(np.array(train.labels)).to(dev)
+        self.labels = torch.from_numpy(np.array(train.labels))  # hard labels: what a balanced sampler balances
+        self.y_train = training_targets(train, dev)
         self.x_val = torch.from_numpy(val.images).to(dev)
         # on a GPU the validation images are preprocessed once, not once per epoch
         self.val_inputs = preprocess_all(self.x_val, cfg) if dev.type == "cuda" else None
@@ -150,7 +152,7 @@ class Alone:
     def epoch_batches(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
         torch.manual_seed(epoch_seed(self.seed, epoch))  # stateless per epoch: resuming gives the same run
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        perm = epoch_order(self.y_train, self.cfg.sampler, gen).to(self.dev)
+        perm = epoch_order(self.labels, self.cfg.sampler, gen).to(self.dev)
         y_epoch = self.y_train[perm]
         chunk = 512 if self.dev.type == "cuda" else self.cfg.batch_size
         for s, x in epoch_views(self.x_train, perm, self.cfg, gen, chunk):

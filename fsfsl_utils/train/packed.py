@@ -314,7 +314,8 @@ class Packed:
             member.opt = None  # packed from here on
         weights = [common.loss_weights(tr.labels, len(tr.class_names), cfg.class_weight, dev) for tr in trains]
         self.x_trains = [torch.from_numpy(tr.images).to(dev) for tr in trains]
-        self.y_trains = [torch.from_numpy(np.array(tr.labels)).to(dev) for tr in trains]
+        self.labels = [torch.from_numpy(np.array(tr.labels)) for tr in trains]
+        self.y_trains = [common.training_targets(tr, dev) for tr in trains]
         on_device: dict[int, torch.Tensor] = {}  # one copy of validation images the members share
         for va in vals:
             if id(va) not in on_device:
@@ -346,7 +347,7 @@ class Packed:
         cfg, dev = self.cfg, self.dev
         gens = [torch.Generator().manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
         drops = [torch.Generator(device=dev).manual_seed(common.epoch_seed(seed, epoch)) for seed in self.seeds]
-        perms = [common.epoch_order(y, cfg.sampler, g).to(dev) for y, g in zip(self.y_trains, gens)]
+        perms = [common.epoch_order(labels, cfg.sampler, g).to(dev) for labels, g in zip(self.labels, gens)]
         y_epochs = [y[p] for y, p in zip(self.y_trains, perms)]
         chunk = 512 if dev.type == "cuda" else cfg.batch_size
         batches = zip(*(loop.epoch_views(x, p, cfg, g, chunk) for x, p, g in zip(self.x_trains, perms, gens)))

@@ -28,7 +28,7 @@ from ..augment import view_images
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
-from .common import FitResult, epoch_order, loss_error, loss_weights, view_keys
+from .common import FitResult, epoch_order, loss_error, loss_weights, training_targets, view_keys
 from .optim import lr_at, make_optimizer, set_lr
 from .step import TrainStep
 
@@ -103,7 +103,8 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
     x_val = dataset_activations(val, cfg, None, progress)
     x_views = {v: dataset_activations(val, cfg, v, progress) for v in views}
     t1 = time.perf_counter()
-    y_train = torch.from_numpy(np.array(train.labels)).to(dev)
+    y_train = training_targets(train, dev)
+    labels = torch.from_numpy(np.array(train.labels))
     weight = loss_weights(train.labels, len(train.class_names), cfg.class_weight, dev)
     history = []
     with torch.random.fork_rng(devices=[]):  # the seed decides the linear layer and stochastic depth, nothing else
@@ -117,7 +118,7 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
         for epoch in progress_bar(range(cfg.epochs), desc="epochs (top blocks)", enable=progress):
             set_lr(opt, lr_at(cfg, epoch))
             model.train()
-            perm = epoch_order(y_train, cfg.sampler, gen)
+            perm = epoch_order(labels, cfg.sampler, gen)
             flips = torch.rand(n, generator=gen) < 0.5
             loss_sum = 0.0
             for s in range(0, n, bs):
