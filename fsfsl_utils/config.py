@@ -66,6 +66,7 @@ class TrainConfig:
     # finetune and top: the stronger recipe's ingredients, each off by default
     label_smoothing: float = field(default=0.0, metadata=_number(0, 0.5))  # cross-entropy's label smoothing
     sampler: str = field(default="shuffle", metadata=_choice("shuffle", "balanced"))  # balanced: classes drawn equally
+    ema_decay: float = field(default=0.0, metadata=_number(0, 0.9999))  # > 0: an average of the weights is kept
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -195,3 +195,38 @@ def test_soft_labels_reach_the_loss(soft_elpv):
     on_soft = train.fit(soft, val, cfg, seed=0, views=(), progress=False)
     on_hard = train.fit(hard, val, cfg, seed=0, views=(), progress=False)
     assert on_soft.history[0]["train_loss"] != pytest.approx(on_hard.history[0]["train_loss"])
+
+
+def test_the_weight_average_is_the_exponential_average_and_what_is_kept():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = optim.make_optimizer(model, 0.1, 0.0, graphed=False)
+    ema = train.step.weight_average(model, 0.5)
+    step = train.step.AveragedStep(train.TrainStep(model, opt, None, False, 4, graphed=False), model, ema)
+    expected = None
+    for _ in range(3):
+        step(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        w = model.weight.detach().clone()
+        expected = w if expected is None else 0.5 * expected + 0.5 * w  # the first step copies
+    assert torch.allclose(ema.module.weight, expected)
+
+
+def test_a_training_with_a_weight_average_resumes_as_if_uninterrupted(tiny, tmp_path):
+    tr, va = tiny
+    cfg = {"mode": "finetune", "input_size": 32, "epochs": 2, "batch_size": 8, "train_aug": "flip", "ema_decay": 0.9}
+    full = train.fit(tr, va, cfg, seed=0, views=(), checkpoint_dir=tmp_path / "a", progress=False)
+
+    def crash(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(tr, va, cfg, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False, on_epoch_end=crash)
+    assert "ema" in torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    resumed = train.fit(tr, va, cfg, seed=0, views=(), checkpoint_dir=tmp_path / "b", progress=False)
+    np.testing.assert_array_equal(full.val_logits, resumed.val_logits)
+    plain = train.fit(tr, va, {**cfg, "ema_decay": 0.0}, seed=0, views=(), progress=False)
+    assert not np.array_equal(plain.val_logits, full.val_logits)          # the average, not the last weights
+    top = train.fit(tr, va, {"mode": "top", "input_size": 64, "epochs": 2, "batch_size": 8, "train_aug": "flip",
+                             "ema_decay": 0.9}, seed=0, views=(), progress=False)
+    assert np.isfinite(top.val_logits).all()

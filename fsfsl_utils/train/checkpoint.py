@@ -14,9 +14,10 @@ from .common import TrainingError
 
 
 def resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer, dev: torch.device, notes: list[str],
-            run_config: dict) -> tuple[int, float, dict | None, list[dict]]:
+            run_config: dict, extra: dict[str, nn.Module] | None = None) -> tuple[int, float, dict | None, list[dict]]:
     """Load ``ckpt/last.pt`` (and ``best.pt``) into the model and optimiser when a checkpoint of this
-    config is there: ``(start epoch, best accuracy, best weights, history)``; a fresh start otherwise."""
+    config is there: ``(start epoch, best accuracy, best weights, history)``; a fresh start otherwise.
+    ``extra``: more modules the checkpoint holds by name (e.g. ``ema``, the average of the weights)."""
     state = load_checkpoint(ckpt / "last.pt", dev, notes, LAST_KEYS) if ckpt and (ckpt / "last.pt").exists() \
         else None
     best_saved = load_checkpoint(ckpt / "best.pt", "cpu", notes, ()) if state is not None else None
@@ -30,6 +31,8 @@ def resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer, dev:
         raise TrainingError(f"checkpoint {ckpt / 'last.pt'} was made with another config (differs in {diff}); "
                             "use a new results folder or delete the checkpoint")
     model.load_state_dict(state["model"])
+    for key, module in (extra or {}).items():
+        module.load_state_dict(state[key])
     load_optimizer_state(opt, state["optimizer"])
     notes.append(f"resumed from {ckpt / 'last.pt'} at epoch {state['epoch']}")
     return state["epoch"], state["best_acc"], best_saved, state["history"]

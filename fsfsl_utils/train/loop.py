@@ -31,7 +31,7 @@ from .common import (
 )
 from .evaluate import Validation, final_logits, preprocess_all
 from .optim import lr_at, make_optimizer, set_lr
-from .step import TrainStep
+from .step import AveragedStep, TrainStep, weight_average
 
 
 def finetune(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Sequence[str],
@@ -49,8 +49,9 @@ class Trainee(Protocol):
 
     model: nn.Module
     opt: torch.optim.Optimizer
-    step: TrainStep
+    step: TrainStep | AveragedStep
     validation: Validation
+    evaluated: nn.Module  # the weights each epoch's validation scores: the model's, or their average
     dev: torch.device
     start: int  # the first epoch to train (a resumed training starts later)
     pending: bool  # the last checkpointed epoch was not validated yet
@@ -72,7 +73,7 @@ def train_epochs(trainee: Trainee, cfg: TrainConfig, progress: bool | None) -> G
     :func:`fsfsl_utils.train.fit_many` can interleave trainings. Returns the seconds it trained."""
     writer = CheckpointWriter()
     if trainee.pending:  # stopped before the last epoch was validated: validate those weights first
-        trainee.validation.start(trainee.model)
+        trainee.validation.start(trainee.evaluated)
     t0 = time.perf_counter()
     try:
         for epoch in progress_bar(range(trainee.start, cfg.epochs), desc=trainee.desc, enable=progress,
@@ -89,7 +90,7 @@ def train_epochs(trainee: Trainee, cfg: TrainConfig, progress: bool | None) -> G
                     raise loss_error(total, epoch)
             trainee.settle(writer)  # the previous epoch's validation ran alongside this epoch's training
             trainee.end_epoch(epoch, totals, writer)
-            trainee.validation.start(trainee.model)
+            trainee.validation.start(trainee.evaluated)
             yield
         trainee.settle(writer)
     finally:  # checkpoints already taken are written out, also when training stops with an error
@@ -138,11 +139,15 @@ class Alone:
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
         self.notes: list[str] = []
         self.run_config = {**cfg.as_dict(), "seed": seed, "n_train": len(train), "n_val": len(val)}
-        self.start, self.best_acc, self.best_state, self.history = resume(self.ckpt, self.model, self.opt, dev,
-                                                                          self.notes, self.run_config)
+        self.ema = weight_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.evaluated = self.ema.module if self.ema is not None else self.model
+        self.start, self.best_acc, self.best_state, self.history = resume(
+            self.ckpt, self.model, self.opt, dev, self.notes, self.run_config,
+            {"ema": self.ema} if self.ema is not None else None)
         self.pending = bool(self.history) and "val_accuracy" not in self.history[-1]
-        self.step = TrainStep(self.model, self.opt, weight, self.use_amp, cfg.batch_size, graphed,
-                              compiled=cfg.compile, label_smoothing=cfg.label_smoothing)
+        step = TrainStep(self.model, self.opt, weight, self.use_amp, cfg.batch_size, graphed,
+                         compiled=cfg.compile, label_smoothing=cfg.label_smoothing)
+        self.step = AveragedStep(step, self.model, self.ema) if self.ema is not None else step
         self.validation = Validation(self.model, self.x_val, val.labels, cfg, self.use_amp, self.val_inputs)
         self.best_logits: np.ndarray | None = None  # None: the best epoch came from a checkpoint
 
@@ -176,12 +181,17 @@ class Alone:
         self.history.append({"epoch": epoch + 1, "train_loss": totals[0] / len(self.x_train),
                              "lr": lr_at(self.cfg, epoch)})
         if self.ckpt:  # the last row has no accuracy yet: a resumed run validates these weights first
-            writer.save({"epoch": epoch + 1, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                         "best_acc": self.best_acc, "history": self.history, "config": self.run_config},
-                        self.ckpt / "last.pt")
+            state = {"epoch": epoch + 1, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                     "best_acc": self.best_acc, "history": self.history, "config": self.run_config}
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            writer.save(state, self.ckpt / "last.pt")
 
     def result(self, views: Sequence[str], train_seconds: float) -> FitResult:
-        """The finished training's result: the best epoch's validation logits, the last epoch's beside them."""
+        """The finished training's result: the best epoch's validation logits, the last epoch's beside them
+        (with ``ema_decay``: of the average of the weights, which the returned model then holds)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
         val_logits, view_logits, last_logits = final_logits(self.model, self.x_val, self.val, views, self.cfg,
                                                             self.use_amp, self.val_inputs, self.validation.logits,
                                                             self.best_state, self.best_logits)

@@ -54,6 +54,8 @@ def unpackable_reason(cfg: TrainConfig) -> str | None:
         return f"packing supports {', '.join(PACKABLE_BACKBONES)}, not {cfg.backbone!r}"
     if cfg.compile:
         return "a packed network is not compiled (compile=True)"
+    if cfg.ema_decay:
+        return "a packed network keeps no average of its members' weights (ema_decay > 0)"
     return None
 
 
@@ -334,6 +336,7 @@ class Packed:
         self.step = step.TrainStep(self.model, self.opt, None, use_amp, cfg.batch_size, graphed,
                                    loss=packed_loss(weights, cfg.label_smoothing))
         self.draw_dtype = torch.bfloat16 if use_amp else torch.float32
+        self.evaluated = self.model
         self.validation = PackedValidation(self.model, self.x_vals, [va.labels for va in vals], cfg, use_amp,
                                            val_inputs)
         self.best_logits: list[np.ndarray | None] = [None] * self.n

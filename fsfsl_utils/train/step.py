@@ -133,6 +133,31 @@ class TrainStep:
         return self.graphs[len(inputs[0])]
 
 
+class AveragedStep:
+    """A :class:`TrainStep` followed by an update of an exponential moving average of the weights
+    (``ema``: :class:`torch.optim.swa_utils.AveragedModel`, batch-norm statistics averaged too); the
+    average is what a training with ``ema_decay`` > 0 validates and keeps."""
+
+    def __init__(self, step: TrainStep, model: nn.Module, ema: torch.optim.swa_utils.AveragedModel):
+        self.step, self.model, self.ema = step, model, ema
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        loss = self.step(*inputs)
+        self.ema.update_parameters(self.model)
+        return loss
+
+    def summary_notes(self) -> list[str]:
+        return self.step.summary_notes()
+
+
+def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers: after each step
+    ``avg = decay * avg + (1 - decay) * weights`` (the first step copies the weights)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
     """Capture ``fn`` as a CUDA graph (nothing runs yet); return its replay and the tensor it refreshes."""
     graph = torch.cuda.CUDAGraph()

@@ -30,7 +30,7 @@ from ..data import Dataset
 from ..progress import progress_bar
 from .common import FitResult, epoch_order, loss_error, loss_weights, training_targets, view_keys
 from .optim import lr_at, make_optimizer, set_lr
-from .step import TrainStep
+from .step import AveragedStep, TrainStep, weight_average
 
 PREDICT_BATCH = 256
 
@@ -113,6 +113,9 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
         opt = make_optimizer(model, cfg.lr, cfg.weight_decay, graphed=False)
         step = TrainStep(model, opt, weight, use_amp=False, batch_size=cfg.batch_size, graphed=False,
                          label_smoothing=cfg.label_smoothing)
+        ema = weight_average(model, cfg.ema_decay) if cfg.ema_decay else None
+        if ema is not None:
+            step = AveragedStep(step, model, ema)
         gen = torch.Generator().manual_seed(seed)
         n, bs = len(x_train), cfg.batch_size
         for epoch in progress_bar(range(cfg.epochs), desc="epochs (top blocks)", enable=progress):
@@ -130,6 +133,8 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
             if not np.isfinite(loss_sum):
                 raise loss_error(loss_sum, epoch)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "lr": lr_at(cfg, epoch)})
+    if ema is not None:  # the average of the weights is the model reported and kept
+        model.load_state_dict(ema.module.state_dict())
     t2 = time.perf_counter()
     val_logits = logits(model, x_val)
     view_logits = {v: logits(model, x) for v, x in x_views.items()}
