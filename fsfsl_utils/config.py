@@ -84,9 +84,9 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         if self.mode == "top":
             models.check_trained_blocks(self.backbone, self.trained_blocks)
-            if self.train_aug not in ("flip", "none"):
+            if self.train_aug not in ("flip", "dihedral", "none"):
                 raise ValueError(f"train_aug {self.train_aug!r} needs the images, but mode 'top' trains on cached "
-                                 "activations: use 'flip' (exact, cached) or 'none'")
+                                 "activations: use 'flip' or 'dihedral' (exact, each view cached) or 'none'")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | TrainConfig | None = None) -> TrainConfig:

@@ -230,3 +230,22 @@ def test_a_training_with_a_weight_average_resumes_as_if_uninterrupted(tiny, tmp_
     top = train.fit(tr, va, {"mode": "top", "input_size": 64, "epochs": 2, "batch_size": 8, "train_aug": "flip",
                              "ema_decay": 0.9}, seed=0, views=(), progress=False)
     assert np.isfinite(top.val_logits).all()
+
+
+def test_top_blocks_train_on_the_eight_symmetries_from_cached_activations(tiny):
+    """Mode ``top`` with ``train_aug='dihedral'``: each image shown as one of its eight symmetries, from the
+    cached activations of that very view (exact: no interpolation between them)."""
+    from fsfsl_utils.train import top
+
+    tr, va = tiny
+    cfg = TrainConfig(mode="top", input_size=64, epochs=2, batch_size=8, train_aug="dihedral")
+    turned = top.dataset_activations(tr, cfg, "rot90")
+    by_hand = top.activations(np.stack([np.rot90(im) for im in tr.images]), cfg)
+    np.testing.assert_array_equal(turned, by_hand)                      # the view's own activations
+    res = train.fit(tr, va, cfg.as_dict(), seed=0, views=(), progress=False)
+    flip = train.fit(tr, va, {**cfg.as_dict(), "train_aug": "flip"}, seed=0, views=(), progress=False)
+    again = train.fit(tr, va, cfg.as_dict(), seed=0, views=(), progress=False)
+    np.testing.assert_array_equal(res.val_logits, again.val_logits)     # seeded
+    assert not np.array_equal(res.val_logits, flip.val_logits)
+    with pytest.raises(ValueError, match="use 'flip' or 'dihedral'"):
+        TrainConfig(mode="top", train_aug="paper")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import features, models
-from ..augment import view_images
+from ..augment import DIHEDRAL_VIEWS, view_images
 from ..config import TrainConfig
 from ..data import Dataset
 from ..progress import progress_bar
@@ -100,6 +100,10 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
     x_train = torch.from_numpy(dataset_activations(train, cfg, None, progress)).to(dev, torch.float32)
     x_flip = torch.from_numpy(dataset_activations(train, cfg, "hflip", progress)).to(dev, torch.float32) \
         if cfg.train_aug == "flip" else None
+    # dihedral: the image and its seven symmetries, each view's activations cached, one drawn per image and epoch
+    x_dihedral = torch.stack([x_train] + [torch.from_numpy(dataset_activations(train, cfg, v, progress))
+                                          .to(dev, torch.float32) for v in DIHEDRAL_VIEWS]) \
+        if cfg.train_aug == "dihedral" else None
     x_val = dataset_activations(val, cfg, None, progress)
     x_views = {v: dataset_activations(val, cfg, v, progress) for v in views}
     t1 = time.perf_counter()
@@ -123,11 +127,15 @@ def fit_top(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: Se
             model.train()
             perm = epoch_order(labels, cfg.sampler, gen)
             flips = torch.rand(n, generator=gen) < 0.5
+            symmetry = torch.randint(0, 8, (n,), generator=gen) if x_dihedral is not None else None
             loss_sum = 0.0
             for s in range(0, n, bs):
                 idx = perm[s:s + bs]
-                x = x_train[idx] if x_flip is None else \
-                    torch.where(flips[idx].to(dev).view(-1, 1, 1, 1), x_flip[idx], x_train[idx])
+                if x_dihedral is not None:
+                    x = x_dihedral[symmetry[idx].to(dev), idx.to(dev)]
+                else:
+                    x = x_train[idx] if x_flip is None else \
+                        torch.where(flips[idx].to(dev).view(-1, 1, 1, 1), x_flip[idx], x_train[idx])
                 loss = step(x, y_train[idx.to(dev)])  # forward, loss, loss.backward(), opt.step()
                 loss_sum += loss.item() * len(idx)
             if not np.isfinite(loss_sum):
