@@ -56,21 +56,29 @@ class DataStore:
 
     def split(self, source: str = "elpv", labels: str = "study", split_seed: int = 0,
               limit_per_class: int | None = None, image_size: int = 300,
-              split_kind: str = "random") -> tuple[data.Dataset, data.Dataset]:
+              split_kind: str = "random", label_fraction: float = 1.0) -> tuple[data.Dataset, data.Dataset]:
         """(train, val) for ELPV (the study's split), a pack file or an ImageFolder path.
         ``limit_per_class`` keeps a subset drawn with the split seed (smoke runs); ``split_kind``:
         ``random`` (the study's) or ``grouped`` (no module on both sides, :func:`fsfsl_utils.data.split`)."""
         base_key = (str(source), labels, image_size)
         if base_key not in self._sources:
             self._sources[base_key] = data.load_source(source, labels, image_size)
-        key = (*base_key, split_seed, limit_per_class, split_kind)
+        key = (*base_key, split_seed, limit_per_class, split_kind, label_fraction)
         if key not in self._splits:
             ds = self._sources[base_key]
-            if limit_per_class:
-                rng = np.random.default_rng(split_seed)
-                keep = data.pick_per_class(ds.labels, limit_per_class, rng, range(len(ds.class_names)))
+            if limit_per_class:  # the hard-labelled images picked as without soft ones, the soft ones apart
+                classes = range(len(ds.class_names))
+                soft = ds.meta["soft"].notna().to_numpy() if "soft" in ds.meta else np.zeros(len(ds), bool)
+                hard = np.flatnonzero(~soft)
+                keep = [hard[np.concatenate(data.pick_per_class(ds.labels[hard], limit_per_class,
+                                                                np.random.default_rng(split_seed), classes))]]
+                if soft.any():
+                    unsure = np.flatnonzero(soft)
+                    keep.append(unsure[np.concatenate(data.pick_per_class(
+                        ds.labels[unsure], limit_per_class, np.random.default_rng([split_seed, 1]), classes))])
                 ds = ds.subset(np.sort(np.concatenate(keep)))
-            self._splits[key] = data.split(ds, seed=split_seed, kind=split_kind)
+            train, val = data.split(ds, seed=split_seed, kind=split_kind)
+            self._splits[key] = data.label_subset(train, label_fraction, split_seed), val
         return self._splits[key]
 
 
@@ -98,11 +106,13 @@ class StepSpec:
     notes: tuple[str, ...] = ()  # why the profile resolved as it did
     target_class: str | None = None  # the class whose recall matters most; None: the rule of study.class_roles
     split_kind: str = "random"  # "random" (the study's split) or "grouped" (no module on both sides)
+    label_fraction: float = 1.0  # a learning curve's share of each class's training images (nested subsets)
 
     @classmethod
     def build(cls, step: str, profile: str = "auto", seed: int = 0, split_seed: int = 0, source: str = "elpv",
               labels: str = "study", policy: str | None = None, limit_per_class: int | None = None,
-              target_class: str | None = None, split_kind: str = "random", **config: object) -> StepSpec:
+              target_class: str | None = None, split_kind: str = "random", label_fraction: float = 1.0,
+              **config: object) -> StepSpec:
         """The spec of ``step`` (its policy and class weighting from :data:`STEPS`) under ``profile``;
         ``config``: :class:`~fsfsl_utils.config.TrainConfig` fields that override the profile's
         (None: the profile's value)."""
@@ -115,7 +125,7 @@ class StepSpec:
         resolved = profiles.resolve(profile, limit_per_class=limit_per_class, **config)
         return cls(step, policy, resolved["config"], seed, split_seed, str(source), labels,
                    resolved.get("limit_per_class"), resolved["profile"], profile, tuple(resolved["notes"]),
-                   target_class or None, split_kind)
+                   target_class or None, split_kind, float(label_fraction))
 
     @property
     def checkpointed(self) -> bool:
@@ -187,6 +197,7 @@ def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset
         "limit_per_class": spec.limit_per_class,
         "class_names": list(val.class_names), "target_class": target, "reference_class": reference,
         "target_class_requested": spec.target_class, "split_kind": spec.split_kind,
+        **({"label_fraction": spec.label_fraction} if spec.label_fraction != 1.0 else {}),
         "train_counts": expanded.counts(),
         "train_counts_before_expansion": train_part.counts(), "val_counts": val.counts(),
         "metrics": metrics.evaluate(val.labels, fit.val_logits, val.class_names),
@@ -280,7 +291,7 @@ def run_step(spec: StepSpec | str, results_dir: str | os.PathLike | None = None,
     spec = _spec_of(spec, spec_args)
     out_dir = io.ensure_writable_dir(resolve_results_dir(results_dir))
     train_part, val = (store or DataStore()).split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class,
-                                                   split_kind=spec.split_kind)
+                                                   split_kind=spec.split_kind, label_fraction=spec.label_fraction)
     expanded = expand(spec, train_part, progress)
     fit = train.fit(expanded, val, spec.config, seed=spec.seed, views=views,
                     checkpoint_dir=spec.checkpoint_dir(out_dir), progress=progress)
@@ -315,7 +326,7 @@ def ahead_jobs(specs: Sequence[StepSpec], results_dir: str | os.PathLike, store:
     jobs = []
     for spec in (s for s in specs if s.checkpointed):
         train_part, val = store.split(spec.source, spec.labels, spec.split_seed, spec.limit_per_class,
-                                      split_kind=spec.split_kind)
+                                      split_kind=spec.split_kind, label_fraction=spec.label_fraction)
         jobs.append({"train": expand(spec, train_part, progress), "val": val, "config": spec.config,
                      "seed": spec.seed, "views": (), "checkpoint_dir": spec.checkpoint_dir(out_dir)})
     return jobs

@@ -12,7 +12,9 @@ from pathlib import Path
 from . import profiles, results, session
 from .experiment import project_root
 
-NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")
+NOTEBOOKS = ("01_baseline", "02_flip", "03_full_augment", "04_balanced_augment", "05_analysis")  # the default job
+RECIPE_NOTEBOOK = "06_stronger_recipe"  # the stronger recipe: run with --recipe (before 05) or named in --notebooks
+ALL_NOTEBOOKS = (*NOTEBOOKS, RECIPE_NOTEBOOK)
 
 
 # the notebook parameters that Settings.from_parameters takes: each one's name in lower case
@@ -32,17 +34,29 @@ def notebook_parameters(name: str) -> dict[str, dict]:
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, object]:
-    """``NAME=VALUE`` pairs; values are Python literals when they parse as one, else strings."""
+    """``NAME=VALUE`` pairs; values are Python literals when they parse as one, else strings. A parameter
+    the notebooks declare as text keeps the text as given (``-p LEARNING_CURVE=0.5,1`` is ``"0.5,1"``,
+    not a tuple; ``-p TARGET_CLASS=1`` is ``"1"``)."""
+    text = text_parameters()
     params = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"parameter {pair!r} must look like NAME=VALUE")
         key, value = pair.split("=", 1)
+        key = key.strip()
         try:
-            params[key.strip()] = ast.literal_eval(value)
+            params[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            params[key.strip()] = value
+            params[key] = value
+        if key in text and not isinstance(params[key], str):
+            params[key] = value
     return params
+
+
+def text_parameters() -> set[str]:
+    """The parameters some notebook declares as ``str``."""
+    return {name for nb in ALL_NOTEBOOKS for name, info in notebook_parameters(nb).items()
+            if info["inferred_type_name"] == "str"}
 
 
 def training_config(params: dict[str, object], config_file: str | None = None) -> dict[str, object]:

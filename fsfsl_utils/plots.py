@@ -375,3 +375,27 @@ def heat_map_gallery(model: object, record: dict, images: dict[str, np.ndarray] 
                  fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(curves: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Accuracy and the target class's recall against the number of labelled target images, one line per
+    recipe, with the seeds' 95% intervals as bars (from :func:`fsfsl_utils.report.learning_curve`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for k, (name, curve) in enumerate(curves.items()):
+        if curve.empty:
+            continue
+        x_col = next(c for c in curve.columns if c.endswith("images labelled"))
+        for ax, metric in zip(axes, ("accuracy", next(c[:-4] for c in curve.columns if c.endswith("recall (%)")))):
+            y = curve[f"{metric} (%)"].to_numpy(float)
+            spans = [tuple(float(v) for v in s.strip("[]").split(", ")) if s else (np.nan, np.nan)
+                     for s in curve[f"{metric} 95% interval"]]
+            low, high = np.array([s[0] for s in spans]), np.array([s[1] for s in spans])
+            ax.errorbar(curve[x_col], y, yerr=[np.nan_to_num(y - low), np.nan_to_num(high - y)], marker="o",
+                        capsize=3, color=CLASS_COLORS[k % 4], label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(x_col, fontsize=8)
+            ax.set_ylabel(f"{metric} (%)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Learning curves (mean over seeds, 95% interval over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig

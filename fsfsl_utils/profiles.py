@@ -31,6 +31,13 @@ PROFILES: dict[str, dict] = {
     "paper": {"mode": "finetune", "backbone": "resnet50", "input_size": 224, "crop_fraction": 224 / 256,
               "epochs": 50, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "weight_decay": 1e-4, "train_aug": "paper",
               "amp": False, "limit_per_class": None, "seeds": 5},
+    # the base recipes of notebook 06, which adds the stronger recipe's ingredients to them one at a time
+    "cpu-strong": {"mode": "top", "backbone": "efficientnet_lite0", "input_size": 224, "crop_fraction": 1.0,
+                   "trained_blocks": 1, "epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4,
+                   "lr_schedule": "cosine", "train_aug": "flip", "limit_per_class": None, "seeds": 5},
+    "gpu-strong": {"mode": "finetune", "backbone": "efficientnet_lite0", "input_size": 224, "crop_fraction": 1.0,
+                   "epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "lr_schedule": "cosine",
+                   "train_aug": "paper", "amp": True, "limit_per_class": None, "seeds": 5},
     "smoke": {"mode": "finetune", "backbone": "efficientnet_lite0", "input_size": 64, "crop_fraction": 1.0,
               "epochs": 1, "batch_size": 16, "train_aug": "flip", "limit_per_class": 16, "seeds": 1,
               "threshold_folds": 0},

@@ -35,7 +35,9 @@ from .io import atomic_write_json, ensure_writable_dir
 from .job_lock import LOCK_NAME, StopRequest, Terminated, check_not_running, release_lock, take_lock
 from .job_notebooks import library_messages_to, run_notebooks
 from .job_parameters import (
+    ALL_NOTEBOOKS,
     NOTEBOOKS,
+    RECIPE_NOTEBOOK,
     SETTINGS_PARAMETERS,
     check_backend,
     check_data,
@@ -69,9 +71,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if (args.seeds is not None and args.seeds < 1) or args.splits < 1:
         raise ValueError(f"--seeds and --splits must be >= 1, got {args.seeds} and {args.splits}")
     names = args.notebooks.split(",") if args.notebooks else list(NOTEBOOKS)
-    unknown = [n for n in names if n not in NOTEBOOKS]
+    unknown = [n for n in names if n not in ALL_NOTEBOOKS]
     if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
+        raise ValueError(f"unknown notebook(s) {unknown}; valid: {', '.join(ALL_NOTEBOOKS)}")
+    if args.recipe and RECIPE_NOTEBOOK not in names:  # before 05, which then shows it
+        names.insert(names.index("05_analysis") if "05_analysis" in names else len(names), RECIPE_NOTEBOOK)
     given = {"PROFILE": args.profile, "SEEDS": args.seeds, "SPLITS": args.splits, "BACKBONE": args.backbone,
              "EPOCHS": args.epochs, "INPUT_SIZE": args.input_size,
              "DATA": args.data if args.data == "elpv" else str(Path(args.data).expanduser().resolve()),  # not the
@@ -124,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                         help="continue an unfinished run (default: the newest under --out) with its own parameters; "
                              "-p NAME=VALUE changes a parameter of the notebooks not yet finished")
+    parser.add_argument("--recipe", action="store_true",
+                        help="also run notebook 06, the stronger recipe (its ingredients one at a time, the final "
+                             "recipe, learning curves), before 05; long: see the README")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the arguments and print what would run, then stop (nothing is created)")
     parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
@@ -160,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 RUN_OPTIONS = ("profile", "seeds", "splits", "backbone", "epochs", "input_size", "data", "notebooks", "backend",
-               "ray_address", "target_class", "train_ahead", "pack", "config")  # what shapes a new run
+               "ray_address", "target_class", "train_ahead", "pack", "config", "recipe")  # what shapes a new run
 
 
 def refuse_run_options_on_resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

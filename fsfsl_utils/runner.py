@@ -54,6 +54,7 @@ def _same_training(record: dict, spec: StepSpec) -> bool:
         (spec.step, spec.seed, spec.split_seed, spec.source, spec.labels, spec.limit_per_class, spec.profile) \
         and record.get("target_class_requested") == spec.target_class \
         and record.get("split_kind", "random") == spec.split_kind \
+        and record.get("label_fraction", 1.0) == spec.label_fraction \
         and json.loads(json.dumps(record.get("config"))) == json.loads(json.dumps(config))
 
 

@@ -129,9 +129,12 @@ class Settings:
         return self.store.split(self.source, self.labels, split_seed, self.resolved.get("limit_per_class"),
                                 split_kind=self.split_kind)
 
-    def specs(self, step: str, seeds: Sequence[int] | None = None, **config: object) -> Iterator[StepSpec]:
+    def specs(self, step: str, seeds: Sequence[int] | None = None, labels: str | None = None,
+              policy: str | None = None, label_fraction: float = 1.0, **config: object) -> Iterator[StepSpec]:
         """The trainings of ``step``, one per split and seed, yielded one at a time (``config``:
-        TrainConfig fields to change).
+        TrainConfig fields to change; ``labels``: another label policy than the notebook's, e.g.
+        ``soft``; ``policy``: the offline augmentation of a step that :data:`~fsfsl_utils.study.STEPS`
+        does not list; ``label_fraction``: a learning curve's share of the training images).
 
         Probe: the head's regularisation strength chosen by cross-validation on a split's first seed
         (when its record is written) is given to that split's later seeds of the step (their
@@ -139,9 +142,10 @@ class Settings:
         strength under one."""
         for j in self.split_seeds:
             for s in self.seeds if seeds is None else seeds:
-                spec = StepSpec.build(step, self.profile, s, j, self.source, self.labels,
+                spec = StepSpec.build(step, self.profile, s, j, self.source, labels or self.labels, policy,
                                       limit_per_class=self.limit_per_class, target_class=self.target_class,
-                                      split_kind=self.split_kind, **{**self.overrides, **config})
+                                      split_kind=self.split_kind, label_fraction=label_fraction,
+                                      **{**self.overrides, **config})
                 c, chooser = self.head_c.get((step, j), (None, None))
                 if c is not None and s != chooser and spec.config.mode == "probe" and "head_cs" not in config:
                     spec = spec.replace(config=spec.config.replace(head_cs=(c,)))
@@ -161,15 +165,18 @@ class Settings:
         return save_record(record, spec, self.results_dir, self._started.pop(spec, None))
 
     def run(self, step: str, analyse_images: bool = True, views: Sequence[str] = DEFAULT_VIEWS,
-            **config: object) -> list[dict]:
+            labels: str | None = None, policy: str | None = None, label_fraction: float = 1.0,
+            keep_model: bool = True, **config: object) -> list[dict]:
         """Run ``step`` once per split and seed with this notebook's backend (:mod:`fsfsl_utils.runner`);
         returns the records. A training whose record is already in the results folder is returned, not
         run again (an interrupted study resumes). The first seed of each split runs first: the probe's
         regularisation chosen there is given to the later seeds."""
         runner = make_runner(self.backend, self.ray_address, self.progress, store=self.store)
-        first = list(self.specs(step, seeds=self.seeds[:1], **config))
-        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note, keep=self.keep)
-        rest = list(self.specs(step, seeds=self.seeds[1:], **config))
+        chosen = {"labels": labels, "policy": policy, "label_fraction": label_fraction}
+        first = list(self.specs(step, seeds=self.seeds[:1], **chosen, **config))
+        done = runner.run(first, self.results_dir, analyse_images, views, on_record=self._note,
+                          keep=self.keep if keep_model else None)
+        rest = list(self.specs(step, seeds=self.seeds[1:], **chosen, **config))
         done += runner.run(rest, self.results_dir, analyse_images, views, on_record=self._note)
         for spec in first + rest:
             self._started.pop(spec, None)

@@ -270,3 +270,26 @@ def test_a_killed_main_job_resumes(tmp_path, monkeypatch, capsys, store):
     assert record["predictions"] == alone["predictions"] and record["metrics"] == alone["metrics"]
     assert run.main(["--out", str(tmp_path), "--resume"]) == 2            # nothing left to resume
     assert "no unfinished run" in capsys.readouterr().err
+
+
+def test_the_stronger_recipe_runs_headless_in_the_main_job(tmp_path, capsys):
+    """Notebook 06 through the main job (``--recipe`` puts it before 05): the ladder of arms, the final
+    recipe with its ensemble and operating point, a learning curve on half the labels; written down in
+    words. Smoke size: two ingredients, one seed."""
+    code = run.main(["--profile", "smoke", "--out", str(tmp_path), "--notebooks", "01_baseline,05_analysis",
+                     "--recipe", "-p", "SWEEP_IMAGES=0", "-p", "INGREDIENTS=dihedral,soft_labels",
+                     "-p", "LEARNING_CURVE=0.5,1"])
+    assert code == 0, capsys.readouterr().err
+    run_dir = next(tmp_path.iterdir())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["completed"] == ["01_baseline", "06_stronger_recipe", "05_analysis"]
+    recs = {r["step"]: r for r in results.load_records(run_dir)}
+    assert {"06_0_base", "06_1_dihedral", "06_2_soft_labels", "06_final", "06_curve_base_50"} <= set(recs)
+    assert recs["06_1_dihedral"]["config"]["train_aug"] == "dihedral" and recs["06_2_soft_labels"]["labels"] == "soft"
+    assert recs["06_2_soft_labels"]["predictions"]["names"] == recs["06_0_base"]["predictions"]["names"]
+    half = recs["06_curve_base_50"]
+    assert half["label_fraction"] == 0.5 and sum(half["train_counts"].values()) == \
+        sum(-(-n // 2) for n in recs["06_0_base"]["train_counts"].values())
+    executed = (run_dir / "notebooks" / "06_stronger_recipe.ipynb").read_text()
+    assert "Kept (a gain shown and no loss)" in executed and "labelled defective images gave" in executed
+    assert (run_dir / "figures" / "06_learning_curves.png").exists()

@@ -249,3 +249,50 @@ def test_top_blocks_train_on_the_eight_symmetries_from_cached_activations(tiny):
     assert not np.array_equal(res.val_logits, flip.val_logits)
     with pytest.raises(ValueError, match="use 'flip' or 'dihedral'"):
         TrainConfig(mode="top", train_aug="paper")
+
+
+def test_the_ladder_adds_one_ingredient_at_a_time_and_the_final_recipe_keeps_what_bought_something():
+    from fsfsl_utils import profiles, recipe
+
+    base = profiles.resolve("cpu-strong")["config"]
+    rungs = recipe.ladder(base)
+    assert [r.step for r in rungs][:3] == ["06_0_base", "06_1_blocks", "06_2_resolution"]
+    for before, after in zip(rungs, rungs[1:]):                        # each arm: the one before + one ingredient
+        assert set(before.config.items()) <= set(after.config.items()) and \
+            (after.config != before.config or after.labels != before.labels)
+    assert rungs[-1].config["backbone"] == "efficientnet_lite2" and rungs[-1].labels == "soft"
+    probe = recipe.ladder(profiles.resolve("cpu")["config"])           # a frozen probe: nothing to add
+    assert [r.step for r in probe] == ["06_0_base"]
+    assert "soft" not in {r.labels for r in recipe.ladder(base, elpv=False)}
+    rows = [{"A": "06_1_blocks", "B": "06_0_base", "accuracy verdict": "difference shown", "accuracy effect (pts)": 1.5,
+             "defective recall verdict": "no difference shown (...)", "defective recall effect (pts)": 0.4},
+            {"A": "06_2_resolution", "B": "06_1_blocks", "accuracy verdict": "difference shown",
+             "accuracy effect (pts)": 0.8, "defective recall verdict": "difference shown",
+             "defective recall effect (pts)": -2.0},                    # a gain bought with a loss: left out
+            {"A": "06_3_dihedral", "B": "06_2_resolution", "accuracy verdict": "no difference shown (...)",
+             "accuracy effect (pts)": 0.1, "defective recall verdict": "difference shown",
+             "defective recall effect (pts)": 3.0}]
+    keep = recipe.kept(rows, rungs, "defective")
+    assert keep == ["blocks", "dihedral"]
+    final = recipe.final_rung(base, keep)
+    assert dict(final.config) == {"trained_blocks": 5, "train_aug": "dihedral"} and final.labels is None
+    assert "bought" not in recipe.kept_sentence(rungs, keep) and "Left out" in recipe.kept_sentence(rungs, keep)
+    assert recipe.pairs(rungs[:3]) == [("06_1_blocks", "06_0_base"), ("06_2_resolution", "06_1_blocks"),
+                                       ("06_2_resolution", "06_0_base")]
+    assert recipe.curve_steps("final", final, [0.25, 1.0]) == ["06_curve_final_25", "06_final"]
+    with pytest.raises(ValueError, match="unknown ingredient"):
+        recipe.parse_names("dihedral,mixup")
+    with pytest.raises(ValueError, match="LEARNING_CURVE shares must lie in"):
+        recipe.parse_shares("0,0.5")
+
+
+def test_learning_curve_subsets_are_nested_stratified_and_leave_validation_alone(elpv):
+    from fsfsl_utils import data
+
+    train, _ = data.split(elpv, seed=0)
+    parts = {f: data.label_subset(train, f, seed=0) for f in (0.125, 0.25, 0.5, 1.0)}
+    assert parts[1.0] is train
+    for small, big in ((0.125, 0.25), (0.25, 0.5), (0.5, 1.0)):
+        assert set(parts[small].names) < set(parts[big].names)           # nested
+    counts = parts[0.25].counts()
+    assert counts == {c: math.ceil(0.25 * n) for c, n in train.counts().items()}  # stratified

@@ -140,7 +140,7 @@ LAYERS = (
     "io", "progress", "study", "metrics", "stats", "watchdog",
     # data, models and what a training is made of
     "models", "data.dataset", "data.images", "data.pack", "data.sources", "data.splits", "data.tree_export",
-    "data.cli", "data", "data.__main__", "augment", "features", "config", "profiles", "sensitivity",
+    "data.cli", "data", "data.__main__", "augment", "features", "config", "profiles", "recipe", "sensitivity",
     # training (a subpackage; its modules in their own order, the package's surface last)
     "train.common", "train.optim", "train.checkpoint", "train.step", "train.evaluate", "train.probe", "train.loop",
     "train.top", "train.packed", "train.dispatch", "train",

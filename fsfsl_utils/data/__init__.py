@@ -45,15 +45,15 @@ from .sources import (
                       load_source,
                       source_origin,
 )
-from .splits import GROUPED_TRIES, SPLIT_KINDS, grouped_split, split, study_split
+from .splits import GROUPED_TRIES, SPLIT_KINDS, grouped_split, label_subset, split, study_split
 from .tree_export import EXPORT_ENTRIES, EXPORT_FORMAT, EXPORT_MARKER, check_earlier_export, export
 
 __all__ = (
     "ELPV_MODULES", "EXPORT_ENTRIES", "EXPORT_FORMAT", "EXPORT_MARKER", "GRAY_MODES", "GROUPED_TRIES",
-    "IMAGE_SUFFIXES", "LABEL_POLICIES", "META_COLUMNS", "MODULE_BLOCK", "NOT_CLASSES", "PACK_FORMAT", "PACK_SUFFIX",
-    "SPLIT_KINDS", "STUDY_TRAIN_COUNTS", "STUDY_VAL_COUNTS", "DataError", "Dataset", "check_earlier_export",
-    "check_label_policy", "check_pack_name", "class_names_of", "elpv_module_groups", "elpv_root", "export",
-    "from_arrays", "grouped_split", "image_header", "is_pack", "load_elpv", "load_imagefolder", "load_pack",
-    "load_source", "main", "make_meta", "pick_per_class", "read_image", "read_pack_header", "source_origin", "split",
-    "study_split", "to_8bit", "write_pack",
+    "IMAGE_SUFFIXES", "LABEL_POLICIES", "META_COLUMNS", "MODULE_BLOCK", "NOT_CLASSES", "PACK_FORMAT",
+    "PACK_SUFFIX", "SPLIT_KINDS", "STUDY_TRAIN_COUNTS", "STUDY_VAL_COUNTS", "DataError", "Dataset",
+    "check_earlier_export", "check_label_policy", "check_pack_name", "class_names_of", "elpv_module_groups",
+    "elpv_root", "export", "from_arrays", "grouped_split", "image_header", "is_pack", "label_subset",
+    "load_elpv", "load_imagefolder", "load_pack", "load_source", "main", "make_meta", "pick_per_class",
+    "read_image", "read_pack_header", "source_origin", "split", "study_split", "to_8bit", "write_pack",
 )

@@ -127,3 +127,19 @@ def _with_soft_cells(ds: Dataset, seed: int, train_fraction: float, train_counts
     added.meta["split"] = "train"
     meta = pd.concat([train.meta, added.meta], ignore_index=True)
     return Dataset(np.concatenate([train.images, added.images]), meta, list(ds.class_names)), val
+
+
+def label_subset(train: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """A learning curve's training part: ``fraction`` of each class's images (at least one), drawn from
+    one seeded order per class, so that smaller fractions are subsets of larger ones (nested) and the
+    class balance is kept (stratified). ``fraction`` 1 gives the part itself; validation is untouched."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction!r}")
+    if fraction == 1.0:
+        return train
+    rng = np.random.default_rng([seed, 0x1abe1])
+    keep = []
+    for c in range(len(train.class_names)):
+        members = rng.permutation(np.flatnonzero(train.labels == c))
+        keep.append(members[:max(1, math.ceil(fraction * len(members)))] if len(members) else members)
+    return train.subset(np.sort(np.concatenate(keep)))

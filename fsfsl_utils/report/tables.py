@@ -301,3 +301,38 @@ def ensemble_record(records: Sequence[dict], step: str, views: Sequence[str] = (
     return {**first, "step": f"{step} (ensemble of {len(members)})", "seed": 0, "seeds": [r["seed"] for r in members],
             "views": list(views), "predictions": {**first["predictions"], "logits": log_mean.tolist()},
             "view_logits": {}, "metrics": metrics.evaluate(labels, log_mean, first["class_names"])}
+
+
+def learning_curve(records: Sequence[dict], steps: Sequence[str]) -> pd.DataFrame:
+    """One row per step of a learning curve (the same recipe on nested shares of the training labels):
+    the share, the labelled training images of the target class, and the mean over seeds of accuracy
+    and of the target class's recall with their 95% t-intervals over seeds (the images' variance is in
+    the paired tables, not here)."""
+    grouped = by_step(records)
+    rows = []
+    for step in steps:
+        recs = grouped.get(step, [])
+        if not recs:
+            continue
+        tgt = target_class(recs[0])
+        row = {"step": step, "share of labels": recs[0].get("label_fraction", 1.0),
+               f"{tgt} images labelled": recs[0]["train_counts"].get(tgt), "runs": len(recs)}
+        for key, label in (("accuracy", "accuracy"), ("recall_target", f"{tgt} recall")):
+            mean, low, high = mean_interval([scores(r)[key] for r in recs])
+            row[f"{label} (%)"] = round(100 * mean, 1)
+            row[f"{label} 95% interval"] = "" if low is None else f"[{100 * low:.1f}, {100 * high:.1f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def labels_needed_sentence(curve: pd.DataFrame) -> str:
+    """A few-shot user's first question answered from a learning curve: how many labelled images of
+    the target class gave which recall (each share's mean over seeds)."""
+    if curve.empty:
+        return "no learning-curve records yet"
+    recall = next(c for c in curve.columns if c.endswith("recall (%)"))
+    target = recall.removesuffix(" recall (%)")
+    images = f"{target} images labelled"
+    parts = [f"{int(r[images])} labelled {target} images gave {r[recall]:.1f}% {target} recall"
+             for _, r in curve.iterrows()]
+    return "; ".join(parts) + " (mean over seeds, on the study's validation images)"
