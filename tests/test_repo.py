@@ -229,3 +229,10 @@ def test_tests_use_public_names():
     found = [f"{p.name}:{i} {m.group(0)}" for p in sorted((ROOT / "tests").glob("test_*.py"))
              for i, line in enumerate(p.read_text().splitlines(), 1) for m in private.finditer(line)]
     assert found == []
+
+
+def test_no_module_is_over_about_400_lines():
+    """One module per job: a module that grows past about 400 lines is doing several (split it as train/,
+    data/ and report/ were split)."""
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "fsfsl_utils").rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 450} == {}
