@@ -28,8 +28,8 @@ def test_label_policies(elpv):
     four = data.load_elpv("four_level", limit_per_class=5)
     assert four.class_names == ["p0", "p33", "p67", "p100"]
     assert four.counts() == dict.fromkeys(four.class_names, 5)
-    with pytest.raises(ValueError, match="unknown label policy 'soft'.*study, threshold, four_level"):
-        data.load_elpv("soft")
+    with pytest.raises(ValueError, match="unknown label policy 'fuzzy'.*study, threshold, four_level, soft"):
+        data.load_elpv("fuzzy")
 
 
 def test_study_split_counts_exact(study):
