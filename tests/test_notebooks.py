@@ -100,7 +100,8 @@ def test_unknown_parameter_is_reported(capsys, tmp_path):
 
 def test_bad_profile_fails_clearly(capsys, tmp_path):
     assert run.main(["--profile", "fast", "--out", str(tmp_path)]) == 2
-    assert "unknown profile 'fast'; valid: auto, cpu, cpu-finetune, paper, smoke" in capsys.readouterr().err
+    valid = "auto, cpu, cpu-finetune, paper, cpu-strong, gpu-strong, smoke"
+    assert f"unknown profile 'fast'; valid: {valid}" in capsys.readouterr().err
     with pytest.raises(papermill.PapermillExecutionError, match="unknown backbone 'vgg16'"):
         papermill.execute_notebook(str(NB / "02_flip.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
                                    parameters={"PROFILE": "smoke", "BACKBONE": "vgg16",

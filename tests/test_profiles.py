@@ -35,7 +35,8 @@ def test_overrides_and_errors():
     r = profiles.resolve("cpu", backbone="resnet18", input_size=None, seeds=2)
     assert r["config"].backbone == "resnet18" and r["config"].input_size == 224 and r["seeds"] == 2
     assert "resnet18" in profiles.describe(r)
-    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid: auto, cpu, cpu-finetune, paper, smoke"):
+    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid: auto, cpu, cpu-finetune, paper, cpu-strong, "
+                                         "gpu-strong, smoke"):
         profiles.resolve("gpu")
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
         profiles.resolve("cpu", backbone="vgg")
