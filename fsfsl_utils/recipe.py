@@ -6,7 +6,8 @@ labels, the label policy), the ladder of cumulative arms 06 trains (``06_0_base`
 ...), and the final recipe read off the ablation table (an ingredient is kept when adding it showed
 a gain in accuracy or in the target class's recall under the kit's verdict rule, and no loss in
 the other). Each ingredient is a :class:`~fsfsl_utils.config.TrainConfig` setting that is off by
-default, tested in ``tests/test_recipe.py``.
+default, tested in ``tests/test_recipe.py``. The ingredients are kept by their effects on the
+validation images, so the final recipe's scores on those same images are optimistic (06 says so).
 """
 
 from __future__ import annotations

@@ -320,25 +320,32 @@ def test_conclusions_of_a_baseline_alone():
     assert lines[0].startswith("Runs: 1 records") and "Baseline: accuracy 100.0%" in lines[1]
 
 
-def test_several_splits_use_the_corrected_resampled_t():
-    """With records on several splits, the effect is the Nadeau-Bengio corrected t over the splits'
-    mean differences (stats.corrected_resampled_t), not a pooled interval."""
-    from fsfsl_utils import report, stats
-
-    rng = np.random.default_rng(3)
-    labels = np.array([0] * 50 + [1] * 50)
+def _split_records(labels: np.ndarray, first_defect: int, misses, rng) -> tuple[list[dict], list[float]]:
+    """Records of 04 (right on every image) and 01 (missing ``misses(split, seed)`` defective images)
+    on 3 splits x 2 seeds, and the mean difference per split of 04's score over 01's."""
     recs, per_split = [], []
+    defects = len(labels) - first_defect
     for split in range(3):
         diffs = []
         for seed in range(2):
             good = np.stack([1 - labels, labels], 1).astype(float)
             worse = good.copy()
-            miss = rng.choice(np.arange(50, 100), 5 + split, replace=False)
-            worse[miss] = [[1.0, 0.0]]
+            worse[rng.choice(np.arange(first_defect, len(labels)), misses(split, seed), replace=False)] = [[1.0, 0.0]]
             recs += [crafted_record("04_balanced_augment", seed, good, labels, split_seed=split),
                      crafted_record("01_baseline", seed, worse, labels, split_seed=split)]
-            diffs.append((5 + split) / 100)
-        per_split.append(np.mean(diffs))
+            diffs.append(misses(split, seed) / defects)
+        per_split.append(float(np.mean(diffs)))
+    return recs, per_split
+
+
+def test_several_splits_use_the_corrected_resampled_t():
+    """With records on several splits, the effect is the Nadeau-Bengio corrected t over the splits'
+    mean differences (stats.corrected_resampled_t), not a pooled interval."""
+    from fsfsl_utils import report, stats
+
+    labels = np.array([0] * 50 + [1] * 50)
+    recs, per_split = _split_records(labels, 50, lambda split, seed: 5 + split, np.random.default_rng(3))
+    per_split = [d * 50 / 100 for d in per_split]                      # accuracy: over all 100 images
     effect = report.paired_effects(recs, "04_balanced_augment", "01_baseline", "accuracy")
     expected = stats.corrected_resampled_t(per_split, n_train=2, n_test=100)   # train_counts in crafted records
     assert effect["splits"] == 3 and effect["seeds"] == 6
@@ -350,20 +357,8 @@ def test_several_splits_judge_a_recall_with_the_whole_validation_set():
     class's count: standard errors 25-35% too small)."""
     from fsfsl_utils import report, stats
 
-    rng = np.random.default_rng(5)
     labels = np.array([0] * 70 + [1] * 30)
-    recs, per_split = [], []
-    for split in range(3):
-        diffs = []
-        for seed in range(2):
-            good = np.stack([1 - labels, labels], 1).astype(float)
-            worse = good.copy()
-            miss = rng.choice(np.arange(70, 100), 3 + split + seed, replace=False)
-            worse[miss] = [[1.0, 0.0]]
-            recs += [crafted_record("04_balanced_augment", seed, good, labels, split_seed=split),
-                     crafted_record("01_baseline", seed, worse, labels, split_seed=split)]
-            diffs.append((3 + split + seed) / 30)
-        per_split.append(np.mean(diffs))
+    recs, per_split = _split_records(labels, 70, lambda split, seed: 3 + split + seed, np.random.default_rng(5))
     effect = report.paired_effects(recs, "04_balanced_augment", "01_baseline", "recall")
     expected = stats.corrected_resampled_t(per_split, n_train=2, n_test=100)
     assert effect["estimate"] == pytest.approx(expected["estimate"])

@@ -296,3 +296,10 @@ def test_learning_curve_subsets_are_nested_stratified_and_leave_validation_alone
         assert set(parts[small].names) < set(parts[big].names)           # nested
     counts = parts[0.25].counts()
     assert counts == {c: math.ceil(0.25 * n) for c, n in train.counts().items()}  # stratified
+
+
+def test_a_probe_refuses_soft_labels_rather_than_round_them(soft_elpv):
+    part = soft_elpv.subset(np.concatenate([np.flatnonzero(soft_elpv.meta["soft"].notna())[:4],
+                                            np.flatnonzero(soft_elpv.meta["soft"].isna())[:8]]))
+    with pytest.raises(ValueError, match="soft labels .* need a mode that trains with a loss"):
+        train.fit(part, part, {"mode": "probe", "input_size": 32}, views=(), progress=False)

@@ -293,9 +293,7 @@ def ensemble_record(records: Sequence[dict], step: str, views: Sequence[str] = (
         if missing:
             raise ValueError(f"{step} seed {r['seed']} has no logits of test-time view(s) {missing}")
         for logits in [r["predictions"]["logits"], *(r["view_logits"][v] for v in views)]:
-            z = np.asarray(logits, float)
-            z = np.exp(z - z.max(1, keepdims=True))
-            probs.append(z / z.sum(1, keepdims=True))
+            probs.append(metrics.softmax(np.asarray(logits, float)))
     log_mean = np.log(np.clip(np.mean(probs, axis=0), 1e-12, 1))
     first = members[0]
     return {**first, "step": f"{step} (ensemble of {len(members)})", "seed": 0, "seeds": [r["seed"] for r in members],

@@ -36,6 +36,9 @@ def fit_probe(train: Dataset, val: Dataset, cfg: TrainConfig, seed: int, views: 
         return features.extract(imgs, cfg.backbone, cfg.input_size, cfg.crop_fraction, cfg.weights,
                                 cfg.feature_batch_size, cfg.device, progress=progress, keys=view_keys(ds, view))
 
+    if train.soft_targets() is not None:
+        raise ValueError("soft labels (label policy 'soft') need a mode that trains with a loss ('top' or "
+                         "'finetune'): the probe's logistic regression would round them")
     x_train, x_val = feat(train), feat(val)
     x_views = {v: feat(val, v) for v in views}
     t1 = time.perf_counter()
