@@ -52,7 +52,7 @@ def fit_many(jobs: Sequence[dict], progress: bool | None = None, pack: int = 1) 
     nondeterminism of its kernels). Probe and top jobs run one after another.
 
     ``pack`` > 1: up to ``pack`` fine-tunings with the same config and the same numbers of images
-    (the seeds of one arm) train as one packed network (:mod:`fsfsl_utils.packed`), which then
+    (the seeds of one arm) train as one packed network (:mod:`fsfsl_utils.train.packed`), which then
     takes its turns like one training; each member's result is still its own.
     """
     if not isinstance(pack, int) or isinstance(pack, bool) or pack < 1:

@@ -49,7 +49,7 @@ def device_logits(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor
                   use_amp: bool = False, batch_size: int = 64, inputs: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`predict`'s logits as a float32 tensor on the images' device (no wait for the device).
 
-    ``images`` may be a list, one per member of a packed network (:mod:`fsfsl_utils.packed`): each
+    ``images`` may be a list, one per member of a packed network (:mod:`fsfsl_utils.train.packed`): each
     batch is then the members' transformed images side by side on the channel axis."""
     members = list(images) if isinstance(images, (list, tuple)) else [images]
     model.eval()

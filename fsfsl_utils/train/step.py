@@ -33,7 +33,7 @@ class TrainStep:
     loss is a device tensor, valid until the next step.
 
     ``loss(net, x, y, *extra)`` replaces the recipe's weighted cross-entropy (a packed training,
-    :mod:`fsfsl_utils.packed`, returns one loss per member; their sum is what is differentiated);
+    :mod:`fsfsl_utils.train.packed`, returns one loss per member; their sum is what is differentiated);
     a step is then called with the same ``extra`` tensors, which a graph copies in like ``x`` and ``y``.
     """
 
