@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,21 @@ from .study import CONTROL_STEPS, STEPS, STUDY_RESULTS, STUDY_STEPS, class_roles
 
 DEFAULT_VIEWS = augment.DEFAULT_VIEWS  # test-time views whose logits a record keeps (TTA in 05)
 
+
+
+def source_version() -> dict:
+    """The kit's version and, when it runs from a git checkout, its commit (``+dirty`` with uncommitted
+    changes to tracked files): the provenance report.html prints in its footer."""
+    out = {"fsfsl": importlib.metadata.version("fsfsl")}
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "fsfsl_utils"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return out
+    return out | {"commit": commit + ("+dirty" if dirty else "")}
 
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
@@ -193,7 +210,7 @@ def make_record(spec: StepSpec, train_part: data.Dataset, expanded: data.Dataset
         "backbone": spec.config.backbone, "device": fit.device,
         "config": spec.config.as_dict(), "notes": list(spec.notes) + fit.notes,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": np.__version__},
+                     "torchvision": torchvision.__version__, "numpy": np.__version__, **source_version()},
         "limit_per_class": spec.limit_per_class,
         "class_names": list(val.class_names), "target_class": target, "reference_class": reference,
         "target_class_requested": spec.target_class, "split_kind": spec.split_kind,

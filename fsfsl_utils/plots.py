@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,8 +95,16 @@ def augmentation_preview(ds: Dataset, ops: Sequence[str] = ("hflip", "brightness
     return fig
 
 
+def _score_words(key: str) -> str:
+    """``recall_normal`` as ``normal recall``, ``balanced_accuracy`` as ``balanced accuracy``."""
+    return f"{key.removeprefix('recall_')} recall" if key.startswith("recall_") else key.replace("_", " ")
+
+
 def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_boot: int = 500) -> plt.Figure:
-    """Bars per step with 95% intervals: over seeds when there are several, else bootstrap over images.
+    """Bars per step (mean over seeds) from 0, each with two 95% intervals: over seeds (thick, training
+    randomness; zero width when the seeds give one model) and from the validation images (thin, modules
+    as clusters; :data:`fsfsl_utils.report.INTERVALS_NOTE`), so that a bar never looks more certain than
+    its images allow. ``n_boot``: bootstrap resamples for a score without an image interval.
 
     ``keys`` default: accuracy and the recall of every class (of the target class and balanced
     accuracy when there are more than four classes)."""
@@ -103,55 +112,65 @@ def metric_bars(records: Sequence[dict], keys: Sequence[str] | None = None, n_bo
     names = records[0]["class_names"]
     keys = keys or (["accuracy"] + [f"recall_{c}" for c in names] if len(names) <= 4 else
                     ["accuracy", "balanced_accuracy", f"recall_{report.target_class(records[0])}"])
+    table = report.step_table(records)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     width = 0.8 / len(keys)
-    lowest = 1.0
     for j, key in enumerate(keys):
-        means, errs = [], []
-        for recs in groups.values():
-            vals = [report.scores(r)[key] for r in recs]
-            mean, lo, hi = report.mean_interval(vals)
-            if lo is None:
+        x = np.arange(len(groups)) + (j - (len(keys) - 1) / 2) * width
+        for xi, (step, recs) in zip(x, groups.items()):
+            row = table.loc[step]
+            mean = row[key]
+            seed_lo, seed_hi = row[f"{key}_lo"], row[f"{key}_hi"]
+            img_lo, img_hi = row.get(f"{key}_img_lo"), row.get(f"{key}_img_hi")
+            if img_lo is None or pd.isna(img_lo):
                 labels, logits = report.record_arrays(recs[0])
                 fn = metrics.accuracy_fn if key == "accuracy" else metrics.balanced_accuracy_fn \
                     if key == "balanced_accuracy" else \
                     metrics.class_recall(recs[0]["class_names"].index(key.split("_", 1)[1]))
-                lo, hi = metrics.bootstrap_ci(labels, logits, fn, n_boot=n_boot)
-            means.append(mean)
-            errs.append([max(0.0, mean - lo), max(0.0, hi - mean)])
-            lowest = min(lowest, lo)
-        x = np.arange(len(groups)) + (j - (len(keys) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=np.array(errs).T, capsize=3, label=key.replace("_", " "),
-               color=CLASS_COLORS[j % 4])
+                img_lo, img_hi = metrics.bootstrap_ci(labels, logits, fn, n_boot=n_boot)
+            ax.bar(xi, mean, width, color=CLASS_COLORS[j % 4], label=_score_words(key) if xi == x[0] else None)
+            ax.errorbar(xi, mean, yerr=[[max(0.0, mean - img_lo)], [max(0.0, img_hi - mean)]], color="black",
+                        lw=0.8, capsize=2)
+            if seed_lo is not None and not pd.isna(seed_lo):
+                ax.errorbar(xi, mean, yerr=[[max(0.0, mean - seed_lo)], [max(0.0, seed_hi - mean)]], color="black",
+                            lw=2.5, capsize=0)
     ax.set_xticks(np.arange(len(groups)), [s.replace("_", "\n", 1) for s in groups], fontsize=8)
-    ax.set_ylim(max(0.0, min(0.4, lowest - 0.05)), 1.0)  # from 0.4 unless a bar reaches lower
-    ax.set_ylabel("score (95% interval)")
-    ax.set_title("Scores per step; bars: 95% interval over seeds (bootstrap over images with one seed)",
-                 fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("score (axis from 0)")
+    ax.set_title("Scores per step, mean over seeds; thick: 95% interval over seeds, thin: 95% interval from the "
+                 "validation images", fontsize=8)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
 
 def confusion_matrices(records: Sequence[dict]) -> plt.Figure:
-    """Confusion matrix of each step's first seed."""
+    """Confusion matrix of each step's first seed, three to a row, numbers and class names large enough to
+    read in a report."""
     groups = report.by_step(records)
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.9 * len(groups), 2.8), squeeze=False)
-    for ax, (step, recs) in zip(axes[0], groups.items()):
+    cols = min(3, len(groups))
+    rows = int(np.ceil(len(groups) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (step, recs) in zip(axes.flat, groups.items()):
+        ax.axis("on")
         cm = np.asarray(recs[0]["metrics"]["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
         names = recs[0]["class_names"]
         if len(names) <= LABELLED_CELLS:  # beyond that, numbers and names would only overprint
             for (i, j), v in np.ndenumerate(cm):
-                ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
-            ax.set_xticks(range(len(names)), names, fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=7)
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=12,
+                        color="black" if v < cm.max() / 2 else "white")
+            ax.set_xticks(range(len(names)), [textwrap.shorten(n, 18) for n in names], fontsize=10)
+            ax.set_yticks(range(len(names)), [textwrap.shorten(n, 18) for n in names], fontsize=10, rotation=90,
+                          va="center")
         else:
             ax.set_xticks([])
             ax.set_yticks([])
-        ax.set_xlabel("predicted", fontsize=8)
-        ax.set_title(f"{step} (seed {recs[0].get('seed', 0)})", fontsize=8)
-    axes[0, 0].set_ylabel("true", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=10)
+        ax.set_ylabel("true", fontsize=10)
+        ax.set_title(f"{step} (seed {recs[0].get('seed', 0)})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -173,7 +192,7 @@ def sensitivity_bars(result: dict, feature: str, ax: plt.Axes | None = None, tit
         err = np.clip(err, 0, None)  # rounding can leave -1e-17 at recall 0 or 1
         ax.bar(x, rec, width, yerr=err, capsize=2, color=CLASS_COLORS[c % 4],
                label=f"{cname} (std {block['std'][cname] or 0:.3f}" + (
-                   "" if block["p_value"][cname] is None else f", p {block['p_value'][cname]:.3f}") + ")")
+                   "" if block["p_value"][cname] is None else f", p {report.format_p(block['p_value'][cname])}") + ")")
         for xi, v in zip(x, cells):
             ax.text(xi, 1.02, str(v["n"]), ha="center", fontsize=6)
     ax.set_xticks(np.arange(len(block["bins"])), [b["label"] for b in block["bins"]], fontsize=7)
@@ -295,22 +314,38 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
 
 def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = report.STUDY_COMPARISONS
                        + report.CONTROL_COMPARISONS, key: str = "recall_target") -> plt.Figure:
-    """Per comparison A - B, one dot per seed / split (paired on the same validation images), with the mean."""
+    """Per comparison A - B: one dot per seed / split (paired on the same validation images), the mean
+    with its 95% interval (seeds and images, :func:`fsfsl_utils.report.paired_tests`) and, where the
+    study published one, its effect (a red cross)."""
     groups = report.by_step(records)
     shown = [(a, b) for a, b in pairs if a in groups and b in groups]
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * max(1, len(shown))))
+    tests = report.paired_tests(records, shown) if shown else pd.DataFrame()
+    label = f"{report.target_class(records[0])} recall" if key == "recall_target" else "accuracy"
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * max(1, len(shown))))
+    study_shown = False
     for y, (a, b) in enumerate(shown):
         other = {(r["split_seed"], r["seed"]): r for r in groups[b]}
         diffs = [100 * (report.scores(r)[key] - report.scores(other[k])[key]) for r in groups[a]
                  if (k := (r["split_seed"], r["seed"])) in other]
-        ax.scatter(diffs, [y] * len(diffs), color=CLASS_COLORS[0], s=18, alpha=0.8)
-        if diffs:
-            ax.plot([np.mean(diffs)] * 2, [y - 0.3, y + 0.3], color="black", lw=2)
+        ax.scatter(diffs, [y] * len(diffs), color=CLASS_COLORS[0], s=14, alpha=0.6, zorder=2)
+        row = tests[(tests["A"] == a) & (tests["B"] == b)] if len(tests) else tests
+        if len(row) and report.computed(row.iloc[0], label):
+            r = row.iloc[0]
+            lo, hi = (float(v) for v in r[f"{label} 95% interval"].strip("[]").split(","))
+            ax.plot([lo, hi], [y, y], color="black", lw=1.5, zorder=1)
+            ax.plot([r[f"{label} effect (pts)"]] * 2, [y - 0.25, y + 0.25], color="black", lw=2.5, zorder=3)
+            study = r.get(f"{label} study (pts)")
+            if study is not None and not pd.isna(study):
+                ax.scatter([study], [y], marker="x", color="#c0392b", s=40, zorder=4,
+                           label=None if study_shown else "the study's effect (one run)")
+                study_shown = True
     ax.axvline(0, color="gray", lw=0.8)
-    ax.set_yticks(range(len(shown)), [f"{a} - {b}" for a, b in shown], fontsize=7)
-    what = f"{report.target_class(records[0])} recall" if key == "recall_target" else key.replace("_", " ")
-    ax.set_xlabel(f"{what} difference, points (dots: seeds; bar: mean)")
-    ax.set_title(f"Paired differences in {what} on the same validation images", fontsize=8)
+    ax.set_yticks(range(len(shown)), [f"{report.arm_words(a)} - {report.arm_words(b)}" for a, b in shown],
+                  fontsize=7)
+    ax.set_xlabel(f"{label} difference, points (dots: seeds; bar: mean; line: 95% interval, seeds and images)")
+    ax.set_title(f"Paired differences in {label} on the same validation images", fontsize=8)
+    if study_shown:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -326,15 +361,15 @@ def wrong_gallery(record: dict, images: dict[str, np.ndarray] | Dataset, n: int 
     wrong = wrong[np.argsort(-prob[wrong, pred[wrong]])][:n]
     cols = 6
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows), squeeze=False)
     names, classes = record["predictions"]["names"], record["class_names"]
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[names[i]], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{names[i]}\ntrue {classes[labels[i]]}, pred {classes[pred[i]]} {prob[i, pred[i]]:.2f}",
-                     fontsize=6)
-    fig.tight_layout()
+        ax.set_title(f"{textwrap.shorten(names[i], 22)}\ntrue {textwrap.shorten(classes[labels[i]], 12)}\n"
+                     f"pred {textwrap.shorten(classes[pred[i]], 12)} {prob[i, pred[i]]:.2f}", fontsize=6)
+    fig.tight_layout(h_pad=1.2)
     return fig
 
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.request
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
 
 def test_report_html_renders_in_chromium(smoke_runs, tmp_path):
     """report.html of a smoke run in Chromium: it renders, every image loads, nothing is fetched, no
-    horizontal scroll at 1280 px, and the first screen holds the verdicts."""
+    horizontal scroll at 1280 px, and the first screen holds the bottom line and the verdicts' contents."""
     import matplotlib.pyplot as plt
     from playwright.sync_api import sync_playwright
 
@@ -212,8 +213,57 @@ def test_report_html_renders_in_chromium(smoke_runs, tmp_path):
             assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
             first_screen = page.evaluate("() => [...document.querySelectorAll('h2, li')].filter("
                                          "e => e.getBoundingClientRect().top < 900).map(e => e.innerText).join(' ')")
-            assert "Verdicts" in first_screen and "Primary: 04_balanced_augment vs 01_baseline" in first_screen
+            assert "Bottom line" in first_screen and "The study claimed" in first_screen
             assert requests == []
             page.screenshot(path=str(tmp_path / "report.png"))
         finally:
             browser.close()
+
+
+def test_report_of_a_frozen_run_at_1280_px_and_on_paper(tmp_path):
+    """The committed frozen run's report (real ELPV records): at 1280 px the bottom line and the caveat sit on
+    the first screen, a contents list links every section, no table scrolls sideways, every figure has a
+    caption under it; printed to PDF by Chromium, every column header and every verdict is on paper."""
+    import matplotlib.pyplot as plt
+    import pypdf
+    from playwright.sync_api import sync_playwright
+
+    from fsfsl_utils import experiment, plots, report_html
+
+    recs = experiment.load_records_for_analysis(ROOT / "benchmarks" / "cpu-run-2026-12-04")
+    for name, fig in (("05_scores", plots.metric_bars(recs)), ("05_paired_differences", plots.paired_differences(recs)),
+                      ("05_confusion", plots.confusion_matrices(recs)), ("01_scores", plots.metric_bars(recs[:5]))):
+        plots.save(fig, tmp_path, name)
+        plt.close(fig)
+    path = report_html.write(tmp_path, recs)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            on_first = page.evaluate("() => [...document.querySelectorAll('#bottom-line, .bottom-line li, #caveat')]"
+                                     ".map(e => e.getBoundingClientRect().bottom < 900)")
+            assert len(on_first) == 5 and all(on_first), on_first             # title, 3 sentences, the caveat
+            assert "frozen" in page.inner_text("#caveat") and "cpu-finetune" in page.inner_text("#caveat")
+            toc = page.evaluate("() => [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))")
+            ids = page.evaluate("() => [...document.querySelectorAll('[id]')].map(e => '#' + e.id)")
+            assert len(toc) >= 8 and set(toc) <= set(ids)
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+            wide = page.evaluate("() => [...document.querySelectorAll('.table-wrap')].filter("
+                                 "e => e.scrollWidth > e.clientWidth + 1).length")
+            assert wide == 0
+            figures = page.evaluate("() => [...document.querySelectorAll('figure')].map(f => "
+                                    "[f.lastElementChild.tagName, f.lastElementChild.innerText.length])")
+            assert len(figures) == 3                                          # 01_scores: 05_scores' duplicate
+            assert all(tag == "FIGCAPTION" and n > 40 for tag, n in figures)
+            headers = page.evaluate("() => [...document.querySelectorAll('th')].map(e => e.innerText)")
+            verdicts = page.evaluate("() => [...document.querySelectorAll('.badge')].map(e => e.innerText)")
+            page.emulate_media(media="print")
+            page.pdf(path=str(tmp_path / "report.pdf"), format="A4")
+        finally:
+            browser.close()
+    text = " ".join(p.extract_text() for p in pypdf.PdfReader(tmp_path / "report.pdf").pages)
+    flat = "".join(unicodedata.normalize("NFKC", text).split())            # ligatures (the "ff" of "effect") undone
+    missing = [h for h in headers + verdicts if "".join(h.split()) and "".join(h.split()) not in flat]
+    assert missing == [], missing

@@ -182,7 +182,7 @@ def test_significance_summary_no_evidence_vs_clear_difference():
     assert diff["defective recall effect (pts)"] == 60.0 and diff["accuracy effect (pts)"] == 30.0  # 60 of 200
     assert diff["defective recall verdict"] == "difference shown" and diff["role"] == "secondary"
     table = report.arm_table(recs)
-    assert table.loc["04_class_weighted", "recall_defective"].startswith("40.0 (seeds 40.0-40.0; images 30.9-49.8")
+    assert table.loc["04_class_weighted", "defective recall %"].startswith("40.0 (seeds 40.0-40.0; images 30.9-49.8")
 
 
 def test_primary_comparison_is_judged_against_the_study():

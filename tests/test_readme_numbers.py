@@ -59,9 +59,9 @@ def test_the_arms_table_is_recomputed_from_the_committed_records(records):
     for label, step in ROWS.items():
         train, accuracy, normal, defective = rows[label][:4]
         assert train == arms.loc[step, "train"], label
-        assert accuracy == arms.loc[step, "accuracy"], label
-        assert normal == arms.loc[step, "recall_normal"].split(" (")[0], label
-        assert defective == arms.loc[step, "recall_defective"], label
+        assert accuracy == arms.loc[step, "accuracy %"], label
+        assert normal == arms.loc[step, "normal recall %"].split(" (")[0], label
+        assert defective == arms.loc[step, "defective recall %"], label
     tta = report.tta_table(records, "04_balanced_augment")
     accuracy, normal, defective = rows["04 + TTA vertical flip / blur"][1:4]
     for cell, column in ((accuracy, "accuracy %"), (normal, "recall normal %"), (defective, "recall defective %")):
@@ -89,7 +89,7 @@ def test_the_last_epoch_effects_and_the_side_by_side_row(records):
     effect = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
     side = table_rows(readme_section("### What freezing hides"))["`paper` (H200)"]
     arms = report.arm_table(records)
-    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy", "recall_defective")]
+    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy %", "defective recall %")]
              for step in ("01_baseline", "04_balanced_augment")}
     assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect,
                          row["defective recall verdict"]]
@@ -112,15 +112,16 @@ def test_a_cpu_runs_table_verdicts_and_side_row_are_recomputed(title, folder, si
     arms = report.arm_table(recs)
     for label, step in ROWS.items():
         train, accuracy, normal, defective, auroc = rows[label][:5]
-        assert [train, accuracy, defective] == [arms.loc[step, k] for k in ("train", "accuracy", "recall_defective")]
-        assert normal == arms.loc[step, "recall_normal"].split(" (")[0]
-        assert auroc == arms.loc[step, "auroc"].split(" (")[0], label
+        assert [train, accuracy, defective] == [arms.loc[step, k]
+                                                for k in ("train", "accuracy %", "defective recall %")]
+        assert normal == arms.loc[step, "normal recall %"].split(" (")[0]
+        assert auroc == arms.loc[step, "AUROC %"].split(" (")[0], label
     flat = " ".join(section.split())
     for line in report.verdict_lines(recs):
         assert f"- {line}" in flat, line
     row = report.paired_tests(recs).set_index(["A", "B"]).loc[("04_balanced_augment", "01_baseline")]
     effect = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
-    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy", "recall_defective")]
+    first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy %", "defective recall %")]
              for step in ("01_baseline", "04_balanced_augment")}
     side = table_rows(readme_section("### What freezing hides"))[side_row]
     assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect,

@@ -149,7 +149,8 @@ LAYERS = (
     # the study: records, one step end to end, where trainings run, a notebook's session
     "results", "experiment", "runner", "session",
     # analysis, figures, widgets, and the command lines
-    "report.records", "report.tables", "report.verdicts", "report.prose", "report.files", "report",
+    "report.records", "report.tables", "report.verdicts", "report.prose", "report.bottom_line", "report.files",
+    "report",
     "report_html", "plots", "explore", "widgets", "predict", "export", "job_parameters", "job_lock", "job_notebooks",
     "run",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,48 +14,65 @@ from fsfsl_utils import experiment, plots, report, report_html
 
 
 def test_report_is_self_contained_verdicts_first_and_escaped(smoke_runs, tmp_path):
+    import nbformat
+
     recs = [run.record for run in smoke_runs]
     fig = plots.confusion_matrices(recs)
     plots.save(fig, tmp_path, "<img src=x onerror=alert(1)>")      # a hostile figure name
     plt.close(fig)
     (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "01_baseline.ipynb").write_text("{}")
-    path = report_html.write(tmp_path, recs)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("stream", text="<img src=x onerror=alert(1)>")])])
+    nbformat.write(notebook, tmp_path / "notebooks" / "01_baseline.ipynb")
+    (tmp_path / "notebooks" / "02_flip.ipynb").write_text("{}")          # unreadable: linked as it is
+    with pytest.warns(UserWarning, match="could not render"):
+        path = report_html.write(tmp_path, recs)
     page = path.read_text(encoding="utf-8")
     assert path == tmp_path / "report.html"
-    verdicts, arms, figures = (page.index(h) for h in (">Verdicts<", ">Every arm over seeds<", ">Figures<"))
-    assert verdicts < arms < figures
-    assert "Primary: 04_balanced_augment vs 01_baseline" in page and "Rule: " in page
+    order = [page.index(h) for h in (">Bottom line<", ">Contents<", ">Verdicts<", ">Every arm over seeds<",
+                                     ">Other figures<")]
+    assert order == sorted(order)
+    assert "balanced augmentation (04) vs baseline (01) (primary)" in page and "Rule: " in page
+    assert page.count("(primary)") == 2                                # the verdict row and the recall table
     assert "Smoke profile" in page                                   # smoke numbers carry a warning
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"]  # images inline, nothing fetched
     assert "http://" not in page and "https://" not in page
-    assert '<a href="notebooks/01_baseline.ipynb">01_baseline.ipynb</a>' in page   # the executed notebooks
+    assert '<a href="notebooks-html/01_baseline.html">01_baseline.html</a>' in page   # rendered, read-only
+    assert '<a href="notebooks/02_flip.ipynb">02_flip.ipynb</a>' in page
+    rendered = (tmp_path / "notebooks-html" / "01_baseline.html").read_text()
+    assert "<img src=x" not in rendered and "<script" not in rendered
     again = report_html.render(tmp_path / "analysis-2", recs, run_dir=tmp_path)   # a later analysis links up
     assert '<a href="../notebooks/01_baseline.ipynb">' in again
     assert ">NaN<" not in page and ">nan<" not in page               # unpublished numbers show blank
+    assert "Kit commit: " in page and "torch " in page               # provenance in the footer
 
 
 def test_report_tables_read_whole(smoke_runs, tmp_path):
-    """Every section is there; no cell is cut ("...") or NaN; points carry one decimal; p two digits."""
+    """Every section is there; no cell is cut ("...") or NaN; points carry one decimal; p as 1.00 / < 0.001."""
     recs = [run.record for run in smoke_runs]
     page = report_html.render(tmp_path, recs)
-    for title in ("Verdicts", "The kit beside the study", "Every arm over seeds", "Paired effects",
-                  "Defect recall at fixed normal recall"):
-        assert f">{title}<" in page
+    for title in ("Bottom line", "Verdicts", "The kit beside the study", "Every arm over seeds",
+                  "Paired effects: accuracy", "Paired effects: defective recall", "Operating points", "Provenance"):
+        assert f">{title}<" in page or f">{title}</a>" in page, title
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
     assert cells and not [c for c in cells if "..." in c or "NaN" in c or c.strip() == "nan"]
     long = [c for c in cells if re.fullmatch(r"-?\d+\.\d{2,}", c.strip())]
-    assert all(abs(float(c)) < 1 for c in long)          # only p-values (two digits) carry more than one decimal
+    assert all(abs(float(c)) <= 1 for c in long)     # only p-values, powers and thresholds carry more decimals
+    assert not re.search(r'<th[^>]*class="row_heading[^"]*"[^>]*>\d+</th>', page)   # no 0-6 row numbers
 
 
 def test_styled_tables_round_blank_wrap_and_caption():
-    frame = pd.DataFrame({"effect (pts)": [1.2345, np.nan], "accuracy p": [0.012345, 0.5],
-                          "verdict": ["<b>rules out the study's effect</b>", ""]})
+    frame = pd.DataFrame({"effect (pts)": [1.2345, np.nan, 87.0], "accuracy p": [0.012345, 1.0, 0.0002],
+                          "verdict": ["<b>rules out the study's effect</b>", "", "x"]})
     page = report.styled(frame, "Rule: the rule").to_html()
-    assert ">1.2<" in page and ">0.012<" in page and "nan" not in page.lower()
+    assert ">1.2<" in page and ">87.0<" in page and "nan" not in page.lower()
+    assert ">0.01<" in page and ">1.00<" in page and ">&lt; 0.001<" in page
     assert "white-space: normal" in page and "<caption>Rule: the rule</caption>" in page
     assert "<b>rules" not in page and "&lt;b&gt;rules" in page                     # cells escaped
+    assert 'class="row_heading' not in page                                        # no 0, 1, 2 index
+    summary = report.markdown_table(frame)
+    assert "| 87.0 |" in summary and "| 1.00 |" in summary and "87 |" not in summary.replace("87.0", "")
 
 
 def test_a_finished_run_is_never_overwritten(tmp_path, capsys):
@@ -81,3 +99,50 @@ def test_a_run_beside_a_reference_run(tmp_path, store):
         100 * mine[0]["metrics"]["accuracy"] - acc, abs=0.1)
     with pytest.raises(ValueError, match="share no step"):
         report.compare_runs(mine, [r for r in ref if r["step"] == "02_flip"])
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("ref", report.REFERENCE_RUNS, ids=lambda r: r.profile)
+def test_the_committed_runs_the_caveat_quotes_are_their_records(ref):
+    """The caveat's numbers are recomputed from each committed run's records (no number typed in by hand)."""
+    recs = experiment.load_records_for_analysis(BENCHMARKS / ref.folder)
+    row = report.paired_tests(recs, [report.PRIMARY[:2]]).iloc[0]
+    assert row["defective recall effect (pts)"] == ref.effect
+    assert row["defective recall 95% interval"] == f"[{ref.low:+.1f}, {ref.high:+.1f}]"
+    assert row["defective recall verdict"] == ref.verdict
+    assert ref.learns == (recs[0]["mode"] != "probe") and recs[0]["profile"] == ref.profile
+
+
+def test_bottom_line_and_caveat_of_the_frozen_run_and_a_learned_one():
+    frozen = experiment.load_records_for_analysis(BENCHMARKS / "cpu-run-2026-12-04")
+    lines = report.bottom_line(frozen)
+    assert [anchor for _, anchor in lines] == ["study", "verdicts", "operating"]
+    assert "62.9% to 71.3%" in lines[0][0] and "+8.9 points [+3.8, +13.9] (matches the study)" in lines[1][0]
+    moved = report.threshold_instead(frozen)
+    # the baseline with its threshold moved to the balanced arm's normal recall catches as many defects
+    assert moved["seeds"] == 5 and abs(moved["gap"]) < 0.02 and moved["threshold"] < 0.5
+    assert lines[2][0].startswith("What to do: lower the baseline's threshold instead of augmenting")
+    assert f"{100 * moved['b_target_moved']:.1f}%" in lines[2][0]
+    text, runs = report.caveat(frozen)
+    assert "frozen" in text and "+2.3 [-1.0, +5.6] (cannot tell)" in text and runs == list(report.REFERENCE_RUNS)
+    learned = experiment.load_records_for_analysis(BENCHMARKS / "cpu-finetune-run-2026-12-04")
+    assert report.caveat(learned) is None                     # agrees with the committed runs that learn
+    other = [dict(r, data_origin="folder:/x", source="/x") for r in learned]
+    assert report.caveat(other) is None and "The question:" in report.bottom_line(other)[0][0]
+
+
+def test_threshold_instead_reads_the_baseline_at_the_balanced_arms_normal_recall():
+    """Built by hand: the baseline keeps every normal image and misses both defects; the balanced arm keeps 3 of
+    4 normal images and catches one defect; the baseline, its threshold moved to keep 3 of 4 normal images too,
+    catches both."""
+    def record(step, logits):
+        return {"step": step, "seed": 0, "split_seed": 0, "class_names": ["normal", "defective"],
+                "target_class": "defective", "reference_class": "normal", "source": "elpv", "data_origin": "elpv",
+                "predictions": {"labels": [0, 0, 0, 0, 1, 1], "logits": [[0, x] for x in logits]}}
+    recs = [record("01_baseline", [-3, -2, -1, -0.5, -0.2, -0.1]),
+            record("04_balanced_augment", [-3, -2, 1, -1, 2, -0.5])]
+    moved = report.threshold_instead(recs)
+    assert moved["a_reference"] == 0.75 and moved["a_target"] == 0.5 and moved["b_target"] == 0.0
+    assert moved["b_target_moved"] == 1.0 and moved["gap"] == -0.5

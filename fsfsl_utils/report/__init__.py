@@ -7,10 +7,20 @@ rest), test-time augmentation on the study's balanced model, operating-point rea
 plain-language conclusion generated from the numbers, and ``summary.md``.
 
 Modules, each importing only those before it: ``records`` (reading records, what is compared),
-``tables``, ``verdicts``, ``prose`` (conclusions in words), ``files`` (summary.md and summary.json).
+``tables``, ``verdicts``, ``prose`` (conclusions in words), ``bottom_line`` (report.html's first screen:
+three sentences and the caveat), ``files`` (summary.md and summary.json).
 """
 
-from .files import analysis_dir, conclusions_markdown, markdown_text, styled, write_summary
+from .bottom_line import REFERENCE_RUNS, ReferenceRun, bottom_line, caveat, threshold_instead
+from .files import (
+    analysis_dir,
+    conclusions_markdown,
+    format_cell,
+    markdown_table,
+    markdown_text,
+    styled,
+    write_summary,
+)
 from .prose import SMOKE_WARNING, conclusions, not_analysed, smoke_warning
 from .records import (
     ALPHA,
@@ -63,19 +73,26 @@ from .tables import (
 from .verdicts import (
     ARM_NAMES,
     SEED_PLAN_NOTE,
+    arm_words,
+    badge,
     computed,
     effect_words,
     format_p,
     last_epoch_effects,
     paired_effects,
+    paired_table,
     paired_tests,
     seed_plan,
     verdict_lines,
+    verdict_rows,
     verdict_rule,
 )
 
 __all__ = (
-    "ALPHA", "ARM_NAMES", "CONTROL_COMPARISONS", "INTERVALS_NOTE", "JUDGED_NOTE", "MAX_CLASSES_SHOWN",
+    "ALPHA", "ARM_NAMES", "REFERENCE_RUNS", "ReferenceRun", "arm_words", "badge", "bottom_line", "caveat",
+    "format_cell", "markdown_table", "paired_table", "threshold_instead", "verdict_rows", "CONTROL_COMPARISONS",
+    "INTERVALS_NOTE",
+    "JUDGED_NOTE", "MAX_CLASSES_SHOWN",
     "OPERATING_NOTE", "PRIMARY", "SEED_PLAN_NOTE", "SMOKE_WARNING", "STUDY_COMPARISONS", "TTA_STEP",
     "analysis_dir", "arm_table", "best_step", "by_step", "chosen_operating_points", "class_roles_of",
     "compare_runs", "ensemble_record", "labels_needed_sentence", "learning_curve", "computed", "conclusions",

@@ -23,7 +23,7 @@ from .tables import (
     operating_points,
     study_comparison,
 )
-from .verdicts import SEED_PLAN_NOTE, last_epoch_effects, paired_tests, seed_plan, verdict_rule
+from .verdicts import SEED_PLAN_NOTE, format_p, last_epoch_effects, paired_tests, seed_plan, verdict_rule
 
 
 def analysis_dir(results_dir: str | os.PathLike) -> Path:
@@ -45,16 +45,51 @@ def analysis_dir(results_dir: str | os.PathLike) -> Path:
     raise FileExistsError(f"could not create a new analysis folder in {results_dir}")
 
 
+def is_p_column(column: object) -> bool:
+    """A p-value column: ``p``, ``... p`` or ``... p vs study``."""
+    name = str(column)
+    return name in ("p", "p vs study") or name.endswith((" p", " p vs study"))
+
+
+def format_cell(column: object, value: object) -> str:
+    """One table cell as every table of the kit prints it: blank where there is no number, p-values as
+    ``0.04`` / ``1.00`` / ``< 0.001``, thresholds and powers with three / two decimals, other numbers
+    (points and percents) with one decimal, whole counts as integers."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}" if abs(int(value)) >= 10_000 else str(int(value))
+    if isinstance(value, (float, np.floating)):
+        name = str(column)
+        if is_p_column(column):
+            return format_p(float(value))
+        if "threshold" in name:
+            return f"{value:.3f}"
+        if "power" in name:
+            return f"{value:.2f}"
+        return f"{value:.1f}"
+    return str(value)
+
+
 def styled(frame: pd.DataFrame, note: str | None = None) -> pd.io.formats.style.Styler:
-    """A table as a notebook shows it: points and percents with one decimal, p-values with two
-    significant digits, blanks where there is no number, text (verdicts) wrapped, never cut, and
-    ``note`` (the decision rule, what the intervals are) as the caption beside it."""
-    p_columns = [c for c in frame.columns if str(c) == "p" or str(c).endswith(" p")]
-    sty = frame.style.format(precision=1, na_rep="", thousands=",", escape="html")
-    if p_columns:
-        sty = sty.format("{:.2g}", subset=p_columns, na_rep="", escape="html")
+    """A table as a notebook and report.html show it: cells by :func:`format_cell` (one decimal for
+    points and percents, p-values as ``1.00`` or ``< 0.001``), escaped, no row numbers when the rows
+    have no names, text (verdicts) wrapped, never cut, and ``note`` (the decision rule, what the
+    intervals are) as the caption beside it."""
+    if frame.index.name:  # a named index (``step``) is a column like any other: one header row
+        frame = frame.reset_index()
+    sty = frame.style
+    for column in frame.columns:
+        sty = sty.format(lambda v, c=column: html.escape(format_cell(c, v)), subset=[column])
     sty = sty.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+    if isinstance(frame.index, pd.RangeIndex):
+        sty = sty.hide(axis="index")
     sty = sty.set_properties(**{"white-space": "normal", "max-width": "26em", "text-align": "right"})
+    text = [c for c in frame.columns if frame[c].dtype == object or isinstance(frame[c].dtype, pd.StringDtype)]
+    if text:
+        sty = sty.set_properties(subset=text, **{"text-align": "left"})
     sty = sty.set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 12em;"},
                                 {"selector": "caption", "props": "caption-side: bottom; text-align: left; "
                                  "font-size: 0.85em; white-space: normal; max-width: 80em;"}])
@@ -109,7 +144,7 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
     lines += [f"- {markdown_text(c)}" for c in conclusions(records)] + [""]
     for title, frame in sections.items():
         lines += [f"## {markdown_text(title)}", ""] + ([markdown_text(notes[title]), ""] if title in notes else []) \
-            + [_markdown(frame), ""]
+            + [markdown_table(frame), ""]
     text = "\n".join(lines)
     path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
     tables = {k: _records(v) for k, v in sections.items()}
@@ -124,12 +159,12 @@ def _records(frame: pd.DataFrame) -> list[dict]:
             for row in frame.to_dict(orient="records")]
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A table as Markdown for summary.md: cells by :func:`format_cell`, escaped (:func:`markdown_text`)."""
     frame = frame.reset_index() if frame.index.name else frame
     cols = [markdown_text(c) for c in frame.columns]
-    fmt = lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731
-        f"{v:.4g}" if isinstance(v, float) else markdown_text(v))
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    rows += ["| " + " | ".join(markdown_text(format_cell(c, v)) for c, v in zip(frame.columns, r)) + " |"
+             for r in frame.itertuples(index=False)]
     return "\n".join(rows)
 

@@ -109,6 +109,14 @@ def _supports(record: dict) -> dict[str, int]:
     return out
 
 
+def column_name(key: str) -> str:
+    """A score's column name in every table: ``accuracy %``, ``balanced accuracy %``, ``<class> recall %``,
+    ``AUROC %``."""
+    if key.startswith("recall_"):
+        return f"{key.removeprefix('recall_')} recall %"
+    return {"auroc": "AUROC %"}.get(key, key.replace("_", " ") + " %")
+
+
 def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Per arm: mean over seeds (and splits) of each score in percent (AUROC x 100), with the 95%
     interval over seeds and, for proportions, the 95% interval from the validation images
@@ -127,7 +135,7 @@ def arm_table(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.
             ilo, ihi = r.get(f"{k}_img_lo"), r.get(f"{k}_img_hi")
             parts = [] if lo is None or pd.isna(lo) else [f"seeds {100 * lo:.1f}-{100 * hi:.1f}"]
             parts += [] if ilo is None or pd.isna(ilo) else [f"images {100 * ilo:.1f}-{100 * ihi:.1f}"]
-            row[k] = f"{100 * r[k]:.1f}" + (f" ({'; '.join(parts)})" if parts else "")
+            row[column_name(k)] = f"{100 * r[k]:.1f}" + (f" ({'; '.join(parts)})" if parts else "")
         rows[step] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step")
 
@@ -142,12 +150,12 @@ def study_comparison(records: Sequence[dict]) -> pd.DataFrame:
         study = STUDY_RESULTS.get(step, {}) if elpv else {}
         r = tab.loc[step]
         rows.append({"step": step, "kit train": r["train"], "study train": study.get("train", ""),
-                     "kit acc %": 100 * r["accuracy"], "study acc %": pct(study.get("accuracy")),
-                     f"kit rec {ref} %": 100 * r["recall_reference"],
-                     f"study rec {ref} %": pct(study.get("recall_normal")),
-                     f"kit rec {tgt} %": 100 * r["recall_target"],
-                     f"study rec {tgt} %": pct(study.get("recall_defective")),
-                     f"kit F1 {tgt} %": 100 * r["f1_target"],
+                     "kit accuracy %": 100 * r["accuracy"], "study accuracy %": pct(study.get("accuracy")),
+                     f"kit {ref} recall %": 100 * r["recall_reference"],
+                     f"study {ref} recall %": pct(study.get("recall_normal")),
+                     f"kit {tgt} recall %": 100 * r["recall_target"],
+                     f"study {tgt} recall %": pct(study.get("recall_defective")),
+                     f"kit {tgt} F1 %": 100 * r["f1_target"],
                      "kit AUROC %": 100 * r["auroc"], "seeds": int(r["seeds"])})
     return pd.DataFrame(rows).set_index("step").round(1)
 

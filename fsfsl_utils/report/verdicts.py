@@ -254,3 +254,52 @@ def effect_words(row: Mapping, label: str) -> str:
     if not computed(row, label):
         return row[f"{label} verdict"]
     return f"{row[f'{label} effect (pts)']:+.1f} {row[f'{label} 95% interval']} ({row[f'{label} verdict']})"
+
+
+BADGES = (("larger than the study's", "larger"), ("smaller than the study's", "smaller"),
+          ("matches the study", "matches"), ("equivalent", "matches"), ("difference shown", "shown"),
+          ("no difference shown", "unclear"), ("cannot tell", "unclear"), ("not computed", "unclear"))
+
+
+def badge(verdict: str) -> str:
+    """The colour class of a verdict's badge in report.html: larger, smaller, matches, shown or unclear."""
+    return next((name for prefix, name in BADGES if str(verdict).startswith(prefix)), "unclear")
+
+
+def arm_words(step: str) -> str:
+    """An arm's name in words (``balanced augmentation (04)``), its step name when the kit has none."""
+    return ARM_NAMES.get(step, step)
+
+
+def paired_table(tests: pd.DataFrame, label: str) -> pd.DataFrame:
+    """One score's half of :func:`paired_tests` (``label``: ``accuracy`` or ``<target> recall``), narrow
+    enough to read without scrolling: the comparison in words, runs, effect, interval, the study's
+    effect, both p-values, the verdict and what it was judged on."""
+    rows = []
+    for _, row in tests.iterrows():
+        primary = row["role"] == "primary" and label != "accuracy"
+        words = f"{arm_words(row['A'])} vs {arm_words(row['B'])}"
+        rows.append({"comparison": words + (" (primary)" if primary else ""),
+                     "runs": row["runs"], "effect (pts)": row[f"{label} effect (pts)"],
+                     "95% interval": row[f"{label} 95% interval"], "study (pts)": row[f"{label} study (pts)"],
+                     "p": row[f"{label} p"], "p vs study": row[f"{label} p vs study"],
+                     "verdict": row[f"{label} verdict"], "judged on": row["judged on"]})
+    return pd.DataFrame(rows)
+
+
+def verdict_rows(tests: pd.DataFrame) -> list[dict]:
+    """One row per question for report.html's verdicts, the primary first: the comparison in words and,
+    per score, its effect with interval, the verdict and its badge."""
+    tgt = next((c.removesuffix(" verdict") for c in tests.columns
+                if c.endswith(" recall verdict")), "target recall") if len(tests) else ""
+    out = []
+    for _, row in sorted(tests.iterrows(), key=lambda item: item[1]["role"] != "primary"):
+        scores = []
+        for label in ("accuracy", tgt):
+            effect = (f"{row[f'{label} effect (pts)']:+.1f} {row[f'{label} 95% interval']}"
+                      if computed(row, label) else "")
+            scores.append({"name": label, "effect": effect, "verdict": row[f"{label} verdict"],
+                           "badge": badge(row[f"{label} verdict"])})
+        out.append({"question": f"{arm_words(row['A'])} vs {arm_words(row['B'])}", "primary": row["role"] == "primary",
+                    "scores": scores, "judged_on": row["judged on"]})
+    return out
