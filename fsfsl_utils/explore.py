@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import stats as sps
 
 from . import augment, metrics, report, sensitivity
+from . import stats as kit_stats
 
 GALLERY_SIZE = 12
 
@@ -59,15 +61,19 @@ def pooled_items(records: Sequence[dict], feature: str, bin_label: str, class_na
 
 def pooled_record(records: Sequence[dict]) -> dict:
     """One record-like dict for several seeds of a step on the same validation images: per bin and
-    class, recall over all runs' predictions together (Wilson interval on the pooled counts, which
-    treats the runs as independent: narrower than it should be). Its ``p_value`` is left empty: the
-    permutation test needs independent images. Figures and galleries take it like a record."""
+    class, ``n`` counts *images* (not image-seed pairs) and the recall is the mean over seeds; its 95%
+    interval holds both the seeds and the images (:func:`fsfsl_utils.stats.variance_components`, the
+    cells of one module as one cluster), so that seeds giving one model (a frozen arm) do not narrow it.
+    Its ``p_value`` is left empty: the permutation test needs one run. Figures and galleries take it
+    like a record."""
     first = records[0]
     if any(r["predictions"]["names"] != first["predictions"]["names"] for r in records):
         raise ValueError("pooling needs records evaluated on the same validation images (one split)")
-    pooled = {**first, "seed": "all", "sensitivity": {}}
+    pooled = {**first, "seed": "all", "sensitivity": {}, "pooled_runs": len(records)}
     labels = np.asarray(first["predictions"]["labels"])
-    preds = [report.record_arrays(r)[1].argmax(1) for r in records]
+    correct = np.array([report.record_arrays(r)[1].argmax(1) == labels for r in records], float)
+    groups = report.image_groups(first)
+    groups = np.asarray(groups) if groups is not None else np.arange(len(labels))
     for feature, block in first["sensitivity"].items():
         idx = bin_index(first, feature)
         bins = []
@@ -75,16 +81,30 @@ def pooled_record(records: Sequence[dict]) -> dict:
             cells = {}
             for c, cname in enumerate(first["class_names"]):
                 own = (idx == b) & (labels == c)
-                n = int(own.sum()) * len(records)
-                tp = int(sum(np.sum(own & (p == c)) for p in preds))
-                ci = metrics.wilson_interval(tp, n)
-                cells[cname] = {"n": n, "recall": tp / n if n else None, "recall_ci": list(ci) if ci else None}
-            bins.append({**old, "per_class": cells, "n": int((idx == b).sum()) * len(records)})
+                n = int(own.sum())
+                recall = float(correct[:, own].mean()) if n else None
+                cells[cname] = {"n": n, "recall": recall, "recall_ci": _seed_image_interval(correct[:, own],
+                                                                                             groups[own])}
+            bins.append({**old, "per_class": cells, "n": int((idx == b).sum())})
         std = {c: float(np.std([x["per_class"][c]["recall"] for x in bins if x["per_class"][c]["recall"] is not None]))
                for c in first["class_names"]}
         pooled["sensitivity"][feature] = {**block, "bins": bins, "std": std,
                                           "p_value": {c: None for c in first["class_names"]}}
     return pooled
+
+
+def _seed_image_interval(correct: np.ndarray, groups: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+    """95% interval of a recall over seeds (rows) and images (columns), modules as clusters; Wilson on
+    the images when there are too few of them for the variance components."""
+    k, n = correct.shape
+    if n == 0:
+        return None
+    if n < 3 or len(np.unique(groups)) < 3:
+        ci = metrics.wilson_interval(round(float(correct.mean()) * n), n)
+        return list(ci) if ci else None
+    comp = kit_stats.variance_components(correct, groups)
+    half = float(sps.t.ppf(0.5 + confidence / 2, max(comp["df"], 1.0)) * np.sqrt(comp["var"]))
+    return [max(0.0, comp["grand"] - half), min(1.0, comp["grand"] + half)]
 
 
 def default_pair(records: Sequence[dict]) -> tuple[dict, dict]:

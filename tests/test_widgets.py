@@ -76,6 +76,23 @@ def test_sensitivity_explorer_pools_the_seeds_of_a_step(smoke_records):
     plt.close(fig)
 
 
+def test_the_pooled_record_counts_images_and_identical_seeds_do_not_narrow_it(smoke_records):
+    """Pooling five copies of one run (a frozen arm's seeds) shows the images once, the same recall and an
+    interval no narrower than one run's images allow (the old pooling counted 5 x the images)."""
+    records, _ = smoke_records
+    one = records[0]
+    pooled = widgets.pooled_record([one] * 5)
+    once = widgets.pooled_record([one])
+    for feature, block in pooled["sensitivity"].items():
+        for b, cell in enumerate(block["bins"]):
+            own = one["sensitivity"][feature]["bins"][b]
+            assert cell["n"] == own["n"]
+            for c, x in cell["per_class"].items():
+                assert x["n"] == own["per_class"][c]["n"]
+                assert x["recall"] == once["sensitivity"][feature]["bins"][b]["per_class"][c]["recall"]
+                assert x["recall_ci"] == once["sensitivity"][feature]["bins"][b]["per_class"][c]["recall_ci"]
+
+
 def test_gallery_pages_and_enlarges():
     images = {f"im{i}": np.full((8, 8), i, np.uint8) for i in range(30)}
     gallery = widgets.Gallery(images)
