@@ -13,7 +13,7 @@ SPLITS  ?= 1
 RUN_ARGS ?=
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 
-.PHONY: setup reproduce test test-browser test-slow browser-deps lint bench lab clean-venv
+.PHONY: setup reproduce test test-browser test-slow browser-deps lint bench lab explore clean-venv
 
 setup: $(STAMP)
 
@@ -55,8 +55,15 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check fsfsl_utils tests notebooks benchmarks
 
+# JupyterLab on the project: notebooks/ and runs/ both reachable.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# A finished run, live and read-only: make explore RUN=runs/<folder> (writes only under runs/interactive).
+explore: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make explore RUN=runs/<folder>"; exit 2; }
+	$(BIN)/python -m fsfsl_utils.explore_run "$(RUN)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -45,6 +45,8 @@ def show(widget: SensitivityExplorer | AugmentationPreviewer | RunComparison, in
     if interactive:
         display(widget.widget)
     else:
+        print("A static view of this explorer (a batch run). To click bins and images, open the run live: "
+              "make explore RUN=<its results folder>")
         fig = widget.static_figure()
         display(fig)
         plt.close(fig)

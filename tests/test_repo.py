@@ -152,7 +152,7 @@ LAYERS = (
     "report.records", "report.tables", "report.verdicts", "report.prose", "report.bottom_line", "report.files",
     "report",
     "report_html", "plots", "explore", "widgets", "predict", "export", "job_parameters", "job_lock", "job_notebooks",
-    "run",
+    "run", "explore_run",
 )
 
 

@@ -26,11 +26,13 @@ from .tables import (
 from .verdicts import SEED_PLAN_NOTE, format_p, last_epoch_effects, paired_tests, seed_plan, verdict_rule
 
 
-def analysis_dir(results_dir: str | os.PathLike) -> Path:
-    """Where an analysis of ``results_dir`` writes its summary, report and figures: the folder itself
-    the first time; once it holds an analysis (``summary.md``), a new ``analysis-<time>`` folder
-    inside it, so that a finished run's analysis is never overwritten."""
-    results_dir = Path(results_dir)
+def analysis_dir(results_dir: str | os.PathLike, output_dir: str | os.PathLike = "") -> Path:
+    """Where an analysis of ``results_dir`` writes its summary, report and figures: ``output_dir`` when
+    given (a read-only look at a finished run, :mod:`fsfsl_utils.explore_run`), else the folder itself
+    the first time; once the chosen folder holds an analysis (``summary.md``), a new
+    ``analysis-<time>`` folder inside it, so that a finished run's analysis is never overwritten."""
+    results_dir = Path(output_dir or results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
     if not (results_dir / "summary.md").exists():
         return results_dir
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
