@@ -30,12 +30,16 @@ def save(fig: plt.Figure, results_dir: str | os.PathLike, name: str) -> None:
 
 
 def data_overview(train: Dataset, val: Dataset) -> pd.DataFrame:
-    """Images per class and cell type in each part."""
+    """Images per class in each part, and per cell type on ELPV (other data has no cell types: one
+    ``images`` column)."""
     frames = []
     for part, ds in (("train", train), ("val", val)):
         frame = ds.meta.assign(part=part, cls=[ds.class_names[i] for i in ds.labels])
         frames.append(frame)
     meta = pd.concat(frames)
+    if not (meta["cell_type"] != "").any():
+        return pd.crosstab([meta["part"], meta["cls"]], pd.Series("images", index=meta.index, name=""),
+                           margins=True, margins_name="total").rename_axis(index=["part", "class"])
     meta["cell_type"] = meta["cell_type"].replace("", "-")
     return pd.crosstab([meta["part"], meta["cls"]], meta["cell_type"], margins=True, margins_name="total")
 

@@ -236,9 +236,9 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
         raise ValueError(f"no run records for a report in {results_dir}")
     first = records[0]
     seeds = max(len(v) for v in report.by_step(records).values())
-    meta = (f"profile {first.get('profile', '?')}, backbone {first.get('backbone', '?')}, "
-            f"up to {seeds} seed(s) per step, data {first.get('data_origin', first.get('source', '?'))} "
-            f"({first.get('labels', '?')} labels)")
+    meta = ((f"profile {first.get('profile', '?')}, backbone {first.get('backbone', '?')}, "
+            f"up to {seeds} seed(s) per step, data {first.get('data_origin', first.get('source', '?'))} ")
+            + (f"({first.get('labels', '?')} labels)" if report.on_elpv(first) else "(labels from its class folders)"))
     pngs = {p.stem: p for folder in ([Path(run_dir)] if run_dir else []) + [results_dir]
             for p in sorted((folder / "figures").glob("*.png"))}
     figures = figure_sections(pngs)

@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "-p NAME=VALUE changes a parameter of the notebooks not yet finished")
     parser.add_argument("--recipe", action="store_true",
                         help="also run notebook 06, the stronger recipe (its ingredients one at a time, the final "
-                             "recipe, learning curves), before 05; long: see the README")
+                             "recipe, learning curves), before 05; long: see docs/findings.md")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the arguments and print what would run, then stop (nothing is created)")
     parser.add_argument("--train-ahead", action=argparse.BooleanOptionalAction, default=None,
@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pack < 1:
             raise ValueError(f"--pack must be at least 1 (trainings per packed network), got {args.pack}")
         steps = plan(args)
+        for note in own_data_notes(args):
+            print(f"note: {note}", file=sys.stderr)
         if args.dry_run:
             return print_plan(steps, out / "<timestamp>")
         run_dir = new_run_dir(ensure_writable_dir(out, "runs folder"))  # created only once everything checked out
@@ -164,6 +166,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
     return execute(steps, run_dir, train_first=train_first, pack=args.pack)
+
+
+def own_data_notes(args: argparse.Namespace) -> list[str]:
+    """What a user running the kit on their own images should know before it starts: a frozen profile
+    only shows that the pipeline runs (docs/findings.md, "What freezing hides"), and which class the kit
+    takes as the target when ``--target-class`` does not name one."""
+    if args.data == "elpv":
+        return []
+    from . import data
+    from .study import class_roles
+
+    notes = []
+    if profiles.resolve(args.profile)["config"].mode == "probe":
+        notes.append(f"profile {args.profile} freezes the backbone (only a linear head learns): it shows that the "
+                     "pipeline runs on these images, but its verdicts can mislead decisions; for decisions use "
+                     "--profile cpu-finetune (CPU) or --profile paper (GPU)")
+    if not args.target_class:
+        names = data.class_names_of(args.data, "study")
+        counts = data.class_counts_of(args.data)
+        target = class_roles(names, counts)[0] if counts else None
+        notes.append((f"the target class (whose recall matters most) is {target!r}, the smallest class; "
+                      if target else "the target class (whose recall matters most) is the smallest class; ")
+                     + "name it with --target-class NAME")
+    return notes
 
 
 RUN_OPTIONS = ("profile", "seeds", "splits", "backbone", "epochs", "input_size", "data", "notebooks", "backend",

@@ -120,9 +120,14 @@ class Settings:
     def describe(self) -> str:
         where = "this process" if self.backend == "local" else f"Ray ({self.ray_address or 'a local cluster'})"
         return "\n".join([profiles.describe(self.resolved), f"seeds: {self.seeds}; split seeds: {self.split_seeds}",
-                          f"data: {self.source} ({self.labels} labels, {self.split_kind} split)",
+                          f"data: {self.source} ({self.labels_in_words()}, {self.split_kind} split)",
                           f"results: {self.results_dir}",
                           f"trainings run in: {where}"])
+
+    def labels_in_words(self) -> str:
+        """``study labels`` on ELPV; on other data, labels from the folders or the pack."""
+        return f"{self.labels} labels" if data.source_origin(self.source) == "elpv" else \
+            "labels from the data's class folders"
 
     def load_split(self, split_seed: int | None = None) -> tuple[data.Dataset, data.Dataset]:
         split_seed = self.split_seeds[0] if split_seed is None else split_seed

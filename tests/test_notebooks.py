@@ -189,8 +189,9 @@ def test_own_imagefolder_through_the_main_job(tmp_path, capsys):
     assert recs["04_balanced_augment"]["train_counts"] == {"crack": 8, "ok": 16}   # minority x4, majority x2
     assert recs["04_balanced_duplicate"]["train_counts"] == {"crack": 8, "ok": 16}
     assert (run_dir / "summary.md").exists()
-    out = capsys.readouterr().out
-    assert "crack recall: not computed: 1 validation crack image(s): a paired effect needs at least 2" in out
+    captured = capsys.readouterr()
+    assert "crack recall: not computed: 1 validation crack image(s): a paired effect needs at least 2" in captured.out
+    assert "note: the target class (whose recall matters most) is 'crack', the smallest class" in captured.err
 
 
 @pytest.mark.parametrize("args, message", [

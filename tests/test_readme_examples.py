@@ -1,4 +1,4 @@
-"""Every main-job command the README shows is accepted as written: each ``make reproduce ...`` line
+"""Every main-job command the README and its docs pages show is accepted as written: each ``make reproduce ...`` line
 is turned into its command by ``make -n`` and each ``python -m fsfsl_utils.run ...`` line taken as it
 is, then run with ``--dry-run`` (arguments, data, profile and parameters checked, the notebooks and
 their parameters printed, nothing created). Placeholders (``/path/to/root``) become a real folder.
@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:
-    """The main-job lines of the README's bash blocks (comments dropped; lines with shell variables,
-    which only a cluster script can fill, left out)."""
+    """The main-job lines of the bash blocks of the README and its docs pages (comments dropped; lines with
+    shell variables, which only a cluster script can fill, left out)."""
     found = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
             if line.strip().startswith(("make reproduce", "python -m fsfsl_utils.run")) and "$" not in line:
                 found.append(shlex.join(shlex.split(line, comments=True)))
@@ -66,3 +67,22 @@ def test_a_readme_command_is_accepted_as_written(command, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "dry run: would write" in printed and "[1/" in printed
     assert not (out.exists() and [p for p in out.iterdir() if p.name != "20261204-000000"])
+
+
+def test_own_data_with_a_frozen_profile_says_what_it_cannot_decide(tmp_path, capsys):
+    """--data with the default CPU profile (frozen) recommends one that learns, and names the target class it
+    guessed; --target-class silences that guess."""
+    mine = tmp_path / "root"
+    for cname, n in (("ok", 4), ("crack", 2)):
+        (mine / cname).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(mine / cname / f"{i}.png")
+    args = ["--profile", "cpu", "--data", str(mine), "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert run.main(args) == 0
+    err = capsys.readouterr().err
+    assert "profile cpu freezes the backbone" in err and "--profile cpu-finetune" in err
+    assert "the target class (whose recall matters most) is 'crack', the smallest class" in err
+    assert run.main([*args, "--target-class", "ok"]) == 0
+    err = capsys.readouterr().err
+    assert "smallest class" not in err and "freezes the backbone" in err
+    assert data.class_counts_of(mine) == {"crack": 2, "ok": 4} and data.class_counts_of("elpv") is None

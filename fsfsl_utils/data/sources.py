@@ -181,6 +181,16 @@ def class_names_of(source: str | os.PathLike, labels: str = "study") -> list[str
     return imagefolder_layout(root)[1]
 
 
+def class_counts_of(source: str | os.PathLike) -> dict[str, int] | None:
+    """Images per class of an ImageFolder tree (its files counted, nothing decoded), to name the class the
+    kit takes as the target before a run starts; None for ELPV and packs."""
+    if str(source) == "elpv" or is_pack(source):
+        return None
+    groups, names = imagefolder_layout(Path(source).expanduser())
+    return {c: sum(1 for _, g in groups if (g / c).is_dir() for f in (g / c).iterdir()
+                   if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")) for c in names}
+
+
 def load_source(source: str | os.PathLike, labels: str = "study", image_size: int = 300) -> Dataset:
     """A data source by name: ``"elpv"`` (the package, under ``labels``), a pack file, or an ImageFolder
     folder (images resized to ``image_size``). A pack made under another label policy is refused."""
