@@ -1,9 +1,9 @@
-"""The README's fine-tuned table is what the kit computes from the records committed beside it.
+"""The findings page's tables (docs/findings.md, the README's details) are what the kit computes from the records.
 
 Issue 16 committed the 30 records of the paper-profile rerun (per-image logits) so that anyone can
 recompute the table; this test does, through the functions notebook 05 uses (``report.arm_table``,
 ``report.verdict_lines``, ``report.last_epoch_effects``), and compares every number and verdict the
-README prints for that run. A changed record, a hand-edited README cell or a change in
+findings page prints for that run (and the README its summary). A changed record, a hand-edited cell or a change in
 how 05 computes a number fails here.
 """
 
@@ -18,14 +18,16 @@ from fsfsl_utils import report, results
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "paper-run-2026-11-28"
-SECTION = "### Fine-tuned, the study's recipe"
+SECTION = "## Fine-tuned, the study's recipe"
+FINDINGS = ROOT / "docs" / "findings.md"  # the README's findings page
 ROWS = {"01 baseline": "01_baseline", "02 flip": "02_flip", "03 full augment": "03_full_augment",
         "04 balanced augment": "04_balanced_augment", "04 control: plain copies": "04_balanced_duplicate",
         "04 control: class-weighted loss": "04_class_weighted"}
 
 
 def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    """A section of the findings page (docs/findings.md), from its title to the next title."""
+    text = FINDINGS.read_text()
     start = text.index(title)
     ends = [e for e in (text.find("\n### ", start + len(title)), text.find("\n## ", start + len(title))) if e > 0]
     return text[start:min(ends) if ends else len(text)]
@@ -87,7 +89,7 @@ def test_the_last_epoch_effects_and_the_side_by_side_row(records):
             f"defect recall {vs03[final]:+.1f} instead of {vs03[best]:+.1f}") in section
     row = report.paired_tests(records).set_index(["A", "B"]).loc[("04_balanced_augment", "01_baseline")]
     effect = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
-    side = table_rows(readme_section("### What freezing hides"))["`paper` (H200)"]
+    side = table_rows(readme_section("## What freezing hides"))["`paper` (H200)"]
     arms = report.arm_table(records)
     first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy %", "defective recall %")]
              for step in ("01_baseline", "04_balanced_augment")}
@@ -97,8 +99,8 @@ def test_the_last_epoch_effects_and_the_side_by_side_row(records):
 
 # The CPU runs whose records are committed beside the paper run: (README section, folder, row of
 # "What freezing hides").
-CPU_RUNS = [("### Top block fine-tuned", ROOT / "benchmarks" / "cpu-finetune-run-2026-12-04", "`cpu-finetune`"),
-            ("### Frozen backbone", ROOT / "benchmarks" / "cpu-run-2026-12-04", "`cpu`")]
+CPU_RUNS = [("## Top block fine-tuned", ROOT / "benchmarks" / "cpu-finetune-run-2026-12-04", "`cpu-finetune`"),
+            ("## Frozen backbone", ROOT / "benchmarks" / "cpu-run-2026-12-04", "`cpu`")]
 
 
 @pytest.mark.parametrize("title, folder, side_row", CPU_RUNS)
@@ -123,7 +125,7 @@ def test_a_cpu_runs_table_verdicts_and_side_row_are_recomputed(title, folder, si
     effect = interval_text(row["defective recall effect (pts)"], row["defective recall 95% interval"])
     first = {step: [re.match(r"[\d.]+", arms.loc[step, key]).group() for key in ("accuracy %", "defective recall %")]
              for step in ("01_baseline", "04_balanced_augment")}
-    side = table_rows(readme_section("### What freezing hides"))[side_row]
+    side = table_rows(readme_section("## What freezing hides"))[side_row]
     assert side[1:5] == [" / ".join(first["01_baseline"]), " / ".join(first["04_balanced_augment"]), effect,
                          row["defective recall verdict"]]
 
@@ -134,7 +136,7 @@ def test_the_frozen_runs_operating_point_is_recomputed():
     recs = results.load_records(ROOT / "benchmarks" / "cpu-run-2026-12-04")
     row = report.chosen_operating_points(recs).set_index("step").loc["01_baseline"]
     caught, kept = row["defective recall at it (training part)"], row["normal recall at it (training part)"]
-    section = " ".join(readme_section("### Frozen backbone").split())
+    section = " ".join(readme_section("## Frozen backbone").split())
     assert (f"catches {caught.split(' [')[0]}% of the defective validation cells [{caught.split('[')[1]} and keeps "
             f"{kept.split(' [')[0]}% of the normal ones [{kept.split('[')[1]}") in section
     promised = [row[f"{c} recall at it (validation (optimistic))"].split(" [")[0] for c in ("defective", "normal")]
@@ -152,4 +154,39 @@ def test_the_grouped_split_table_is_recomputed(benchmark_script, profile, label)
         summary = modules.split_summary(results.load_records(folder))
         cells.append(" / ".join(f"{summary[k]['mean']:.1f} [{summary[k]['interval'][0]:.1f}, "
                                 f"{summary[k]['interval'][1]:.1f}]" for k in ("accuracy", "defect recall")))
-    assert table_rows(readme_section("### Modules: what a random split flatters"))[label] == cells
+    assert table_rows(readme_section("## Modules: what a random split flatters"))[label] == cells
+
+
+def test_the_readmes_first_screen_holds_the_finding_and_the_commands():
+    """A newcomer learns in the README's first 60 lines what the kit is, what it found and the two commands;
+    the numbers there are the committed runs' (report.REFERENCE_RUNS, recomputed in test_report_html) and the
+    threshold readings of report.threshold_instead."""
+    first = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
+    assert "make reproduce" in first and "make test" in first and "What it found" in first
+    assert "[Your own images](#your-own-images)" in first
+    for ref in report.REFERENCE_RUNS:
+        assert f"**{ref.effect:+.1f} [{ref.low:+.1f}, {ref.high:+.1f}]**" in first, ref.profile
+    flat = " ".join(first.split())
+    frozen, top = (report.threshold_instead(results.load_records(ROOT / "benchmarks" / folder))
+                   for folder in ("cpu-run-2026-12-04", "cpu-finetune-run-2026-12-04"))
+    assert (f"{100 * frozen['b_target_moved']:.1f}% of the defects against the balanced model's "
+            f"{100 * frozen['a_target']:.1f}% (frozen), {100 * top['b_target_moved']:.1f}% against "
+            f"{100 * top['a_target']:.1f}% (top block)") in flat
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """Links between the README and its docs pages point at files that exist, and #anchors at headings."""
+    def anchors(path: Path) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", path.read_text(), re.M)}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+                broken.append(f"{page.name}: {target}")
+    assert broken == []
