@@ -128,6 +128,32 @@ def disagreements(rec_a: dict, rec_b: dict) -> dict[str, list[str]]:
     return {"a_only": names[ra & ~rb].tolist(), "b_only": names[~ra & rb].tolist()}
 
 
+def flipped_gallery(rec_a: dict, rec_b: dict, images: dict[str, np.ndarray], n: int = 6) -> plt.Figure:
+    """The run comparison as a static figure for report.html: up to ``n`` validation images that A gets
+    right and B wrong (top row) and the reverse (bottom row), each titled with its name and true class,
+    the counts and the exact McNemar p above."""
+    diff = disagreements(rec_a, rec_b)
+    labels, logits = report.record_arrays(rec_a)
+    test = metrics.mcnemar(labels, logits, report.record_arrays(rec_b)[1])
+    names = rec_a["predictions"]["names"]
+    true = {name: rec_a["class_names"][label] for name, label in zip(names, labels)}
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 4.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    rows = [(f"{rec_a['step']} right, {rec_b['step']} wrong", diff["a_only"]),
+            (f"{rec_b['step']} right, {rec_a['step']} wrong", diff["b_only"])]
+    for r, (title, shown) in enumerate(rows):
+        axes[r, 0].text(-0.1, 0.5, f"{title}\n({len(shown)} images)", transform=axes[r, 0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=7)
+        for ax, name in zip(axes[r], shown[:n]):
+            ax.imshow(images[name], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{name[:22]}\ntrue {true[name][:14]}", fontsize=6)
+    fig.suptitle(f"Where {rec_a['step']} and {rec_b['step']} (seed {rec_a.get('seed')}) disagree; exact McNemar "
+                 f"p {report.format_p(test['p_value'])}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def compare_table(rec_a: dict, rec_b: dict) -> pd.DataFrame:
     """Scores of two records side by side (percent, each score once), with the difference A - B."""
     aliases = ("recall_target", "recall_reference", "f1_target")  # other names of rows already shown

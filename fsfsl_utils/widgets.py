@@ -31,6 +31,7 @@ from .explore import (
     default_pair,
     disagreements,
     figure_png,
+    flipped_gallery,
     gallery_items,
     label,
     png,
@@ -377,12 +378,12 @@ class RunComparison:
                        colLabels=list(self.table.columns), loc="center")
         tab.set_fontsize(8)
         title = "A and B are the same run" if self.test is None else \
-            (f"McNemar p = {self.test['p_value']:.3g}; A alone right on {self.test['a_only']}, "
+            (f"McNemar p {report.format_p(self.test['p_value'])}; A alone right on {self.test['a_only']}, "
              f"B alone on {self.test['b_only']} images")
         ax.set_title(f"A: {self.a.value} vs B: {self.b.value} (percent)\n{title}", fontsize=9)
         return fig
 
 
 __all__ = ("GALLERY_SIZE", "AugmentationPreviewer", "Gallery", "RunComparison", "SensitivityExplorer", "bin_index",
-           "compare_table", "default_pair", "disagreements", "figure_png", "gallery_items", "image_tile", "label",
-           "png", "policy_counts", "pooled_items", "pooled_record", "show")
+           "compare_table", "default_pair", "disagreements", "figure_png", "flipped_gallery", "gallery_items",
+           "image_tile", "label", "png", "policy_counts", "pooled_items", "pooled_record", "show")

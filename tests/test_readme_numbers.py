@@ -66,7 +66,7 @@ def test_the_arms_table_is_recomputed_from_the_committed_records(records):
         assert defective == arms.loc[step, "defective recall %"], label
     tta = report.tta_table(records, "04_balanced_augment")
     accuracy, normal, defective = rows["04 + TTA vertical flip / blur"][1:4]
-    for cell, column in ((accuracy, "accuracy %"), (normal, "recall normal %"), (defective, "recall defective %")):
+    for cell, column in ((accuracy, "accuracy %"), (normal, "normal recall %"), (defective, "defective recall %")):
         assert cell == " / ".join(f"{tta.loc[view, column]:.1f}" for view in ("vflip", "blur")), column
 
 

@@ -162,3 +162,16 @@ def test_names_placed_in_html_are_escaped():
     value = tile.children[1].value
     assert "<br>second line" in value
     assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;.png" in value
+
+
+def test_the_flipped_gallery_shows_each_sides_disagreements(smoke_records):
+    """report.html's static run comparison: a row per side, as many images as disagree (up to n), McNemar above."""
+    records, val = smoke_records
+    a, b = widgets.default_pair(records)
+    images = dict(zip(val.names, val.images))
+    diff = widgets.disagreements(a, b)
+    fig = widgets.flipped_gallery(a, b, images, n=4)
+    shown = [sum(1 for ax in row if ax.images) for row in np.asarray(fig.axes).reshape(2, 4)]
+    assert shown == [min(4, len(diff["a_only"])), min(4, len(diff["b_only"]))]
+    assert "McNemar p" in fig._suptitle.get_text() and "p 0.000" not in fig._suptitle.get_text()
+    plt.close(fig)

@@ -171,10 +171,10 @@ def tta_table(records: Sequence[dict], step: str) -> pd.DataFrame:
         per_seed = [scores(r, view) for r in recs]
         study = (STUDY_RESULTS.get(f"tta_{view}", {}) if view else STUDY_RESULTS.get(step, {})) if elpv else {}
         rows.append({"view": view or "none", "accuracy %": 100 * np.mean([s["accuracy"] for s in per_seed]),
-                     f"recall {ref} %": 100 * np.mean([s["recall_reference"] for s in per_seed]),
-                     f"recall {tgt} %": 100 * np.mean([s["recall_target"] for s in per_seed]),
+                     f"{ref} recall %": 100 * np.mean([s["recall_reference"] for s in per_seed]),
+                     f"{tgt} recall %": 100 * np.mean([s["recall_target"] for s in per_seed]),
                      "study accuracy %": pct(study.get("accuracy")),
-                     f"study recall {tgt} %": pct(study.get("recall_defective"))})
+                     f"study {tgt} recall %": pct(study.get("recall_defective"))})
     return pd.DataFrame(rows).set_index("view").round(1)
 
 
