@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from . import models
+from . import models, study
 from .data import Dataset
 from .progress import progress_bar
 from .study import class_roles
@@ -253,7 +253,7 @@ TEST_VIEWS: dict[str, str] = {"vflip": "vflip", "blur": "boxblur",  # view -> op
                               **{v: v for v in ("hflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")}}
 DEFAULT_VIEWS = ("vflip", "blur")  # the test-time views whose logits a training keeps (the study's TTA, in 05)
 # the image itself and these seven: the eight symmetries of a square (flips and quarter turns), exact on square cells
-DIHEDRAL_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+DIHEDRAL_VIEWS = study.DIHEDRAL_VIEWS
 
 
 def check_views(views: Sequence[str]) -> None:

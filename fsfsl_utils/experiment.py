@@ -380,7 +380,9 @@ def load_records_for_analysis(results_dir: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         raise FileNotFoundError(f"no run records in {folder}: run the training notebooks (01-04) first, with "
                                 f"RESULTS_DIR={str(folder)!r}") from None
-    data_of = lambda r: (r.get("data_origin", r.get("source", "elpv")), r.get("labels", "study"))  # noqa: E731
+    # soft labels add ELPV's unsure cells to training only: the same validation images as the study's labels
+    data_of = lambda r: (r.get("data_origin", r.get("source", "elpv")),  # noqa: E731
+                         {"soft": "study"}.get(r.get("labels", "study"), r.get("labels", "study")))
     anchor = [r for r in found if r["step"] == "01_baseline"] or found
     main = data_of(max(anchor, key=lambda r: r["created"]))
     others = sorted({data_of(r) for r in found} - {main})

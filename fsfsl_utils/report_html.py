@@ -242,26 +242,34 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
     pngs = {p.stem: p for folder in ([Path(run_dir)] if run_dir else []) + [results_dir]
             for p in sorted((folder / "figures").glob("*.png"))}
     figures = figure_sections(pngs)
-    tests = report.paired_tests(records, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS)
+    study = report.study_records(records)  # notebook 06's records get a section of their own
+    tests = report.paired_tests(study, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS)
     tgt = f"{report.target_class(first)} recall"
-    tables: dict[str, tuple[str, list]] = {
-        "study": ("", [report.study_comparison(records)]),
-        "arms": (report.INTERVALS_NOTE, [report.arm_table(records)]),
-        "paired-accuracy": ("Verdicts by the rule printed under the verdicts; p: against no effect, Holm-adjusted "
-                            "but the primary's.", [report.paired_table(tests, "accuracy")] if len(tests) else []),
-        "paired-recall": ("", [report.paired_table(tests, tgt)] if len(tests) else []),
-    }
-    for i, frame in enumerate((extra or {}).values()):
+    tables: dict[str, tuple[str, list]] = {}
+    if study:
+        tables |= {
+            "study": ("", [report.study_comparison(study)]),
+            "arms": (report.INTERVALS_NOTE, [report.arm_table(study)]),
+            "paired-accuracy": ("Verdicts by the rule printed under the verdicts; p: against no effect, Holm-adjusted "
+                                "but the primary's.", [report.paired_table(tests, "accuracy")] if len(tests) else []),
+            "paired-recall": ("", [report.paired_table(tests, tgt)] if len(tests) else []),
+        }
+    recipe = report.recipe_tables(records) or {k: v for k, v in (extra or {}).items() if k.startswith("06: ")}
+    extra = {k: v for k, v in (extra or {}).items() if not k.startswith("06: ")}  # 06's tables: their own section
+    for i, frame in enumerate(extra.values()):
         tables[f"extra-{i}"] = ("", [frame])
-    chosen = report.chosen_operating_points(records)
-    tables["operating"] = (report.OPERATING_NOTE + " Below it: the target recall at fixed normal recalls, thresholds "
-                           "chosen on the validation set itself (optimistic).",
-                           ([chosen] if len(chosen) else []) + [report.operating_points(records)])
-    tables["seeds"] = (report.SEED_PLAN_NOTE, [report.seed_plan(records)])
-    last = report.last_epoch_effects(records, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS)
-    if len(last):
-        tables["epochs"] = ("From the recorded metrics: these records kept per-image predictions of the best epoch "
-                            "only, chosen on the validation images (optimistic).", [last])
+    if study:
+        chosen = report.chosen_operating_points(study)
+        tables["operating"] = (report.OPERATING_NOTE + " Below it: the target recall at fixed normal recalls, "
+                               "thresholds chosen on the validation set itself (optimistic).",
+                               ([chosen] if len(chosen) else []) + [report.operating_points(study)])
+        tables["seeds"] = (report.SEED_PLAN_NOTE, [report.seed_plan(study)])
+        last = report.last_epoch_effects(study, report.STUDY_COMPARISONS + report.CONTROL_COMPARISONS)
+        if len(last):
+            tables["epochs"] = ("From the recorded metrics: these records kept per-image predictions of the best "
+                                "epoch only, chosen on the validation images (optimistic).", [last])
+    if recipe:
+        tables["recipe"] = (report.RECIPE_NOTE, list(recipe.values()))
     titles = dict(SECTION_TITLES) | {f"extra-{i}": title for i, title in enumerate(extra or {})} \
         | {"paired-recall": f"Paired effects: {tgt}"}
     order = ["study", "arms", "paired-accuracy", "paired-recall"] + [f"extra-{i}" for i in range(len(extra or {}))] \
@@ -275,13 +283,13 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
                          "figures": figures.get(sid, [])})
     run = Path(run_dir or results_dir)
     notebooks = notebook_links(run, results_dir)
-    found = report.caveat(records)
+    found = report.caveat(study)
     caveat = {"text": found[0], "runs": found[1]} if found else None
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(
         css=Markup(CSS), run_name=run.name, meta=meta, warning=report.smoke_warning(records) or "",
-        bottom_line=report.bottom_line(records), caveat=caveat, verdict_rows=report.verdict_rows(tests),
-        conclusions=[line for line in report.conclusions(records) if not line.startswith("Primary:")],
+        bottom_line=report.bottom_line(study), caveat=caveat, verdict_rows=report.verdict_rows(tests),
+        conclusions=[line for line in report.conclusions(study) if not line.startswith("Primary:")] if study else [],
         rule=report.verdict_rule(), sections=sections, notebooks=notebooks, provenance=provenance(records),
         n_records=len(records), written=dt.datetime.now().isoformat(timespec="seconds"))
 

@@ -28,6 +28,9 @@ STUDY_RESULTS: dict[str, dict] = {
     "tta_vflip": {"accuracy": 0.8774, "recall_normal": 0.937, "recall_defective": 0.727},
     "tta_blur": {"accuracy": 0.88117, "recall_normal": 0.948, "recall_defective": 0.733},
 }
+# The seven other symmetries of a square (flips and quarter turns): training views and test-time views of the
+# stronger recipe (notebook 06); here so that the analysis reads them without the image code.
+DIHEDRAL_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 CONTROL_STEPS = ("04_balanced_duplicate", "04_class_weighted")
 
 ELPV_TARGET, ELPV_REFERENCE = "defective", "normal"  # the study's classes: defect recall matters most

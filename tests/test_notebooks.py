@@ -295,3 +295,10 @@ def test_the_stronger_recipe_runs_headless_in_the_main_job(tmp_path, capsys):
     executed = (run_dir / "notebooks" / "06_stronger_recipe.ipynb").read_text()
     assert "Kept (a gain shown and no loss)" in executed and "labelled defective images gave" in executed
     assert (run_dir / "figures" / "06_learning_curves.png").exists()
+    page = (run_dir / "report.html").read_text()                       # 05 and report.html show 06
+    assert ">The stronger recipe (06)<" in page
+    for pair in ("06_1_dihedral vs 06_0_base", "06_2_soft_labels vs 06_1_dihedral", "06_final vs 06_0_base"):
+        assert pair in page, pair
+    summary = (run_dir / "summary.md").read_text()
+    assert "## 06: what each ingredient buys, defective recall" in summary
+    assert r"06\_2\_soft\_labels vs 06\_1\_dihedral" in summary        # the soft-label arm is analysed too

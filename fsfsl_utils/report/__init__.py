@@ -28,6 +28,7 @@ from .records import (
     JUDGED_NOTE,
     MAX_CLASSES_SHOWN,
     PRIMARY,
+    RECIPE_PREFIX,
     STUDY_COMPARISONS,
     TTA_STEP,
     by_step,
@@ -47,6 +48,7 @@ from .records import (
     shown_classes,
     study_effect,
     study_images,
+    study_records,
     target_class,
     with_sensitivity,
 )
@@ -72,6 +74,7 @@ from .tables import (
 )
 from .verdicts import (
     ARM_NAMES,
+    RECIPE_NOTE,
     SEED_PLAN_NOTE,
     arm_words,
     badge,
@@ -82,6 +85,8 @@ from .verdicts import (
     paired_effects,
     paired_table,
     paired_tests,
+    recipe_steps,
+    recipe_tables,
     seed_plan,
     verdict_lines,
     verdict_rows,
@@ -90,7 +95,8 @@ from .verdicts import (
 
 __all__ = (
     "ALPHA", "ARM_NAMES", "REFERENCE_RUNS", "ReferenceRun", "arm_words", "badge", "bottom_line", "caveat",
-    "format_cell", "markdown_table", "paired_table", "threshold_instead", "verdict_rows", "CONTROL_COMPARISONS",
+    "RECIPE_NOTE", "RECIPE_PREFIX", "recipe_steps", "recipe_tables", "study_records", "format_cell",
+    "markdown_table", "paired_table", "threshold_instead", "verdict_rows", "CONTROL_COMPARISONS",
     "INTERVALS_NOTE",
     "JUDGED_NOTE", "MAX_CLASSES_SHOWN",
     "OPERATING_NOTE", "PRIMARY", "SEED_PLAN_NOTE", "SMOKE_WARNING", "STUDY_COMPARISONS", "TTA_STEP",

@@ -26,6 +26,14 @@ CONTROL_COMPARISONS = (("04_balanced_augment", "04_balanced_duplicate"),
 PRIMARY = ("04_balanced_augment", "01_baseline", "recall")  # the study's headline: balanced augmentation, defects
 
 
+RECIPE_PREFIX = "06_"  # the steps of notebook 06 (the stronger recipe): shown in a section of their own
+
+
+def study_records(records: Sequence[dict]) -> list[dict]:
+    """The records of the study's notebooks 01-04, without notebook 06's (:data:`RECIPE_PREFIX`)."""
+    return [r for r in records if not r["step"].startswith(RECIPE_PREFIX)]
+
+
 TTA_STEP = "04_balanced_augment"  # the study's follow-up applied TTA to its balanced model
 
 

@@ -10,20 +10,25 @@ import numpy as np
 import pandas as pd
 
 from .. import stats as kit_stats
+from ..study import DIHEDRAL_VIEWS
 from .records import (
     CONTROL_COMPARISONS,
     JUDGED_NOTE,
     PRIMARY,
+    RECIPE_PREFIX,
     STUDY_COMPARISONS,
     by_step,
     image_groups,
     judged_arrays,
     judged_predictions,
     on_elpv,
+    reference_class,
+    scores,
     study_effect,
     study_images,
     target_class,
 )
+from .tables import arm_table, ensemble_record, learning_curve
 
 
 def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | None:
@@ -302,4 +307,56 @@ def verdict_rows(tests: pd.DataFrame) -> list[dict]:
                            "badge": badge(row[f"{label} verdict"])})
         out.append({"question": f"{arm_words(row['A'])} vs {arm_words(row['B'])}", "primary": row["role"] == "primary",
                     "scores": scores, "judged_on": row["judged on"]})
+    return out
+
+
+RECIPE_NOTE = ("Notebook 06's ladder: each arm is the one before it plus one ingredient (what it buys), and the final "
+               "recipe against the base; paired on the same validation images by the rule under the verdicts. The "
+               "ingredients were kept by their effects on these same images, so the final recipe's scores here are "
+               "optimistic.")
+
+
+def recipe_steps(records: Sequence[dict]) -> tuple[list[str], str | None, dict[str, list[str]]]:
+    """Notebook 06's steps among ``records``: the ladder in order (``06_0_base``, ``06_1_...``), the final
+    step (None when it has not run) and the learning curves' steps by recipe (``base``, ``final``), the
+    share of 1 being the ladder's base or the final step."""
+    steps = sorted({r["step"] for r in records if r["step"].startswith(RECIPE_PREFIX)})
+    ladder = sorted((s for s in steps if s.split("_")[1].isdigit()), key=lambda s: int(s.split("_")[1]))
+    final = "06_final" if "06_final" in steps else None
+    curves: dict[str, list[str]] = {}
+    for name, whole in (("base", ladder[0] if ladder else None), ("final", final)):
+        parts = sorted((s for s in steps if s.startswith(f"06_curve_{name}_")), key=lambda s: float(s.split("_")[-1]))
+        if parts:
+            curves[name] = parts + ([whole] if whole else [])
+    return ladder, final, curves
+
+
+def recipe_tables(records: Sequence[dict]) -> dict[str, pd.DataFrame]:
+    """What 05 and report.html show of notebook 06 when it has run: its arms, what each ingredient buys
+    (accuracy and target recall, each arm against the one before and the final recipe against the
+    base), the final recipe's seed ensemble with and without the eight symmetries at test time, and
+    the learning curves. Empty when 06 has not run."""
+    ladder, final, curves = recipe_steps(records)
+    if not ladder and not final:
+        return {}
+    mine = [r for r in records if r["step"] in set(ladder) | {final}]
+    out = {"06: every arm over seeds": arm_table(mine)}
+    pairs = list(zip(ladder[1:], ladder)) + ([(final, ladder[0])] if final and ladder else [])
+    tests = paired_tests(records, pairs) if pairs else pd.DataFrame()
+    if len(tests):
+        tgt = target_class(mine[0])
+        out["06: what each ingredient buys, accuracy"] = paired_table(tests, "accuracy")
+        out[f"06: what each ingredient buys, {tgt} recall"] = paired_table(tests, f"{tgt} recall")
+    if final:
+        finals = [r for r in records if r["step"] == final]
+        ensembles = [ensemble_record(finals, final)]
+        if all(v in r.get("view_logits", {}) for r in finals for v in DIHEDRAL_VIEWS):
+            ensembles.append(ensemble_record(finals, final, views=DIHEDRAL_VIEWS))
+        tgt, ref = target_class(finals[0]), reference_class(finals[0])
+        out["06: the final recipe's seeds as one model"] = pd.DataFrame([
+            {"model": e["step"], "test-time views": ", ".join(e["views"]) or "none", "accuracy %": 100 * s["accuracy"],
+             f"{tgt} recall %": 100 * s["recall_target"], f"{ref} recall %": 100 * s["recall_reference"],
+             "AUROC %": 100 * s["auroc"]} for e in ensembles for s in [scores(e)]])
+    for name, steps in curves.items():
+        out[f"06: learning curve of the {name} recipe"] = learning_curve(records, steps)
     return out
