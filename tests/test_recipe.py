@@ -303,3 +303,24 @@ def test_a_probe_refuses_soft_labels_rather_than_round_them(soft_elpv):
                                             np.flatnonzero(soft_elpv.meta["soft"].isna())[:8]]))
     with pytest.raises(ValueError, match="soft labels .* need a mode that trains with a loss"):
         train.fit(part, part, {"mode": "probe", "input_size": 32}, views=(), progress=False)
+
+
+def test_the_final_recipe_is_judged_again_on_another_split(tmp_path, benchmark_script):
+    """benchmarks/recipe_holdout.py: the base and final recipes of a 06 run, retrained on split 1 with their
+    own settings and labels, their records beside the run; paired there by the kit's rule."""
+    from fsfsl_utils import results, session
+
+    run = tmp_path / "run"
+    settings = session.Settings.from_parameters(profile="smoke", seeds=1, results_dir=str(run), progress=False)
+    settings.run("06_0_base", policy="none", keep_model=False, analyse_images=False)
+    settings.run("06_final", policy="none", keep_model=False, analyse_images=False, train_aug="dihedral",
+                 label_smoothing=0.1)
+    holdout = benchmark_script("recipe_holdout")
+    records = holdout.holdout(run, split_seed=1, seeds=1)
+    assert {(r["step"], r["split_seed"]) for r in records} == {("06_0_base", 1), ("06_final", 1)}
+    final = next(r for r in records if r["step"] == "06_final")
+    assert final["config"]["train_aug"] == "dihedral" and final["config"]["label_smoothing"] == 0.1
+    assert len(results.load_records(run / "holdout-split1")) == 2
+    first = next(r for r in results.load_records(run) if r["step"] == "06_0_base")
+    assert final["predictions"]["names"] != first["predictions"]["names"]        # other validation images
+    assert len(report.paired_tests(records, [("06_final", "06_0_base")])) == 1
