@@ -96,7 +96,18 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     check_training_settings(merged)
     check_data(merged)
     check_backend(str(merged.get("BACKEND", "local")), str(merged.get("RAY_ADDRESS", "")))
-    return [(n, {k: v for k, v in merged.items() if k in declared[n]}) for n in names]
+    return [(n, with_config_overrides({k: v for k, v in merged.items() if k in declared[n]}, merged, declared[n]))
+            for n in names]
+
+
+def with_config_overrides(params: dict, given: dict, declared: dict) -> dict:
+    """A notebook's parameters, with ``--backbone``, ``--epochs`` and ``--input-size`` put into its
+    ``CONFIG`` when it has no parameter of their own (notebook 06), so that no option is dropped."""
+    moved = {name.lower(): given[name] for name in ("BACKBONE", "EPOCHS", "INPUT_SIZE")
+             if name not in declared and given.get(name) is not None}
+    if moved and "CONFIG" in declared:
+        params = {**params, "CONFIG": {**moved, **(params.get("CONFIG") or {})}}
+    return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:

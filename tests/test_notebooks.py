@@ -302,3 +302,16 @@ def test_the_stronger_recipe_runs_headless_in_the_main_job(tmp_path, capsys):
     summary = (run_dir / "summary.md").read_text()
     assert "## 06: what each ingredient buys, defective recall" in summary
     assert r"06\_2\_soft\_labels vs 06\_1\_dihedral" in summary        # the soft-label arm is analysed too
+
+
+@pytest.mark.slow
+def test_the_gpu_strong_recipe_dry_runs_on_the_cpu(tmp_path, capsys):
+    """The command a lent GPU runs for notebook 06's fine-tuned numbers (docs/findings.md), at a size a CPU
+    finishes: the gpu-strong profile (whole network, cosine, amp) with two ingredients, one seed, tiny images."""
+    code = run.main(["--profile", "gpu-strong", "--out", str(tmp_path), "--notebooks", "06_stronger_recipe",
+                     "--recipe", "--seeds", "1", "--epochs", "1", "--input-size", "64", "-p", "LIMIT_PER_CLASS=8",
+                     "-p", "INGREDIENTS=dihedral,average", "-p", "LEARNING_CURVE=", "-p", "THRESHOLD_FOLDS=2"])
+    assert code == 0, capsys.readouterr().err
+    recs = {r["step"]: r for r in results.load_records(next(tmp_path.iterdir()))}
+    assert {"06_0_base", "06_1_dihedral", "06_2_average", "06_final"} <= set(recs)
+    assert {r["mode"] for r in recs.values()} == {"finetune"} and recs["06_2_average"]["config"]["ema_decay"] == 0.99

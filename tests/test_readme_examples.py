@@ -86,3 +86,14 @@ def test_own_data_with_a_frozen_profile_says_what_it_cannot_decide(tmp_path, cap
     err = capsys.readouterr().err
     assert "smallest class" not in err and "freezes the backbone" in err
     assert data.class_counts_of(mine) == {"crack": 2, "ok": 4} and data.class_counts_of("elpv") is None
+
+
+def test_epochs_and_input_size_reach_notebook_06_through_its_config(tmp_path, capsys):
+    """06 has no EPOCHS or INPUT_SIZE parameter: --epochs and --input-size go into its CONFIG, not lost; a
+    setting given with -p wins."""
+    args = ["--profile", "cpu-strong", "--recipe", "--notebooks", "06_stronger_recipe", "--epochs", "3",
+            "--input-size", "128", "--out", str(tmp_path), "--dry-run"]
+    assert run.main(args) == 0
+    assert "CONFIG={'epochs': 3, 'input_size': 128}" in capsys.readouterr().out
+    assert run.main([*args, "-p", "epochs=5"]) == 0
+    assert "CONFIG={'epochs': 5, 'input_size': 128}" in capsys.readouterr().out
