@@ -61,9 +61,9 @@ TEMPLATE = """<!doctype html>
 <h1>fsfsl run {{ run_name }}</h1>
 <p class="meta">{{ meta }}</p>
 {% if warning %}<p class="warning">{{ warning }}</p>{% endif %}
-<h2 id="bottom-line">Bottom line</h2>
+{% if bottom_line %}<h2 id="bottom-line">Bottom line</h2>
 <ol class="bottom-line">{% for text, anchor in bottom_line %}
-<li>{{ text }} <a href="#{{ anchor }}">evidence</a></li>{% endfor %}</ol>
+<li>{{ text }} <a href="#{{ anchor }}">evidence</a></li>{% endfor %}</ol>{% endif %}
 {% if caveat %}<div class="caveat" id="caveat"><p><strong>Caution.</strong> {{ caveat.text }}</p>
 <table><tr><th>committed run of the kit</th><th>balanced augmentation vs baseline, defect recall (pts)</th>
 <th>verdict</th></tr>
@@ -72,11 +72,11 @@ TEMPLATE = """<!doctype html>
 <td>{{ ref.verdict }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 <nav><h2 id="contents">Contents</h2><ul class="toc">
-<li><a href="#verdicts">Verdicts</a></li>{% for section in sections %}
+{% if verdict_rows or conclusions %}<li><a href="#verdicts">Verdicts</a></li>{% endif %}{% for section in sections %}
 <li><a href="#{{ section.id }}">{{ section.title }}</a></li>{% endfor %}
 {% if notebooks %}<li><a href="#notebooks">Notebooks</a></li>{% endif %}
 <li><a href="#provenance">Provenance</a></li></ul></nav>
-<h2 id="verdicts">Verdicts</h2>
+{% if verdict_rows or conclusions %}<h2 id="verdicts">Verdicts</h2>
 {% if verdict_rows %}<div class="table-wrap"><table class="verdicts"><tr><th>question</th>
 {% for score in verdict_rows[0].scores %}<th>{{ score.name }} (pts, 95% interval)</th><th>verdict</th>{% endfor %}
 </tr>
@@ -86,7 +86,7 @@ TEMPLATE = """<!doctype html>
 <td><span class="badge {{ score.badge }}">{{ score.verdict }}</span></td>{% endfor %}</tr>{% endfor %}
 </table></div>{% endif %}
 <ul>{% for line in conclusions %}<li>{{ line }}</li>{% endfor %}</ul>
-<p class="rule">Rule: {{ rule }}</p>
+<p class="rule">Rule: {{ rule }}</p>{% endif %}
 {% for section in sections %}
 <h2 id="{{ section.id }}">{{ section.title }}</h2>
 {% if section.note %}<p class="rule">{{ section.note }}</p>{% endif %}
@@ -288,7 +288,8 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(
         css=Markup(CSS), run_name=run.name, meta=meta, warning=report.smoke_warning(records) or "",
-        bottom_line=report.bottom_line(study), caveat=caveat, verdict_rows=report.verdict_rows(tests),
+        bottom_line=report.bottom_line(study) + ([line] if (line := report.recipe_line(records)) else []),
+        caveat=caveat, verdict_rows=report.verdict_rows(tests),
         conclusions=[line for line in report.conclusions(study) if not line.startswith("Primary:")] if study else [],
         rule=report.verdict_rule(), sections=sections, notebooks=notebooks, provenance=provenance(records),
         n_records=len(records), written=dt.datetime.now().isoformat(timespec="seconds"))

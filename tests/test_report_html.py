@@ -146,3 +146,21 @@ def test_threshold_instead_reads_the_baseline_at_the_balanced_arms_normal_recall
     moved = report.threshold_instead(recs)
     assert moved["a_reference"] == 0.75 and moved["a_target"] == 0.5 and moved["b_target"] == 0.0
     assert moved["b_target_moved"] == 1.0 and moved["gap"] == -0.5
+
+
+def test_a_folder_of_notebook_06_alone_reports_its_ladder(smoke_runs, tmp_path):
+    """06's records (here smoke records renamed as its base and one rung) get their own section, the
+    bottom line says how far the best arm is from the 95% bar, and no empty study section is shown."""
+    names = {"01_baseline": "06_0_base", "04_balanced_augment": "06_1_blocks"}
+    recs = [dict(run.record, step=names[run.record["step"]]) for run in smoke_runs]
+    tables = report.recipe_tables(recs)
+    assert list(tables) == ["06: every arm over seeds", "06: what each ingredient buys, accuracy",
+                            "06: what each ingredient buys, defective recall"]
+    assert tables["06: what each ingredient buys, accuracy"]["comparison"].tolist() == ["06_1_blocks vs 06_0_base"]
+    text, anchor = report.recipe_line(recs)
+    best = report.step_table(recs)["accuracy"].idxmax()
+    assert anchor == "recipe" and f"its best arm, {best}," in text and "short of the 95%" in text
+    page = report_html.render(tmp_path, recs)
+    assert ">The stronger recipe (06)<" in page and ">Verdicts<" not in page and ">Every arm over seeds<" not in page
+    assert "The stronger recipe (notebook 06): its best arm" in page
+    assert report.study_records(recs) == [] and report.recipe_line(report.study_records(recs) or recs[:0]) is None

@@ -11,7 +11,15 @@ Modules, each importing only those before it: ``records`` (reading records, what
 three sentences and the caveat), ``files`` (summary.md and summary.json).
 """
 
-from .bottom_line import REFERENCE_RUNS, ReferenceRun, bottom_line, caveat, threshold_instead
+from .bottom_line import (
+    INDUSTRIAL_BAR,
+    REFERENCE_RUNS,
+    ReferenceRun,
+    bottom_line,
+    caveat,
+    recipe_line,
+    threshold_instead,
+)
 from .files import (
     analysis_dir,
     conclusions_markdown,
@@ -95,7 +103,8 @@ from .verdicts import (
 
 __all__ = (
     "ALPHA", "ARM_NAMES", "REFERENCE_RUNS", "ReferenceRun", "arm_words", "badge", "bottom_line", "caveat",
-    "RECIPE_NOTE", "RECIPE_PREFIX", "recipe_steps", "recipe_tables", "study_records", "format_cell",
+    "INDUSTRIAL_BAR", "RECIPE_NOTE", "RECIPE_PREFIX", "recipe_line", "recipe_steps", "recipe_tables", "study_records",
+    "format_cell",
     "markdown_table", "paired_table", "threshold_instead", "verdict_rows", "CONTROL_COMPARISONS",
     "INTERVALS_NOTE",
     "JUDGED_NOTE", "MAX_CLASSES_SHOWN",

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write, atomic_write_json
+from .bottom_line import bottom_line, caveat
 from .prose import conclusions, smoke_warning
 from .records import CONTROL_COMPARISONS, STUDY_COMPARISONS
 from .tables import (
@@ -111,11 +112,18 @@ def markdown_text(text: object) -> str:
 
 
 def conclusions_markdown(records: Sequence[dict]) -> str:
-    """:func:`conclusions` as a Markdown list, the smoke warning (if any) above it: 05's first output.
-    Every line is escaped (:func:`markdown_text`): names from the data show as text."""
-    warning = smoke_warning(records)
-    return "\n".join(([f"**{markdown_text(warning)}**", ""] if warning else [])
-                     + ["- " + markdown_text(line) for line in conclusions(records)])
+    """The bottom line (:func:`bottom_line`, numbered) and :func:`conclusions` as a Markdown list, the
+    smoke warning and the caveat (if any) above them: 05's first output. Every line is escaped
+    (:func:`markdown_text`): names from the data show as text."""
+    return "\n".join(_head_lines(records) + ["- " + markdown_text(line) for line in conclusions(records)])
+
+
+def _head_lines(records: Sequence[dict]) -> list[str]:
+    """The warning, the caveat and the numbered bottom line, in Markdown."""
+    warning, found = smoke_warning(records), caveat(records)
+    lines = [f"**{markdown_text(text)}**" for text in (warning, found[0] if found else None) if text]
+    lines += [f"{i}. {markdown_text(text)}" for i, (text, _) in enumerate(bottom_line(records), 1)]
+    return lines + [""] if lines else []
 
 
 def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None
@@ -140,9 +148,8 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
              "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule(),
              "Seeds needed (power from this run's variance components)": SEED_PLAN_NOTE,
              "Operating point chosen on the training part": OPERATING_NOTE}
-    warning = smoke_warning(records)
     lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
-        ([f"**{markdown_text(warning)}**", ""] if warning else []) + ["## Conclusions", ""]
+        ["## Bottom line", ""] + _head_lines(records) + ["## Conclusions", ""]
     lines += [f"- {markdown_text(c)}" for c in conclusions(records)] + [""]
     for title, frame in sections.items():
         lines += [f"## {markdown_text(title)}", ""] + ([markdown_text(notes[title]), ""] if title in notes else []) \
