@@ -190,3 +190,65 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
             if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 broken.append(f"{page.name}: {target}")
     assert broken == []
+
+
+# Notebook 06's measured runs on the CPU (docs/findings.md, "The stronger recipe"): (section, folder).
+STRONG = ROOT / "benchmarks" / "cpu-strong-2026-12-05"
+STRONG_RUNS = [("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a")]
+
+
+def recipe_lines(records: list[dict]) -> list[str]:
+    """What each ingredient buys, one line per comparison, as the findings page prints it."""
+    tables = report.recipe_tables(records)
+    acc = tables["06: what each ingredient buys, accuracy"]
+    rec = tables["06: what each ingredient buys, defective recall"]
+    return [f"{a['comparison']}: accuracy {a['effect (pts)']:+.1f} {a['95% interval']} ({a['verdict']}); defect "
+            f"recall {r['effect (pts)']:+.1f} {r['95% interval']} ({r['verdict']})"
+            for (_, a), (_, r) in zip(acc.iterrows(), rec.iterrows())]
+
+
+def strong_section(title: str) -> str:
+    text = FINDINGS.read_text()
+    start = text.index(title)
+    ends = [e for e in (text.find("\n### ", start + len(title)), text.find("\n## ", start + len(title))) if e > 0]
+    return text[start:min(ends) if ends else len(text)]
+
+
+@pytest.mark.parametrize("title, folder", STRONG_RUNS, ids=[t.split(":")[0][4:] for t, _ in STRONG_RUNS])
+def test_the_stronger_recipes_ladders_are_recomputed(title, folder):
+    """Each arm's row (accuracy and defect recall with both intervals, normal recall, AUROC) and each line of
+    what an ingredient buys, from the committed records of notebook 06's runs."""
+    recs = results.load_records(folder)
+    section = strong_section(title)
+    rows = table_rows(section)
+    arms = report.recipe_tables(recs)["06: every arm over seeds"]
+    for step in arms.index:
+        accuracy, defective, normal, auroc = rows[f"`{step}`"][:4]
+        assert [accuracy, defective] == [arms.loc[step, "accuracy %"], arms.loc[step, "defective recall %"]], step
+        assert [normal, auroc] == [arms.loc[step, k].split(" (")[0] for k in ("normal recall %", "AUROC %")], step
+    flat = " ".join(section.split())
+    for line in recipe_lines(recs):
+        assert f"- {line}" in flat, line
+
+
+def test_the_final_recipes_ensemble_operating_point_and_learning_curve_are_recomputed():
+    """Ladder A's final recipe: its seeds as one model (with and without the eight symmetries), the operating
+    point chosen on the training part, and the learning curve, as the findings page quotes them."""
+    recs = results.load_records(STRONG / "ladder-a")
+    flat = " ".join(strong_section("### Ladder A").split()) + " " + " ".join(FINDINGS.read_text().split())
+    tables = report.recipe_tables(recs)
+    plain, views = tables["06: the final recipe's seeds as one model"].to_dict("records")
+    assert (f"reach {plain['accuracy %']:.1f}% accuracy, {plain['defective recall %']:.1f}% defect recall and "
+            f"{plain['normal recall %']:.1f}% normal recall (AUROC {plain['AUROC %']:.1f})") in flat
+    assert (f"{views['accuracy %']:.1f}% accuracy, {views['defective recall %']:.1f}% defect recall, "
+            f"{views['normal recall %']:.1f}% normal recall (AUROC {views['AUROC %']:.1f}") in flat
+    point = report.chosen_operating_points([r for r in recs if r["step"] == "06_final"]).iloc[0]
+    caught, kept = point["defective recall at it (training part)"], point["normal recall at it (training part)"]
+    assert f"({point['threshold (training part)']:.3f} on the defective probability" in flat
+    assert (f"catches {caught.replace(' [', '% [')} of the defective validation cells and keeps "
+            f"{kept.replace(' [', '% [')} of the normal ones") in flat
+    rows = [(int(r["defective images labelled"]), r["defective recall (%)"])
+            for r in tables["06: learning curve of the final recipe"].to_dict("records")]
+    said = [f"{rows[0][0]} labelled defective cells gave {rows[0][1]:.1f}% defect recall"]
+    said += [f"{n} gave {recall:.1f}%" for n, recall in rows[1:]]
+    assert ", ".join(said) in flat
