@@ -172,6 +172,12 @@ def test_the_readmes_first_screen_holds_the_finding_and_the_commands():
     assert (f"{100 * frozen['b_target_moved']:.1f}% of the defects against the balanced model's "
             f"{100 * frozen['a_target']:.1f}% (frozen), {100 * top['b_target_moved']:.1f}% against "
             f"{100 * top['a_target']:.1f}% (top block)") in flat
+    strong = [r for ladder in ("ladder-a", "ladder-b") for r in results.load_records(STRONG / ladder)]
+    best = max(report.step_table(strong)["accuracy"])
+    kept = report.chosen_operating_points([r for r in strong if r["step"] == "06_final"]).iloc[0]
+    assert f"{100 * best:.1f}% at best" in flat
+    normal = float(kept["normal recall at it (training part)"].split()[0])
+    assert f"keeps only {normal:.0f}% of the normal cells" in flat
 
 
 def test_every_relative_link_of_the_readme_and_docs_resolves():
@@ -194,7 +200,8 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
 
 # Notebook 06's measured runs on the CPU (docs/findings.md, "The stronger recipe"): (section, folder).
 STRONG = ROOT / "benchmarks" / "cpu-strong-2026-12-05"
-STRONG_RUNS = [("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a")]
+STRONG_RUNS = [("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a"),
+               ("### Ladder B: blocks, 300 px, unsure cells, longer schedule", STRONG / "ladder-b")]
 
 
 def recipe_lines(records: list[dict]) -> list[str]:
