@@ -3,6 +3,7 @@ gathered into ``CONFIG``, and every check made before a kernel starts (errors na
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import json
@@ -173,3 +174,37 @@ def check_training_settings(params: dict) -> None:
         named = next((n for n in names if n.lower() in str(err)), None) \
             or next((f"CONFIG {k}" for k in config if k in str(err)), None)
         raise ValueError(f"parameter {named}: {err}" if named else str(err)) from None
+
+
+def with_config_overrides(params: dict, given: dict, declared: dict) -> dict:
+    """A notebook's parameters, with ``--backbone``, ``--epochs`` and ``--input-size`` put into its
+    ``CONFIG`` when it has no parameter of their own (notebook 06), so that no option is dropped."""
+    moved = {name.lower(): given[name] for name in ("BACKBONE", "EPOCHS", "INPUT_SIZE")
+             if name not in declared and given.get(name) is not None}
+    if moved and "CONFIG" in declared:
+        params = {**params, "CONFIG": {**moved, **(params.get("CONFIG") or {})}}
+    return params
+
+
+def own_data_notes(args: argparse.Namespace) -> list[str]:
+    """What a user running the kit on their own images should know before it starts: a frozen profile
+    only shows that the pipeline runs (docs/findings.md, "What freezing hides"), and which class the kit
+    takes as the target when ``--target-class`` does not name one."""
+    if args.data == "elpv":
+        return []
+    from . import data
+    from .study import class_roles
+
+    notes = []
+    if profiles.resolve(args.profile)["config"].mode == "probe":
+        notes.append(f"profile {args.profile} freezes the backbone (only a linear head learns): it shows that the "
+                     "pipeline runs on these images, but its verdicts can mislead decisions; for decisions use "
+                     "--profile cpu-finetune (CPU) or --profile paper (GPU)")
+    if not args.target_class:
+        names = data.class_names_of(args.data, "study")
+        counts = data.class_counts_of(args.data)
+        target = class_roles(names, counts)[0] if counts else None
+        notes.append((f"the target class (whose recall matters most) is {target!r}, the smallest class; "
+                      if target else "the target class (whose recall matters most) is the smallest class; ")
+                     + "name it with --target-class NAME")
+    return notes

@@ -44,8 +44,10 @@ from .job_parameters import (
     check_parameter,
     check_training_settings,
     notebook_parameters,
+    own_data_notes,
     parse_params,
     training_config,
+    with_config_overrides,
 )
 
 
@@ -98,16 +100,6 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     check_backend(str(merged.get("BACKEND", "local")), str(merged.get("RAY_ADDRESS", "")))
     return [(n, with_config_overrides({k: v for k, v in merged.items() if k in declared[n]}, merged, declared[n]))
             for n in names]
-
-
-def with_config_overrides(params: dict, given: dict, declared: dict) -> dict:
-    """A notebook's parameters, with ``--backbone``, ``--epochs`` and ``--input-size`` put into its
-    ``CONFIG`` when it has no parameter of their own (notebook 06), so that no option is dropped."""
-    moved = {name.lower(): given[name] for name in ("BACKBONE", "EPOCHS", "INPUT_SIZE")
-             if name not in declared and given.get(name) is not None}
-    if moved and "CONFIG" in declared:
-        params = {**params, "CONFIG": {**moved, **(params.get("CONFIG") or {})}}
-    return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,30 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     train_first = train_ahead_by_default(args.profile) if args.train_ahead is None else args.train_ahead
     return execute(steps, run_dir, train_first=train_first, pack=args.pack)
-
-
-def own_data_notes(args: argparse.Namespace) -> list[str]:
-    """What a user running the kit on their own images should know before it starts: a frozen profile
-    only shows that the pipeline runs (docs/findings.md, "What freezing hides"), and which class the kit
-    takes as the target when ``--target-class`` does not name one."""
-    if args.data == "elpv":
-        return []
-    from . import data
-    from .study import class_roles
-
-    notes = []
-    if profiles.resolve(args.profile)["config"].mode == "probe":
-        notes.append(f"profile {args.profile} freezes the backbone (only a linear head learns): it shows that the "
-                     "pipeline runs on these images, but its verdicts can mislead decisions; for decisions use "
-                     "--profile cpu-finetune (CPU) or --profile paper (GPU)")
-    if not args.target_class:
-        names = data.class_names_of(args.data, "study")
-        counts = data.class_counts_of(args.data)
-        target = class_roles(names, counts)[0] if counts else None
-        notes.append((f"the target class (whose recall matters most) is {target!r}, the smallest class; "
-                      if target else "the target class (whose recall matters most) is the smallest class; ")
-                     + "name it with --target-class NAME")
-    return notes
 
 
 RUN_OPTIONS = ("profile", "seeds", "splits", "backbone", "epochs", "input_size", "data", "notebooks", "backend",

@@ -246,7 +246,8 @@ def test_the_readmes_use_your_model_commands_run_as_written(models, tmp_path, mo
     from fsfsl_utils.experiment import project_root
 
     text = (project_root() / "README.md").read_text()
-    block = text[text.index("## Use your model"):text.index("## From Python")]
+    start = text.index("## Use your model")
+    block = text[start:text.index("\n## ", start + 1)]
     lines = [line for line in re.findall(r"^python -m fsfsl_utils\.(?:predict|export) .*$", block, re.M)]
     assert len(lines) == 2
     folder, val, _ = models["probe"]
