@@ -217,15 +217,17 @@ def provenance(records: Sequence[dict]) -> list[str]:
         return ", ".join(sorted({str(v) for r in records if (v := get(r)) not in (None, "")})) or "not recorded"
 
     created = sorted(r.get("created", "") for r in records if r.get("created"))
+    labels = (f"{values(lambda r: r.get('labels'))} labels" if all(report.on_elpv(r) for r in records)
+              else "labels from its class folders")
     versions = sorted({k for r in records for k in (r.get("versions") or {}) if k != "commit"})
     return [f"Kit commit: {values(lambda r: (r.get('versions') or {}).get('commit'))}.",
             "Packages: " + "; ".join(f"{k} {values(lambda r, k=k: (r.get('versions') or {}).get(k))}"
                                      for k in versions) + ".",
             f"Trainings ran from {created[0][:19] if created else '?'} to {created[-1][:19] if created else '?'} on "
             f"{values(lambda r: (r.get('ran_on') or {}).get('node'))} (device {values(lambda r: r.get('device'))}, "
-            f"GPU {values(lambda r: (r.get('ran_on') or {}).get('gpu'))}).",
-            f"Data: {values(lambda r: r.get('data_origin', r.get('source')))} ({values(lambda r: r.get('labels'))} "
-            f"labels, {values(lambda r: r.get('split_kind'))} split, split seed(s) "
+            f"GPU {values(lambda r: (r.get('ran_on') or {}).get('gpu') or 'none')}).",
+            f"Data: {values(lambda r: r.get('data_origin', r.get('source')))} ({labels}, "
+            f"{values(lambda r: r.get('split_kind'))} split, split seed(s) "
             f"{values(lambda r: r.get('split_seed'))})."]
 
 

@@ -131,6 +131,8 @@ def test_bottom_line_and_caveat_of_the_frozen_run_and_a_learned_one():
     assert report.caveat(learned) is None                     # agrees with the committed runs that learn
     other = [dict(r, data_origin="folder:/x", source="/x") for r in learned]
     assert report.caveat(other) is None and "The question:" in report.bottom_line(other)[0][0]
+    footer = " ".join(report_html.provenance(other))
+    assert "labels from its class folders" in footer and "study labels" not in footer and "GPU none" in footer
 
 
 def test_threshold_instead_reads_the_baseline_at_the_balanced_arms_normal_recall():
