@@ -305,6 +305,7 @@ def test_a_probe_refuses_soft_labels_rather_than_round_them(soft_elpv):
         train.fit(part, part, {"mode": "probe", "input_size": 32}, views=(), progress=False)
 
 
+@pytest.mark.slow  # a benchmark script's dry run (four trainings), like the other scripts' in make test-slow
 def test_the_final_recipe_is_judged_again_on_another_split(tmp_path, benchmark_script):
     """benchmarks/recipe_holdout.py: the base and final recipes of a 06 run, retrained on split 1 with their
     own settings and labels, their records beside the run; paired there by the kit's rule."""
