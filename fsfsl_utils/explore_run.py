@@ -10,7 +10,6 @@ folder is only read.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import results
+from .run import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_analysis.ipynb"
@@ -25,7 +25,7 @@ NOTEBOOK = ROOT / "notebooks" / "05_analysis.ipynb"
 
 def prepare(run: str | Path, interactive: str | Path | None = None) -> Path:
     """Notebook 05 parameterised to explore ``run`` live, in a new folder of ``interactive`` (default
-    ``<project>/runs/interactive``) named after the run; returns the notebook's path. ValueError when
+    ``<project>/runs/interactive``), ``explore-<run>/<time>``; returns the notebook's path. ValueError when
     ``run`` is not a folder of run records."""
     import papermill
 
@@ -37,17 +37,7 @@ def prepare(run: str | Path, interactive: str | Path | None = None) -> Path:
     except FileNotFoundError:
         raise ValueError(f"RUN {run} holds no run records (records/*.json); give a results folder of a run") \
             from None
-    base = Path(interactive or ROOT / "runs" / "interactive")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for k in range(100):
-        out = base / f"explore-{run.name}-{stamp}" if k == 0 else base / f"explore-{run.name}-{stamp}-{k + 1}"
-        try:
-            out.mkdir(parents=True)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"could not create a new folder in {base}")
+    out = new_run_dir(Path(interactive or ROOT / "runs" / "interactive") / f"explore-{run.name}")  # never reused
     target = out / NOTEBOOK.name
     papermill.execute_notebook(str(NOTEBOOK), str(target), prepare_only=True, kernel_name="python3",
                                parameters={"RESULTS_DIR": str(run), "OUTPUT_DIR": str(out), "WIDGETS": True,

@@ -319,12 +319,12 @@ def roc_curves(records: Sequence[dict], mark_normal_recall: Sequence[float] = (0
 def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]] = report.STUDY_COMPARISONS
                        + report.CONTROL_COMPARISONS, key: str = "recall_target") -> plt.Figure:
     """Per comparison A - B: one dot per seed / split (paired on the same validation images), the mean
-    with its 95% interval (seeds and images, :func:`fsfsl_utils.report.paired_tests`) and, where the
+    with its 95% interval (seeds and images, :func:`fsfsl_utils.report.paired_effects`) and, where the
     study published one, its effect (a red cross)."""
     groups = report.by_step(records)
     shown = [(a, b) for a, b in pairs if a in groups and b in groups]
-    tests = report.paired_tests(records, shown) if shown else pd.DataFrame()
     label = f"{report.target_class(records[0])} recall" if key == "recall_target" else "accuracy"
+    metric = "recall" if key == "recall_target" else "accuracy"
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * max(1, len(shown))))
     study_shown = False
     for y, (a, b) in enumerate(shown):
@@ -332,15 +332,13 @@ def paired_differences(records: Sequence[dict], pairs: Sequence[tuple[str, str]]
         diffs = [100 * (report.scores(r)[key] - report.scores(other[k])[key]) for r in groups[a]
                  if (k := (r["split_seed"], r["seed"])) in other]
         ax.scatter(diffs, [y] * len(diffs), color=CLASS_COLORS[0], s=14, alpha=0.6, zorder=2)
-        row = tests[(tests["A"] == a) & (tests["B"] == b)] if len(tests) else tests
-        if len(row) and report.computed(row.iloc[0], label):
-            r = row.iloc[0]
-            lo, hi = (float(v) for v in r[f"{label} 95% interval"].strip("[]").split(","))
-            ax.plot([lo, hi], [y, y], color="black", lw=1.5, zorder=1)
-            ax.plot([r[f"{label} effect (pts)"]] * 2, [y - 0.25, y + 0.25], color="black", lw=2.5, zorder=3)
-            study = r.get(f"{label} study (pts)")
-            if study is not None and not pd.isna(study):
-                ax.scatter([study], [y], marker="x", color="#c0392b", s=40, zorder=4,
+        effect = report.paired_effects(records, a, b, metric)
+        if effect is not None and "not_computed" not in effect:
+            ax.plot([100 * effect["low"], 100 * effect["high"]], [y, y], color="black", lw=1.5, zorder=1)
+            ax.plot([100 * effect["estimate"]] * 2, [y - 0.25, y + 0.25], color="black", lw=2.5, zorder=3)
+            study = report.study_effect(a, b, metric) if report.on_elpv(records[0]) else None
+            if study is not None:
+                ax.scatter([100 * study], [y], marker="x", color="#c0392b", s=40, zorder=4,
                            label=None if study_shown else "the study's effect (one run)")
                 study_shown = True
     ax.axvline(0, color="gray", lw=0.8)

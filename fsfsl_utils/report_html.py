@@ -256,9 +256,8 @@ def render(results_dir: Path, records: Sequence[dict], extra: dict[str, pd.DataF
                                 "but the primary's.", [report.paired_table(tests, "accuracy")] if len(tests) else []),
             "paired-recall": ("", [report.paired_table(tests, tgt)] if len(tests) else []),
         }
-    recipe = report.recipe_tables(records) or {k: v for k, v in (extra or {}).items() if k.startswith("06: ")}
-    extra = {k: v for k, v in (extra or {}).items() if not k.startswith("06: ")}  # 06's tables: their own section
-    for i, frame in enumerate(extra.values()):
+    recipe = report.recipe_tables(records)
+    for i, frame in enumerate((extra or {}).values()):
         tables[f"extra-{i}"] = ("", [frame])
     if study:
         chosen = report.chosen_operating_points(study)

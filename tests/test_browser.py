@@ -187,19 +187,30 @@ def test_sensitivity_explorer_renders_and_responds_in_jupyterlab(lab):
     assert (out / "sensitivity_explorer.png").stat().st_size > 10_000
 
 
-def test_report_html_renders_in_chromium(smoke_runs, tmp_path):
-    """report.html of a smoke run in Chromium: it renders, every image loads, nothing is fetched, no
-    horizontal scroll at 1280 px, and the first screen holds the bottom line and the verdicts' contents."""
+def report_with_figures(folder: Path, records: list[dict], figures: dict) -> Path:
+    """report.html of ``records`` in ``folder``, with the figures ``figures`` draws (name -> function of the
+    records) saved beside it as 05 saves them."""
     import matplotlib.pyplot as plt
-    from playwright.sync_api import sync_playwright
 
     from fsfsl_utils import plots, report_html
 
-    recs = [run.record for run in smoke_runs]
-    for name, fig in (("05_confusion", plots.confusion_matrices(recs)), ("05_scores", plots.metric_bars(recs))):
-        plots.save(fig, tmp_path, name)
+    for name, draw in figures.items():
+        fig = draw(records)
+        plots.save(fig, folder, name)
         plt.close(fig)
-    path = report_html.write(tmp_path, recs)
+    return report_html.write(folder, records)
+
+
+def test_report_html_renders_in_chromium(smoke_runs, tmp_path):
+    """report.html of a smoke run in Chromium: it renders, every image loads, nothing is fetched, no
+    horizontal scroll at 1280 px, and the first screen holds the bottom line and the verdicts' contents."""
+    from playwright.sync_api import sync_playwright
+
+    from fsfsl_utils import plots
+
+    recs = [run.record for run in smoke_runs]
+    path = report_with_figures(tmp_path, recs, {"05_confusion": plots.confusion_matrices,
+                                                "05_scores": plots.metric_bars})
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -224,18 +235,15 @@ def test_report_of_a_frozen_run_at_1280_px_and_on_paper(tmp_path):
     """The committed frozen run's report (real ELPV records): at 1280 px the bottom line and the caveat sit on
     the first screen, a contents list links every section, no table scrolls sideways, every figure has a
     caption under it; printed to PDF by Chromium, every column header and every verdict is on paper."""
-    import matplotlib.pyplot as plt
     import pypdf
     from playwright.sync_api import sync_playwright
 
-    from fsfsl_utils import experiment, plots, report_html
+    from fsfsl_utils import experiment, plots
 
     recs = experiment.load_records_for_analysis(ROOT / "benchmarks" / "cpu-run-2026-12-04")
-    for name, fig in (("05_scores", plots.metric_bars(recs)), ("05_paired_differences", plots.paired_differences(recs)),
-                      ("05_confusion", plots.confusion_matrices(recs)), ("01_scores", plots.metric_bars(recs[:5]))):
-        plots.save(fig, tmp_path, name)
-        plt.close(fig)
-    path = report_html.write(tmp_path, recs)
+    path = report_with_figures(tmp_path, recs, {
+        "05_scores": plots.metric_bars, "05_paired_differences": plots.paired_differences,
+        "05_confusion": plots.confusion_matrices, "01_scores": lambda r: plots.metric_bars(r[:5])})
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})

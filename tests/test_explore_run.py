@@ -20,8 +20,7 @@ def test_explore_prepares_05_live_and_leaves_the_run_untouched(smoke_runs, tmp_p
     run = Path(smoke_runs[0].record["_path"]).parents[1]
     before = snapshot(run)
     notebook = explore_run.prepare(run, tmp_path / "interactive")
-    assert notebook.parent.parent == tmp_path / "interactive"
-    assert notebook.parent.name.startswith(f"explore-{run.name}")
+    assert notebook.parents[1] == tmp_path / "interactive" / f"explore-{run.name}"
     parameters = json.loads(notebook.read_text())["metadata"]["papermill"]["parameters"]
     assert parameters == {"RESULTS_DIR": str(run), "OUTPUT_DIR": str(notebook.parent), "WIDGETS": True,
                           "PROGRESS": True}
@@ -40,3 +39,16 @@ def test_explore_names_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no run records"):
         explore_run.prepare(tmp_path / "empty", tmp_path / "interactive")
+
+
+def test_make_explore_runs_the_module_and_asks_for_a_run(tmp_path):
+    """The README's ``make explore RUN=...`` line calls this module; without RUN it says how to call it."""
+    import subprocess
+
+    root = Path(explore_run.__file__).resolve().parents[1]
+    keep = ["-o", ".venv/.fsfsl-installed"]  # the environment as it is: never reinstalled by a test
+    shown = subprocess.run(["make", *keep, "-n", "-s", "explore", f"RUN={tmp_path}"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout
+    assert f'-m fsfsl_utils.explore_run "{tmp_path}"' in shown
+    bare = subprocess.run(["make", *keep, "-s", "explore"], cwd=root, capture_output=True, text=True)
+    assert bare.returncode != 0 and "usage: make explore RUN=runs/<folder>" in bare.stdout

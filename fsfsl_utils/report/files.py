@@ -15,7 +15,7 @@ import pandas as pd
 from ..io import atomic_write, atomic_write_json
 from .bottom_line import bottom_line, caveat
 from .prose import conclusions, smoke_warning
-from .records import CONTROL_COMPARISONS, STUDY_COMPARISONS
+from .records import CONTROL_COMPARISONS, STUDY_COMPARISONS, study_records
 from .tables import (
     INTERVALS_NOTE,
     OPERATING_NOTE,
@@ -24,7 +24,15 @@ from .tables import (
     operating_points,
     study_comparison,
 )
-from .verdicts import SEED_PLAN_NOTE, format_p, last_epoch_effects, paired_tests, seed_plan, verdict_rule
+from .verdicts import (
+    SEED_PLAN_NOTE,
+    format_p,
+    last_epoch_effects,
+    paired_tests,
+    recipe_tables,
+    seed_plan,
+    verdict_rule,
+)
 
 
 def analysis_dir(results_dir: str | os.PathLike, output_dir: str | os.PathLike = "") -> Path:
@@ -128,21 +136,26 @@ def _head_lines(records: Sequence[dict]) -> list[str]:
 
 def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra: dict[str, pd.DataFrame] | None = None
                   ) -> Path:
-    """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically."""
+    """``<results_dir>/summary.md`` (tables + conclusions) and ``summary.json``, written atomically: the
+    study's sections from the records of 01-04, notebook 06's tables (:func:`recipe_tables`) when it ran."""
     results_dir = Path(results_dir)
-    sections = {"Kit vs study": study_comparison(records),
-                "Every arm: mean over seeds, percent (intervals: seeds; images)": arm_table(records),
-                "Paired effects (study's comparisons and controls)":
-                    paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
-                "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
-                    operating_points(records),
-                "Seeds needed (power from this run's variance components)": seed_plan(records)}
-    chosen = chosen_operating_points(records)
-    if len(chosen):
-        sections["Operating point chosen on the training part"] = chosen
-    last = last_epoch_effects(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
-    if len(last):
-        sections["Best epoch vs last epoch (from the recorded metrics)"] = last
+    everything, records = records, study_records(records)
+    sections = {}
+    if records:
+        sections = {"Kit vs study": study_comparison(records),
+                    "Every arm: mean over seeds, percent (intervals: seeds; images)": arm_table(records),
+                    "Paired effects (study's comparisons and controls)":
+                        paired_tests(records, STUDY_COMPARISONS + CONTROL_COMPARISONS),
+                    "Defect recall at fixed normal recall (threshold chosen on the validation set: optimistic)":
+                        operating_points(records),
+                    "Seeds needed (power from this run's variance components)": seed_plan(records)}
+        chosen = chosen_operating_points(records)
+        if len(chosen):
+            sections["Operating point chosen on the training part"] = chosen
+        last = last_epoch_effects(records, STUDY_COMPARISONS + CONTROL_COMPARISONS)
+        if len(last):
+            sections["Best epoch vs last epoch (from the recorded metrics)"] = last
+    sections.update(recipe_tables(everything))
     sections.update(extra or {})
     notes = {"Every arm: mean over seeds, percent (intervals: seeds; images)": INTERVALS_NOTE,
              "Paired effects (study's comparisons and controls)": "Rule: " + verdict_rule(),
@@ -150,14 +163,15 @@ def write_summary(results_dir: str | os.PathLike, records: Sequence[dict], extra
              "Operating point chosen on the training part": OPERATING_NOTE}
     lines = ["# fsfsl run summary", "", f"Results folder: {markdown_text(results_dir)}", ""] + \
         ["## Bottom line", ""] + _head_lines(records) + ["## Conclusions", ""]
-    lines += [f"- {markdown_text(c)}" for c in conclusions(records)] + [""]
+    found = conclusions(records) if records else []
+    lines += [f"- {markdown_text(c)}" for c in found] + [""]
     for title, frame in sections.items():
         lines += [f"## {markdown_text(title)}", ""] + ([markdown_text(notes[title]), ""] if title in notes else []) \
             + [markdown_table(frame), ""]
     text = "\n".join(lines)
     path = atomic_write(results_dir / "summary.md", lambda tmp: tmp.write_text(text))
     tables = {k: _records(v) for k, v in sections.items()}
-    atomic_write_json(results_dir / "summary.json", tables | {"conclusions": conclusions(records),
+    atomic_write_json(results_dir / "summary.json", tables | {"conclusions": found,
                                                           "decision_rule": verdict_rule(), "intervals": INTERVALS_NOTE})
     return path
 
