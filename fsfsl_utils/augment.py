@@ -282,13 +282,16 @@ class TrainAugmentation:
     ``draw(n, height, width, generator)`` makes an epoch's random draws for all of its images at
     once, on the CPU (runs reproduce on any device); ``apply(images, draws, size, backbone,
     crop_fraction)`` turns a chunk of uint8 images, with their slice of the draws, into the
-    backbone's normalised inputs on the images' device.
+    backbone's normalised inputs on the images' device. ``symmetries``: the exact test-time views
+    (:data:`TEST_VIEWS`) it shows in training, which test-time averaging can use without showing
+    the model anything new.
     """
 
     name: str
     draw: Callable[[int, int, int, torch.Generator], Draws]
     apply: Callable[[torch.Tensor, Draws, int, str, float], torch.Tensor]
     doc: str = ""
+    symmetries: tuple[str, ...] = ()
 
 
 def draw_crops(n: int, height: int, width: int, generator: torch.Generator,
@@ -372,12 +375,12 @@ def _flipped(images: torch.Tensor, draws: Draws, size: int, backbone: str, crop_
 
 TRAIN_TIME: dict[str, TrainAugmentation] = {a.name: a for a in (
     TrainAugmentation("paper", draw_crops, lambda x, d, size, backbone, _: apply_crops(x, d[0], d[1], size, backbone),
-                      "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)"),
+                      "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)", ("hflip",)),
     TrainAugmentation("flip", lambda n, h, w, gen: (torch.rand(n, generator=gen) < 0.5,), _flipped,
-                      "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')"),
+                      "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')", ("hflip",)),
     TrainAugmentation("dihedral", draw_dihedral, _dihedral,
                       "one of the eight symmetries of a square per image (flips and quarter turns; a cell has no "
-                      "up or left)"),
+                      "up or left)", DIHEDRAL_VIEWS),
     TrainAugmentation("none", lambda n, h, w, gen: (),
                       lambda x, d, size, backbone, crop: models.preprocess(x, backbone, size, crop),
                       "none: the evaluation transform"),
@@ -389,3 +392,10 @@ def get_train_augmentation(name: str) -> TrainAugmentation:
     if name not in TRAIN_TIME:
         raise ValueError(f"train_aug must be one of {', '.join(map(repr, TRAIN_TIME))}, got {name!r}")
     return TRAIN_TIME[name]
+
+
+def training_views(train_aug: str) -> tuple[str, ...]:
+    """The test-time views a model trained with ``train_aug`` has seen in training: averaging over these
+    is test-time augmentation it knows (a quarter-turned cell, for a model trained on flips only, moves
+    its scores along the ROC curve instead of up)."""
+    return get_train_augmentation(train_aug).symmetries

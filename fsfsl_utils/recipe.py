@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import augment
 from .config import TrainConfig
 
 
@@ -151,6 +152,13 @@ def final_rung(base: TrainConfig, keep: Sequence[str]) -> Rung:
     overrides = {k: v for k, v in config.as_dict().items() if v != getattr(base, k)}
     kept_words = ", ".join(i.title for i in get_ingredients(keep)) or "none of the ingredients"
     return Rung(FINAL_STEP, f"final: the base with {kept_words}", overrides, labels)
+
+
+def views(base: TrainConfig, rung: Rung) -> tuple[str, ...]:
+    """The test-time views whose logits an arm's records keep: the study's (05's) and the symmetries
+    the arm trains on, so that its seeds can also be ensembled over views they know."""
+    trained = augment.training_views(base.replace(**rung.config).train_aug)
+    return tuple(dict.fromkeys(augment.DEFAULT_VIEWS + trained))
 
 
 def pairs(rungs: Sequence[Rung]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import numpy as np
 import papermill
 import pytest
 
-from fsfsl_utils import experiment, results, run, session
+from fsfsl_utils import augment, experiment, results, run, session
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -289,6 +289,8 @@ def test_the_stronger_recipe_runs_headless_in_the_main_job(tmp_path, capsys):
     assert {"06_0_base", "06_1_dihedral", "06_2_soft_labels", "06_final", "06_curve_base_50"} <= set(recs)
     assert recs["06_1_dihedral"]["config"]["train_aug"] == "dihedral" and recs["06_2_soft_labels"]["labels"] == "soft"
     assert recs["06_2_soft_labels"]["predictions"]["names"] == recs["06_0_base"]["predictions"]["names"]
+    assert "hflip" in recs["06_0_base"]["view_logits"]                 # each arm keeps the views it trains on
+    assert set(augment.DIHEDRAL_VIEWS) <= set(recs["06_1_dihedral"]["view_logits"])
     half = recs["06_curve_base_50"]
     assert half["label_fraction"] == 0.5 and sum(half["train_counts"].values()) == \
         sum(-(-n // 2) for n in recs["06_0_base"]["train_counts"].values())

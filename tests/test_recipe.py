@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsfsl_utils import augment, models, report, train
+from fsfsl_utils import augment, models, profiles, recipe, report, train
 from fsfsl_utils.config import TrainConfig
 from fsfsl_utils.train import common, optim
 
@@ -141,6 +141,29 @@ def test_a_seed_ensemble_averages_probabilities():
         report.ensemble_record([_record(0, a, labels)], "06_recipe", views=("rot90",))
     with_views = report.ensemble_record([_record(0, a, labels, {"rot90": b})], "06_recipe", views=("rot90",))
     assert np.allclose(np.exp(np.asarray(with_views["predictions"]["logits"])), probs)
+
+
+def test_seed_ensembles_average_over_the_views_the_recipe_trained_on_then_all_eight():
+    labels = [0, 1, 1]
+    a = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]))
+    flipped = np.log(np.array([[0.5, 0.5], [0.2, 0.8], [0.4, 0.6]]))
+    views = {v: a for v in augment.DIHEDRAL_VIEWS} | {"hflip": flipped}
+    records = [{**_record(0, a, labels, views), "config": {"train_aug": "flip"}}]
+    plain, trained, eight = report.seed_ensembles(records, "06_recipe")
+    assert (plain["views"], trained["views"], eight["views"]) == ([], ["hflip"], list(augment.DIHEDRAL_VIEWS))
+    assert np.allclose(np.exp(np.asarray(trained["predictions"]["logits"])), [[0.7, 0.3], [0.4, 0.6], [0.3, 0.7]])
+    dihedral = [{**records[0], "config": {"train_aug": "dihedral"}}]   # its training views are the eight: once
+    assert [e["views"] for e in report.seed_ensembles(dihedral, "06_recipe")] == [[], list(augment.DIHEDRAL_VIEWS)]
+    no_views = [{**_record(0, a, labels), "config": {"train_aug": "flip"}}]   # views not kept: the ensemble alone
+    assert len(report.seed_ensembles(no_views, "06_recipe")) == 1
+    assert augment.training_views("paper") == ("hflip",) and augment.training_views("none") == ()
+
+
+def test_each_arm_keeps_the_logits_of_the_views_it_trains_on():
+    base = profiles.resolve("cpu-strong")["config"]
+    rungs = recipe.ladder(base, ["blocks", "dihedral"])
+    assert recipe.views(base, rungs[0]) == (*augment.DEFAULT_VIEWS, "hflip")
+    assert set(recipe.views(base, rungs[-1])) == set(augment.DEFAULT_VIEWS) | set(augment.DIHEDRAL_VIEWS)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import metrics
+from .. import augment, metrics
 from .. import stats as kit_stats
 from ..study import STUDY_RESULTS, STUDY_STEPS
 from .records import (
@@ -307,6 +307,20 @@ def ensemble_record(records: Sequence[dict], step: str, views: Sequence[str] = (
     return {**first, "step": f"{step} (ensemble of {len(members)})", "seed": 0, "seeds": [r["seed"] for r in members],
             "views": list(views), "predictions": {**first["predictions"], "logits": log_mean.tolist()},
             "view_logits": {}, "metrics": metrics.evaluate(labels, log_mean, first["class_names"])}
+
+
+def seed_ensembles(records: Sequence[dict], step: str) -> list[dict]:
+    """The seeds of ``step`` as one model (:func:`ensemble_record`): alone, then averaged over the views
+    it trained on (flips: the mirror image), then over the eight symmetries of a square, each when the
+    records kept those views' logits and it differs from the one before."""
+    members = by_step(records).get(step, [])
+    out = [ensemble_record(records, step)]
+    trained = augment.training_views(members[0]["config"].get("train_aug", "none")) if members else ()
+    for views in (trained, augment.DIHEDRAL_VIEWS):
+        if views and views != tuple(out[-1]["views"]) and \
+                all(v in r.get("view_logits", {}) for r in members for v in views):
+            out.append(ensemble_record(records, step, views=views))
+    return out
 
 
 def learning_curve(records: Sequence[dict], steps: Sequence[str]) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from .. import stats as kit_stats
-from ..study import DIHEDRAL_VIEWS
 from .records import (
     CONTROL_COMPARISONS,
     JUDGED_NOTE,
@@ -28,7 +27,7 @@ from .records import (
     study_images,
     target_class,
 )
-from .tables import arm_table, ensemble_record, learning_curve
+from .tables import arm_table, learning_curve, seed_ensembles
 
 
 def paired_effects(records: Sequence[dict], a: str, b: str, key: str) -> dict | None:
@@ -334,7 +333,7 @@ def recipe_steps(records: Sequence[dict]) -> tuple[list[str], str | None, dict[s
 def recipe_tables(records: Sequence[dict]) -> dict[str, pd.DataFrame]:
     """What 05 and report.html show of notebook 06 when it has run: its arms, what each ingredient buys
     (accuracy and target recall, each arm against the one before and the final recipe against the
-    base), the final recipe's seed ensemble with and without the eight symmetries at test time, and
+    base), the final recipe's seed ensemble alone and over its training views and the eight symmetries, and
     the learning curves. Empty when 06 has not run."""
     ladder, final, curves = recipe_steps(records)
     if not ladder and not final:
@@ -349,9 +348,7 @@ def recipe_tables(records: Sequence[dict]) -> dict[str, pd.DataFrame]:
         out[f"06: what each ingredient buys, {tgt} recall"] = paired_table(tests, f"{tgt} recall")
     if final:
         finals = [r for r in records if r["step"] == final]
-        ensembles = [ensemble_record(finals, final)]
-        if all(v in r.get("view_logits", {}) for r in finals for v in DIHEDRAL_VIEWS):
-            ensembles.append(ensemble_record(finals, final, views=DIHEDRAL_VIEWS))
+        ensembles = seed_ensembles(finals, final)
         tgt, ref = target_class(finals[0]), reference_class(finals[0])
         out["06: the final recipe's seeds as one model"] = pd.DataFrame([
             {"model": e["step"], "test-time views": ", ".join(e["views"]) or "none", "accuracy %": 100 * s["accuracy"],
