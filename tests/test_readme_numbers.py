@@ -239,14 +239,18 @@ def test_the_stronger_recipes_ladders_are_recomputed(title, folder):
 
 
 def test_the_final_recipes_ensemble_operating_point_and_learning_curve_are_recomputed():
-    """Ladder A's final recipe: its seeds as one model (with and without the eight symmetries), the operating
-    point chosen on the training part, and the learning curve, as the findings page quotes them."""
+    """Ladder A's final recipe: its seeds as one model (alone, with the mirror image, with the eight
+    symmetries), the operating point chosen on the training part, and the learning curve, as the findings
+    page quotes them."""
     recs = results.load_records(STRONG / "ladder-a")
     flat = " ".join(strong_section("### Ladder A").split()) + " " + " ".join(FINDINGS.read_text().split())
     tables = report.recipe_tables(recs)
-    plain, views = tables["06: the final recipe's seeds as one model"].to_dict("records")
+    plain, mirror, views = tables["06: the final recipe's seeds as one model"].to_dict("records")
     assert (f"reach {plain['accuracy %']:.1f}% accuracy, {plain['defective recall %']:.1f}% defect recall and "
             f"{plain['normal recall %']:.1f}% normal recall (AUROC {plain['AUROC %']:.1f})") in flat
+    assert mirror["test-time views"] == "hflip" and (
+        f"{mirror['accuracy %']:.1f}% accuracy, {mirror['defective recall %']:.1f}% defect recall, "
+        f"{mirror['normal recall %']:.1f}% normal recall (AUROC {mirror['AUROC %']:.1f})") in flat
     assert (f"{views['accuracy %']:.1f}% accuracy, {views['defective recall %']:.1f}% defect recall, "
             f"{views['normal recall %']:.1f}% normal recall (AUROC {views['AUROC %']:.1f}") in flat
     point = report.chosen_operating_points([r for r in recs if r["step"] == "06_final"]).iloc[0]
