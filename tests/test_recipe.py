@@ -348,3 +348,23 @@ def test_the_final_recipe_is_judged_again_on_another_split(tmp_path, benchmark_s
     first = next(r for r in results.load_records(run) if r["step"] == "06_0_base")
     assert final["predictions"]["names"] != first["predictions"]["names"]        # other validation images
     assert len(report.paired_tests(records, [("06_final", "06_0_base")])) == 1
+    grouped = holdout.holdout(run, split_seed=0, seeds=1, split_kind="grouped")   # new modules only
+    assert {r["split_kind"] for r in grouped} == {"grouped"} and (run / "holdout-grouped0").is_dir()
+    with pytest.raises(ValueError, match="no records of"):
+        holdout.holdout(run, step="06_3_schedule")
+
+
+@pytest.mark.slow  # a benchmark script's dry run (six small trainings), in make test-slow
+def test_the_blocks_table_trains_each_count_and_chooses_the_fewest_no_larger_count_beats(tmp_path, benchmark_script):
+    """benchmarks/blocks_table.py: one arm per number of trained top blocks, each with its training time,
+    and the choice read off the paired tests (here, at a size nothing can be shown, the fewest blocks)."""
+    blocks = benchmark_script("blocks_table")
+    records = blocks.train_counts(tmp_path, [0, 1, 2], seeds=2, input_size=64, epochs=1, limit_per_class=12)
+    assert sorted({(r["step"], r["config"]["trained_blocks"]) for r in records}) == \
+        [("blocks_0", 0), ("blocks_1", 1), ("blocks_2", 2)]
+    rows, tests, chosen = blocks.table(records, [0, 1, 2])
+    assert list(rows["trained blocks"]) == [0, 1, 2] and (rows["training s per seed"] > 0).all()
+    assert list(zip(tests["A"], tests["B"])) == [("blocks_1", "blocks_0"), ("blocks_2", "blocks_1")]
+    assert chosen == 0
+    with pytest.raises(SystemExit):
+        blocks.main(["--out", str(tmp_path), "--blocks", "1,two"])
