@@ -37,14 +37,13 @@ import argparse
 import json
 import platform
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import torch
 
-from fsfsl_utils import augment, data, experiment, session
-from fsfsl_utils.io import atomic_write, atomic_write_json
+from fsfsl_utils import augment, data, experiment, results, session
+from fsfsl_utils.io import atomic_write_json
 
 ARMS = tuple(experiment.STEPS)
 PRIMARY = ("01_baseline", "04_balanced_augment")
@@ -134,19 +133,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         run["wall_s"] = round(time.perf_counter() - t_start, 1)
         atomic_write_json(results_dir / "run.json", run)
-        _archive(results_dir, out / "paper-run.tar.gz")
+        results.archive_run(results_dir, out / "paper-run.tar.gz")
     print(json.dumps({k: run[k] for k in ("groups", "skipped", "wall_s")}, indent=1), flush=True)
     return 0
-
-
-def _archive(results_dir: Path, target: Path) -> None:
-    """records/, analysis/ and run.json of the run (no checkpoints) as one tar.gz, written atomically."""
-    def write(tmp: Path) -> None:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for name in ("records", "analysis", "run.json"):
-                if (results_dir / name).exists():
-                    tar.add(results_dir / name, arcname=name)
-    atomic_write(target, write)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
-from .io import atomic_write_new, ensure_writable_dir, json_writer
+from .io import atomic_write, atomic_write_new, ensure_writable_dir, json_writer
 
 SCHEMA_VERSION = 1
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -120,3 +121,17 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
         raise FileNotFoundError(f"no run records under {folder}" + (f" for steps {steps}" if steps else "")
                                 + ": run the training notebooks (01-04) first")
     return sorted(records, key=lambda r: (r["step"], r["split_seed"], r["seed"]))
+
+
+def archive_run(results_dir: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A run's ``records/``, ``analysis/`` and ``run.json`` (no checkpoints) as one tar.gz, written
+    atomically: what a run on a lent machine brings back after each stage, so a call cut short keeps
+    what it finished."""
+    results_dir = Path(results_dir)
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name in ("records", "analysis", "run.json"):
+                if (results_dir / name).exists():
+                    tar.add(results_dir / name, arcname=name)
+    atomic_write(Path(target), write)

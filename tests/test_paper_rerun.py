@@ -53,3 +53,38 @@ def test_the_rerun_groups_the_trainings_by_importance_or_by_arm_when_packed(benc
     assert [len(g) for g in packed] == [10, 20]
     assert packed[0] == [(arm, k) for arm in ("01_baseline", "04_balanced_augment") for k in range(5)]
     assert sorted(t for g in plain for t in g) == sorted(t for g in packed for t in g)  # the same 30 trainings
+
+
+@pytest.mark.slow  # a script for a lent GPU, dry-run like the paper rerun's
+def test_strong_rerun_dry_run_on_cpu(tmp_path):
+    """benchmarks/strong_rerun.py: 06's ladder from a pack, every arm archived as it ends, the final
+    recipe read off the arms with every test-time view; with no time left, only the first arm runs."""
+    pack = data.write_pack(data.load_elpv("study", limit_per_class=12, seed=0), tmp_path / "tiny.fsfslpack",
+                           origin="elpv", labels="study", progress=False)
+    root = experiment.project_root()
+    env = {**os.environ, "FSFSL_PROGRESS": "0", "PYTHONPATH": str(root)}
+    args = [sys.executable, str(root / "benchmarks" / "strong_rerun.py"), "--data", str(pack), "--profile", "smoke",
+            "--device", "cpu", "--seeds", "2", "--input-size", "32", "--ingredients", "dihedral,schedule"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with tarfile.open(tmp_path / "out" / "strong-run.tar.gz") as tar:
+        names = tar.getnames()
+        run = json.load(tar.extractfile("run.json"))
+    assert [a["step"] for a in run["arms"]] == ["06_0_base", "06_1_dihedral", "06_2_schedule", "06_final"]
+    assert not any("checkpoints" in n for n in names) and run["data"]["origin"] == "elpv"
+    records = {json.loads((tmp_path / "out" / "work" / n).read_text())["step"]: n for n in names
+               if n.startswith("records/") and n.endswith(".json")}
+    final = json.loads((tmp_path / "out" / "work" / records["06_final"]).read_text())
+    assert {"hflip", "rot90", "vflip", "blur"} <= set(final["view_logits"])
+    dihedral = json.loads((tmp_path / "out" / "work" / records["06_1_dihedral"]).read_text())
+    assert dihedral["config"]["train_aug"] == "dihedral" and "rot270" in dihedral["view_logits"]
+    short = subprocess.run([*args, "--out", str(tmp_path / "short"), "--budget", "1"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert short.returncode == 0, short.stdout[-3000:] + short.stderr[-3000:]
+    run = json.loads((tmp_path / "short" / "work" / "run.json").read_text())
+    assert [a["step"] for a in run["arms"]] == ["06_0_base"]
+    assert [s["step"] for s in run["skipped"]] == ["06_1_dihedral", "06_2_schedule"] and "kept" not in run
+    bad = subprocess.run([*args[:-1], "lite9", "--out", str(tmp_path / "bad")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "lite9" in bad.stderr
