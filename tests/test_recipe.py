@@ -300,8 +300,8 @@ def test_the_ladder_adds_one_ingredient_at_a_time_and_the_final_recipe_keeps_wha
     final = recipe.final_rung(base, keep)
     assert dict(final.config) == {"trained_blocks": 5, "train_aug": "dihedral"} and final.labels is None
     assert "bought" not in recipe.kept_sentence(rungs, keep) and "Left out" in recipe.kept_sentence(rungs, keep)
-    assert recipe.pairs(rungs[:3]) == [("06_1_blocks", "06_0_base"), ("06_2_resolution", "06_1_blocks"),
-                                       ("06_2_resolution", "06_0_base")]
+    assert recipe.pairs(rungs[:3]) == [("06_1_blocks", "06_0_base"), ("06_2_resolution", "06_1_blocks")]
+    assert recipe.base_pairs(rungs[:3]) == [("06_2_resolution", "06_0_base")] and recipe.base_pairs(rungs[:2]) == []
     assert recipe.curve_steps("final", final, [0.25, 1.0]) == ["06_curve_final_25", "06_final"]
     with pytest.raises(ValueError, match="unknown ingredient"):
         recipe.parse_names("dihedral,mixup")

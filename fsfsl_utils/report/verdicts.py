@@ -340,8 +340,10 @@ def recipe_tables(records: Sequence[dict]) -> dict[str, pd.DataFrame]:
         return {}
     mine = [r for r in records if r["step"] in set(ladder) | {final}]
     out = {"06: every arm over seeds": arm_table(mine)}
-    pairs = list(zip(ladder[1:], ladder)) + ([(final, ladder[0])] if final and ladder else [])
-    tests = paired_tests(records, pairs) if pairs else pd.DataFrame()
+    # two families, as 06 adjusts them: each arm against the one before (what 06 keeps ingredients by),
+    # then the final recipe against the base on its own
+    families = [list(zip(ladder[1:], ladder)), [(final, ladder[0])] if final and ladder else []]
+    tests = pd.concat([paired_tests(records, f) for f in families if f] or [pd.DataFrame()], ignore_index=True)
     if len(tests):
         tgt = target_class(mine[0])
         out["06: what each ingredient buys, accuracy"] = paired_table(tests, "accuracy")
