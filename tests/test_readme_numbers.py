@@ -172,7 +172,7 @@ def test_the_readmes_first_screen_holds_the_finding_and_the_commands():
     assert (f"{100 * frozen['b_target_moved']:.1f}% of the defects against the balanced model's "
             f"{100 * frozen['a_target']:.1f}% (frozen), {100 * top['b_target_moved']:.1f}% against "
             f"{100 * top['a_target']:.1f}% (top block)") in flat
-    strong = [r for ladder in ("ladder-a", "ladder-b") for r in results.load_records(STRONG / ladder)]
+    strong = results.load_records(STRONG / "ladder-c")                  # the five-seed ladder
     best = max(report.step_table(strong)["accuracy"])
     kept = report.chosen_operating_points([r for r in strong if r["step"] == "06_final"]).iloc[0]
     assert f"{100 * best:.1f}% at best" in flat
@@ -200,7 +200,8 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
 
 # Notebook 06's measured runs on the CPU (docs/findings.md, "The stronger recipe"): (section, folder).
 STRONG = ROOT / "benchmarks" / "cpu-strong-2026-12-05"
-STRONG_RUNS = [("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a"),
+STRONG_RUNS = [("### Ladder C (five seeds): blocks, 300 px, longer schedule, unsure cells", STRONG / "ladder-c"),
+               ("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a"),
                ("### Ladder B: blocks, 300 px, unsure cells, longer schedule", STRONG / "ladder-b")]
 
 
@@ -238,12 +239,13 @@ def test_the_stronger_recipes_ladders_are_recomputed(title, folder):
         assert f"- {line}" in flat, line
 
 
-def test_the_final_recipes_ensemble_operating_point_and_learning_curve_are_recomputed():
-    """Ladder A's final recipe: its seeds as one model (alone, with the mirror image, with the eight
+@pytest.mark.parametrize("ladder", ["ladder-c", "ladder-a"])
+def test_the_final_recipes_ensemble_operating_point_and_learning_curve_are_recomputed(ladder):
+    """A ladder's final recipe: its seeds as one model (alone, with the mirror image, with the eight
     symmetries), the operating point chosen on the training part, and the learning curve, as the findings
     page quotes them."""
-    recs = results.load_records(STRONG / "ladder-a")
-    flat = " ".join(strong_section("### Ladder A").split()) + " " + " ".join(FINDINGS.read_text().split())
+    recs = results.load_records(STRONG / ladder)
+    flat = " ".join(FINDINGS.read_text().split())
     tables = report.recipe_tables(recs)
     plain, mirror, views = tables["06: the final recipe's seeds as one model"].to_dict("records")
     assert (f"reach {plain['accuracy %']:.1f}% accuracy, {plain['defective recall %']:.1f}% defect recall and "
