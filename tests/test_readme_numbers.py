@@ -265,3 +265,31 @@ def test_the_final_recipes_ensemble_operating_point_and_learning_curve_are_recom
     said = [f"{rows[0][0]} labelled defective cells gave {rows[0][1]:.1f}% defect recall"]
     said += [f"{n} gave {recall:.1f}%" for n, recall in rows[1:]]
     assert ", ".join(said) in flat
+
+
+# The final recipe (and its best arm) trained again on splits that chose nothing (benchmarks/recipe_holdout.py).
+HOLDOUTS = [("holdout-split1", "random split 1", ["06_final"]),
+            ("holdout-grouped0", "grouped by module", ["06_final", "06_4_soft_labels"])]
+
+
+def test_the_recipe_on_images_that_chose_nothing_is_recomputed():
+    """Each arm's row and each paired line of the findings' holdout section, from the committed records."""
+    section = strong_section("### On images that chose nothing")
+    rows, flat, seen = table_rows(section), " ".join(section.split()), 0
+    for folder, words, steps in HOLDOUTS:
+        recs = results.load_records(STRONG / "ladder-c" / folder)
+        arms = report.arm_table(recs)
+        for step in ["06_0_base", *steps]:
+            if step not in arms.index:
+                continue
+            accuracy, defective, normal = rows[f"`{step}`, {words}"]
+            assert [accuracy, defective] == [arms.loc[step, "accuracy %"], arms.loc[step, "defective recall %"]]
+            assert normal == arms.loc[step, "normal recall %"].split(" (")[0]
+            seen += 1
+        for step in (s for s in steps if s in arms.index):
+            tests = report.paired_tests(recs, [(step, "06_0_base")])
+            acc, rec = (report.paired_table(tests, label).iloc[0] for label in ("accuracy", "defective recall"))
+            assert (f"- {step} vs 06_0_base, {words}: accuracy {acc['effect (pts)']:+.1f} {acc['95% interval']} "
+                    f"({acc['verdict']}); defect recall {rec['effect (pts)']:+.1f} {rec['95% interval']} "
+                    f"({rec['verdict']})") in flat
+    assert seen == len([k for k in rows if k.startswith("`")])   # no row the records do not back
