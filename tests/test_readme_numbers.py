@@ -294,3 +294,17 @@ def test_the_recipe_on_images_that_chose_nothing_is_recomputed():
                     f"({acc['verdict']}); defect recall {rec['effect (pts)']:+.1f} {rec['95% interval']} "
                     f"({rec['verdict']})") in flat
     assert seen == len([k for k in rows if k.startswith("`")])   # no row the records do not back
+
+
+def test_the_blocks_table_is_recomputed(benchmark_script):
+    """The cost/accuracy table of trained blocks and its choice, from the committed records of
+    benchmarks/blocks_table.py."""
+    blocks = benchmark_script("blocks_table")
+    counts = [0, 1, 2, 3, 5]
+    table, _, chosen = blocks.table(results.load_records(STRONG / "blocks"), counts)
+    section = strong_section("### How many blocks `top` mode trains")
+    rows = table_rows(section)
+    for row in table.to_dict("records"):
+        assert rows[str(row["trained blocks"])] == [row["accuracy %"], row["defective recall %"],
+                                                    f"{row['training s per seed']:.1f}"]
+    assert chosen == 1 and "So one block" in section
