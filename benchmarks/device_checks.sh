@@ -26,6 +26,9 @@
 # script's start, install included, so the JSON is copied to $OUT before the call's timeout.
 # (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the
 # trainings' checkpoints stay in $WORK on the machine).
+# The third GPU measurement (notebook 06's ladder fine-tuned, `gpu-strong`) is not a check here: it
+# needs the study's pack, which fills a call's carry, so it is benchmarks/strong_rerun.py in calls of
+# its own (its docstring says how; its dry run is in tests/test_paper_rerun.py).
 # Arguments after the check's name go to its script after the defaults below, so they override them
 # (with `all`: PACK_ARGS and RAY_ARGS).
 # Dry runs on a CPU (tests/test_pack_check.py runs `all`; test_ray_gpu_check.py, test_ray_bundle.py):
