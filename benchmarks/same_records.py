@@ -13,6 +13,7 @@ differences listed.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -51,15 +52,15 @@ def differences(before: object, after: object, where: str = "") -> list[str]:
 
 def compare_runs(before: Path, after: Path, summaries: bool = True) -> list[str]:
     """All differences between two run folders' records (and summaries unless ``summaries`` is False)."""
-    names = sorted({p.name for p in (before / "records").glob("*.json")} |
-                   {p.name for p in (after / "records").glob("*.json")})
+    files = [_records(before), _records(after)]
+    names = sorted(set(files[0]) | set(files[1]))
     if not names:
         return [f"no records in {before / 'records'} or {after / 'records'}"]
     out = []
     for name in names:
-        a, b = before / "records" / name, after / "records" / name
-        if not a.is_file() or not b.is_file():
-            out.append(f"{name}: only in {'after' if b.is_file() else 'before'}")
+        a, b = files[0].get(name), files[1].get(name)
+        if a is None or b is None:
+            out.append(f"{name}: only in {'after' if b is not None else 'before'}")
             continue
         out += [f"{name}{d}" for d in differences(_read(a, before), _read(b, after))]
     if summaries and (before / "summary.json").is_file():
@@ -68,9 +69,17 @@ def compare_runs(before: Path, after: Path, summaries: bool = True) -> list[str]
     return out
 
 
+def _records(run_dir: Path) -> dict[str, Path]:
+    """A run's record files by name (``x.json``), compressed (``x.json.gz``, the committed runs) or not."""
+    files = [*(run_dir / "records").glob("*.json"), *(run_dir / "records").glob("*.json.gz")]
+    return {p.name.removesuffix(".gz"): p for p in files}
+
+
 def _read(path: Path, run_dir: Path) -> object:
-    """A JSON file of a run, its run folder's own path written as ``<run>`` (notes name checkpoints in it)."""
-    return json.loads(path.read_text().replace(str(run_dir.resolve()), "<run>"))
+    """A JSON file of a run (or its ``.gz``), its run folder's own path written as ``<run>`` (notes name
+    checkpoints in it)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return json.loads(text.replace(str(run_dir.resolve()), "<run>"))
 
 
 def main(argv: list[str] | None = None) -> int:

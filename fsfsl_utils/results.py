@@ -1,7 +1,7 @@
 """Run records: one JSON file per training, written atomically, never overwritten.
 
 Layout: ``<results_dir>/records/<step>-seed<k>.json`` (``<step>-split<j>-seed<k>.json`` for split
-seeds other than 0); a second run of the same step and seed
+seeds other than 0; ``.json.gz`` read too); a second run of the same step and seed
 in the same folder is written as ``<step>-seed<k>-v2.json`` (and so on) and
 :func:`load_records` returns the newest of each. The schema is documented in
 ``docs/run_record.md`` and checked by :func:`validate_record`.
@@ -9,6 +9,7 @@ in the same folder is written as ``<step>-seed<k>-v2.json`` (and so on) and
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tarfile
@@ -88,18 +89,18 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
     """Records under ``results_dir/records`` (newest per step and seed), each with its ``_path``.
 
     A file that is not valid JSON or not a run record is skipped with a warning naming it (the
-    other records still load). Raises FileNotFoundError when there are none (for example 05 run
+    other records still load). Records compressed as ``.json.gz`` (the committed benchmark runs) load
+    like the others. Raises FileNotFoundError when there are none (for example 05 run
     before 01-04).
     """
     import warnings
 
     folder = Path(results_dir) / "records"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    files = sorted([*folder.glob("*.json"), *folder.glob("*.json.gz")]) if folder.is_dir() else []
     records = []
     for f in files:
         try:
-            with open(f) as fh:
-                rec = json.load(fh)
+            rec = read_json(f)
             if not isinstance(rec, dict):
                 raise RecordError(f"a record is a JSON object, got {type(rec).__name__}")
             validate_record(rec)
@@ -121,6 +122,17 @@ def load_records(results_dir: str | os.PathLike, steps: list[str] | None = None,
         raise FileNotFoundError(f"no run records under {folder}" + (f" for steps {steps}" if steps else "")
                                 + ": run the training notebooks (01-04) first")
     return sorted(records, key=lambda r: (r["step"], r["split_seed"], r["seed"]))
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """A JSON file, or a gzip-compressed one (``.gz``): how the committed benchmark records are kept
+    small enough to travel with a call to a lent machine."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            return json.load(fh)
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 def archive_run(results_dir: str | os.PathLike, target: str | os.PathLike) -> None:

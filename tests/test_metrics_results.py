@@ -108,6 +108,26 @@ def test_records_validate_and_never_overwrite(tmp_path):
         results.load_records(tmp_path / "empty")
 
 
+def test_compressed_records_load_like_the_others(tmp_path, benchmark_script):
+    """The committed benchmark runs keep their records as .json.gz: load_records and same_records.py read them."""
+    import gzip
+    import shutil
+
+    plain = results.save_record(minimal_record(), tmp_path / "a")
+    results.save_record(minimal_record(seed=1), tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    packed = tmp_path / "b" / "records" / (plain.name + ".gz")
+    packed.write_bytes(gzip.compress((tmp_path / "b" / "records" / plain.name).read_bytes()))
+    (tmp_path / "b" / "records" / plain.name).unlink()
+    loaded = results.load_records(tmp_path / "b")
+    assert sorted(r["seed"] for r in loaded) == [0, 1] and any(r["_path"].endswith(".json.gz") for r in loaded)
+    same = benchmark_script("same_records")
+    assert same.compare_runs(tmp_path / "a", tmp_path / "b", summaries=False) == []
+    (tmp_path / "b" / "records" / "x-seed9.json.gz").write_bytes(gzip.compress(b"{not json"))
+    with pytest.warns(UserWarning, match="x-seed9.json.gz"):                  # a damaged one is named, skipped
+        assert len(results.load_records(tmp_path / "b")) == 2
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         io.atomic_write_json(tmp_path / "r.json", {"bad": object()})

@@ -203,7 +203,8 @@ STRONG = ROOT / "benchmarks" / "cpu-strong-2026-12-05"
 STRONG_RUNS = [("### Ladder C (five seeds): blocks, 300 px, longer schedule, unsure cells", STRONG / "ladder-c"),
                ("### Ladder A: blocks, symmetries, smoothing, weight average, balanced sampler", STRONG / "ladder-a"),
                ("### Ladder B: blocks, 300 px, unsure cells, longer schedule", STRONG / "ladder-b"),
-               ("### Ladder D (five seeds): EfficientNet-Lite2", STRONG / "ladder-d")]
+               ("### Ladder D (five seeds): EfficientNet-Lite2", STRONG / "ladder-d"),
+               ("### Ladder E (five seeds, cold cache)", STRONG / "ladder-e")]
 
 
 def recipe_lines(records: list[dict]) -> list[str]:
