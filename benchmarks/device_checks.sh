@@ -14,16 +14,16 @@
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-ray \
 #       jsonschema jsonschema-specifications referencing rpds-py
 #   python3 benchmarks/ray_bundle.py /tmp/raywhl/ray-2.60.0-*.whl --out .whl-ray
-# (.whl 17 MiB + .whl-ray 21 MiB + the tracked tree: 9 MiB when written, 27 MiB on 2026-12-05 with the
-# benchmark records gzip-compressed: 65 MiB, over the 64 MiB a call carries. Carry .whl-ray in a
-# second call (`ray`), or leave benchmarks/*-20* out of the tree the call copies.)
-# The call, carry [".whl", ".whl-ray"], timeout_s 590:   bash benchmarks/device_checks.sh all
-# It runs the pack check with the whole LIMIT (default 570 s; its 30 trainings start only when the
-# rate it measured says they end 40 s before it), then the Ray check when RAY_MIN (150) seconds of
-# LIMIT are left; ray.log says so when they are not. Then, and only then, a second call at once (the
-# machine stays warm 30 s and keeps /tmp/site; after that a fresh one needs the carry again), when
-# status says at least 270 s of device time are left, no carry, timeout_s 250:
+# (.whl 17 MiB + .whl-ray 21 MiB + the tracked tree, 27 MiB on 2026-12-05 with the benchmark records
+# gzip-compressed: 65 MiB, over the 64 MiB one call carries; hence two calls.)
+# Call 1, carry [".whl"], timeout_s 590:   bash benchmarks/device_checks.sh pack
+# It installs .whl into /tmp/site and runs the pack check (LIMIT default 560 s; its 30 trainings
+# start only when the rate it measured says they end 40 s before it).
+# Call 2 at once (the machine stays warm 30 s and keeps /tmp/site; each carried folder is installed
+# once), when status says at least 270 s of device time are left, carry [".whl-ray"], timeout_s 250:
 #   bash benchmarks/device_checks.sh ray
+# (`all` runs both in one call, the Ray check when RAY_MIN (150) seconds of LIMIT (570) are left: for
+# a tree small enough to carry both folders.)
 # `pack` and `ray` run one check each (LIMIT default: pack 560, ray 240). LIMIT counts from the
 # script's start, install included, so the JSON is copied to $OUT before the call's timeout.
 # (`device_checks.sh install` only installs.) Each check writes its JSON and a log to $OUT (the
@@ -47,21 +47,25 @@ case "$check" in
     *) echo "usage: device_checks.sh pack|ray|all|install [arguments for its script]" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT" "$WORK"
-if [ "${INSTALL:-1}" != 0 ] && [ ! -e "$SITE/.fsfsl-installed" ]; then
-    # wheels the machine's image lacks (KINDS.md lists what it has), then Ray core from its bundle
+if [ "${INSTALL:-1}" != 0 ]; then
+    # wheels the machine's image lacks (KINDS.md lists what it has), then Ray core from its bundle: each
+    # carried folder once, so a second call on the warm machine may carry the other folder
     shopt -s nullglob
     mkdir -p "$SITE"
-    wheels=("$CARRIED"/.whl/*.whl "$CARRIED"/.whl-ray/*.whl)
-    bundles=("$CARRIED"/.whl-ray/ray-*-slim.tar.xz)
-    if [ ${#wheels[@]} -gt 0 ]; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
-    fi
-    for bundle in "${bundles[@]}"; do  # Python's own xz, not an xz program the image may lack
-        "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='tar')" \
-            "$bundle" "$SITE"
+    for dir in .whl .whl-ray; do
+        { [ -d "$CARRIED/$dir" ] && [ ! -e "$SITE/.fsfsl-installed$dir" ]; } || continue
+        wheels=("$CARRIED/$dir"/*.whl)
+        bundles=("$CARRIED/$dir"/ray-*-slim.tar.xz)
+        if [ ${#wheels[@]} -gt 0 ]; then
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
+        fi
+        for bundle in "${bundles[@]}"; do  # Python's own xz, not an xz program the image may lack
+            "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='tar')" \
+                "$bundle" "$SITE"
+        done
+        touch "$SITE/.fsfsl-installed$dir"
+        echo "installed ${#wheels[@]} wheel(s) and ${#bundles[@]} bundle(s) from $dir into $SITE"
     done
-    touch "$SITE/.fsfsl-installed"
-    echo "installed ${#wheels[@]} wheel(s) and ${#bundles[@]} bundle(s) into $SITE"
 fi
 [ "$check" != install ] || exit 0
 export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 FSFSL_PROGRESS=0 FSFSL_CACHE="$WORK/cache"

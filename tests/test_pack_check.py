@@ -61,3 +61,25 @@ def test_pack_check_refuses_bad_arguments(tmp_path, capsys, benchmark_script):
         with pytest.raises(SystemExit) as stop:
             pack_check.main(["--out", str(tmp_path), *args])
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_each_carried_wheel_folder_is_installed_once_so_two_calls_can_carry_one_each(tmp_path):
+    """The device calls carry .whl, then .whl-ray (together they and the tree exceed one call's 64 MiB):
+    `device_checks.sh install` installs each carried folder once, the second one in a later call."""
+    root = experiment.project_root()
+    carried, site = tmp_path / "carried", tmp_path / "site"
+    (carried / ".whl").mkdir(parents=True)
+    env = {**os.environ, "PYTHON": sys.executable, "SITE": str(site), "CARRIED": str(carried),
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+
+    def install() -> str:
+        done = subprocess.run(["bash", str(root / "benchmarks" / "device_checks.sh"), "install"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "from .whl into" in install()
+    (carried / ".whl-ray").mkdir()
+    second = install()
+    assert "from .whl-ray into" in second and "from .whl into" not in second
+    assert install() == ""
