@@ -375,12 +375,14 @@ def _flipped(images: torch.Tensor, draws: Draws, size: int, backbone: str, crop_
 
 TRAIN_TIME: dict[str, TrainAugmentation] = {a.name: a for a in (
     TrainAugmentation("paper", draw_crops, lambda x, d, size, backbone, _: apply_crops(x, d[0], d[1], size, backbone),
-                      "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)", ("hflip",)),
+                      "RandomResizedCrop to the input size + horizontal flip (pytorch/examples imagenet)",
+                      study.TRAINING_VIEWS["paper"]),
     TrainAugmentation("flip", lambda n, h, w, gen: (torch.rand(n, generator=gen) < 0.5,), _flipped,
-                      "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')", ("hflip",)),
+                      "horizontal flip with probability 0.5 (exact over cached activations in mode 'top')",
+                      study.TRAINING_VIEWS["flip"]),
     TrainAugmentation("dihedral", draw_dihedral, _dihedral,
                       "one of the eight symmetries of a square per image (flips and quarter turns; a cell has no "
-                      "up or left)", DIHEDRAL_VIEWS),
+                      "up or left)", study.TRAINING_VIEWS["dihedral"]),
     TrainAugmentation("none", lambda n, h, w, gen: (),
                       lambda x, d, size, backbone, crop: models.preprocess(x, backbone, size, crop),
                       "none: the evaluation transform"),

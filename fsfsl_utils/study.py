@@ -31,6 +31,8 @@ STUDY_RESULTS: dict[str, dict] = {
 # The seven other symmetries of a square (flips and quarter turns): training views and test-time views of the
 # stronger recipe (notebook 06); here so that the analysis reads them without the image code.
 DIHEDRAL_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+# the exact test-time views each training-time augmentation (config train_aug) shows a model
+TRAINING_VIEWS = {"paper": ("hflip",), "flip": ("hflip",), "dihedral": DIHEDRAL_VIEWS, "none": ()}
 CONTROL_STEPS = ("04_balanced_duplicate", "04_class_weighted")
 
 ELPV_TARGET, ELPV_REFERENCE = "defective", "normal"  # the study's classes: defect recall matters most

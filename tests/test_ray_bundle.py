@@ -117,7 +117,8 @@ def test_device_checks_installs_the_carried_wheels_and_bundle_once(tmp_path):
            "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
     first = subprocess.run(["bash", str(script), "install"], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert f"installed 1 wheel(s) and 1 bundle(s) into {site}" in first.stdout
+    assert f"installed 1 wheel(s) and 0 bundle(s) from .whl into {site}" in first.stdout
+    assert f"installed 0 wheel(s) and 1 bundle(s) from .whl-ray into {site}" in first.stdout
     assert os.access(site / "ray" / "core" / "raylet", os.X_OK)
     found = subprocess.run([sys.executable, "-c", "import demo_fsfsl, ray; print(demo_fsfsl.ANSWER, ray.__version__, "
                             "ray.__file__)"], env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import augment, metrics
+from .. import metrics
 from .. import stats as kit_stats
-from ..study import STUDY_RESULTS, STUDY_STEPS
+from ..study import DIHEDRAL_VIEWS, STUDY_RESULTS, STUDY_STEPS, TRAINING_VIEWS
 from .records import (
     PRIMARY,
     TTA_STEP,
@@ -315,8 +315,8 @@ def seed_ensembles(records: Sequence[dict], step: str) -> list[dict]:
     records kept those views' logits and it differs from the one before."""
     members = by_step(records).get(step, [])
     out = [ensemble_record(records, step)]
-    trained = augment.training_views(members[0]["config"].get("train_aug", "none")) if members else ()
-    for views in (trained, augment.DIHEDRAL_VIEWS):
+    trained = TRAINING_VIEWS.get(members[0]["config"].get("train_aug", "none"), ()) if members else ()
+    for views in (trained, DIHEDRAL_VIEWS):
         if views and views != tuple(out[-1]["views"]) and \
                 all(v in r.get("view_logits", {}) for r in members for v in views):
             out.append(ensemble_record(records, step, views=views))
